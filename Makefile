@@ -1,0 +1,53 @@
+# Barnraise: `make test` and `make demo` do all set-up on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# torch first, pinned, so pip takes this machine's CPU wheel instead of downloading a CUDA build.
+TORCH := torch==2.13.0
+APT_PACKAGES := chromium chromium-driver gnome-keyring dbus dbus-x11 libsecret-tools \
+	xvfb xdotool trayer imagemagick libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 \
+	libxkbcommon-x11-0 libegl1 libgl1 postgresql desktop-file-utils appstream
+
+.PHONY: test demo lint typecheck pytest system-deps bench package clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --upgrade pip
+	$(PIP) install $(TORCH)
+	$(PIP) install -e '.[app,backend,dev]'
+	touch $(STAMP)
+
+# System packages the tests drive for real (browser, keychain, X server, tray host, PostgreSQL).
+# Installed only when missing and when we may (CI runs as root).
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "note: not root, cannot install: $$missing (tests needing them are skipped)"; fi; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check federated backend app tests bench
+	$(VENV)/bin/ruff format --check federated backend app tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy federated backend
+
+pytest: $(STAMP) system-deps
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+demo: $(STAMP)
+	$(PY) -m federated.simulate --recipe digits-mlp --clients 10 --rounds 30 --partition dirichlet:0.3 --strategy fedavg --codec int8
+
+bench: $(STAMP)
+	$(PY) bench/aggregate.py
+	$(PY) bench/codec.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Barnraise federated-learning core: recipes, training, codec, signatures, strategies."""
