@@ -30,12 +30,14 @@ system-deps:
 		else echo "note: not root, cannot install: $$missing (tests needing them are skipped)"; fi; \
 	fi
 
+CODE := $(wildcard federated backend app tests bench)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check federated backend app tests bench
-	$(VENV)/bin/ruff format --check federated backend app tests bench
+	$(VENV)/bin/ruff check $(CODE)
+	$(VENV)/bin/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy federated backend
+	$(VENV)/bin/mypy $(wildcard federated backend)
 
 pytest: $(STAMP) system-deps
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest -q
