@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -12,3 +13,6 @@ settings.register_profile(
     "barnraise", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("barnraise")
+
+# Tiny models train fastest on one thread, and a 2-core CI machine has none to spare.
+torch.set_num_threads(1)

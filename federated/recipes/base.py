@@ -6,6 +6,7 @@ server can never make a contributor run code it sent.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -109,12 +110,16 @@ class Recipe(ABC):
     description: ClassVar[str]
     data_mode: ClassVar[Literal["builtin", "local"]] = "builtin"
     extra_hparams: ClassVar[tuple[HyperParam, ...]] = ()
+    default_overrides: ClassVar[dict[str, HParamValue]] = {}
+    """Recipe-specific defaults for common hyperparameters (tuned so the recipe trains well)."""
 
     # --- hyperparameters -------------------------------------------------------------------
     @classmethod
     def hyperparams(cls) -> dict[str, HyperParam]:
         merged = {p.name: p for p in COMMON_HPARAMS}
         merged.update({p.name: p for p in cls.extra_hparams})
+        for name, value in cls.default_overrides.items():
+            merged[name] = dataclasses.replace(merged[name], default=value)
         return merged
 
     @classmethod

@@ -35,6 +35,12 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 class _DigitsRecipe(Recipe):
     data_mode = "builtin"
+    # Tuned on the simulator: FedAvg, 10 clients, Dirichlet(0.3) reaches >= 0.93 within 30 rounds.
+    default_overrides: ClassVar[dict[str, HParamValue]] = {
+        "lr": 0.1,
+        "momentum": 0.9,
+        "batch_size": 16,
+    }
 
     def _reshape(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x.copy())
