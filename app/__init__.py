@@ -1,0 +1,1 @@
+"""Barnraise contributor: the engine (``app.contributor``) and the tray shell (``app.tray``)."""
