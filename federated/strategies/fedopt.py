@@ -146,3 +146,21 @@ class FedOpt(Strategy):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "eta": self.eta, "beta1": self.beta1, "tau": self.tau}
+
+
+class FedOptWithBeta2(FedOpt):
+    """FedOpt whose second-moment rule has a decay ``beta2`` (FedAdam, FedYogi)."""
+
+    def __init__(
+        self,
+        *,
+        eta: float = DEFAULT_ETA,
+        beta1: float = DEFAULT_BETA1,
+        beta2: float = DEFAULT_BETA2,
+        tau: float = DEFAULT_TAU,
+    ) -> None:
+        super().__init__(eta=eta, beta1=beta1, tau=tau)
+        self.beta2 = _checks.number("beta2", beta2, low=0.0, high=1.0, high_open=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "beta2": self.beta2}
