@@ -45,7 +45,7 @@ pytest: $(STAMP) system-deps
 test: lint typecheck pytest
 
 demo: $(STAMP)
-	$(PY) -m federated.simulate --recipe digits-mlp --clients 10 --rounds 30 --partition dirichlet:0.3 --strategy fedavg --codec int8
+	$(VENV)/bin/barnraise-backend demo --rounds 10 --contributors 3
 
 bench: $(STAMP)
 	$(PY) bench/aggregate.py

@@ -1,0 +1,121 @@
+"""The HTML pages: fill the plain views of ``backend.pages`` from the coordinator and render."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from backend.http import Request, Response
+from backend.pages import (
+    PAGE_HEADERS,
+    ContributorRow,
+    ProjectPageView,
+    ProjectSummaryView,
+    TeamRow,
+    VersionPoint,
+    absolute_url,
+    render_index,
+    render_project_page,
+)
+from backend.pages.render import CONTRIBUTOR_ROWS_SHOWN
+
+if TYPE_CHECKING:
+    from backend.wsgi import App
+
+PAGE_ROWS = CONTRIBUTOR_ROWS_SHOWN
+"""Contributors and teams shown on a page at most (the JSON leaderboard has them all)."""
+
+
+def _html(text: str) -> Response:
+    headers = [(k, v) for k, v in PAGE_HEADERS if k.lower() != "content-type"]
+    content_type = dict((k.lower(), v) for k, v in PAGE_HEADERS).get(
+        "content-type", "text/html; charset=utf-8"
+    )
+    return Response(200, text.encode("utf-8"), headers, content_type)
+
+
+def index_page(app: App, req: Request) -> Response:
+    coordinator = app.coordinator
+    summaries = []
+    for project in coordinator.projects():
+        stats = coordinator.stats(project)
+        latest = stats["versions"][-1] if stats["versions"] else None
+        summaries.append(
+            ProjectSummaryView(
+                name=project.name,
+                description=project.description,
+                recipe=project.recipe,
+                mode=str(project.settings.get("mode", "sync")),
+                status=project.status,
+                current_version=project.current_version,
+                contributors=stats["contributors"],
+                total_credit=stats["total_credit"],
+                accuracy=latest["metrics"].get("accuracy") if latest else None,
+                updated_at=latest["created_at"] if latest else None,
+            )
+        )
+    return _html(render_index(summaries, now=coordinator.clock()))
+
+
+def project_page(app: App, req: Request, project: str) -> Response:
+    coordinator = app.coordinator
+    record = coordinator.project(project)
+    view = coordinator.project_view(record)
+    board = coordinator.leaderboard(record)
+    stats = coordinator.stats(record)
+    contributors = tuple(
+        ContributorRow(
+            name=r["display_name"],
+            team=r["team"],
+            credit=r["credit"],
+            recent_credit=r["recent_credit"],
+            updates_accepted=r["updates_accepted"],
+            updates_rejected=r["updates_rejected"],
+            last_seen=r["last_seen"],
+        )
+        for r in board["contributors"][:PAGE_ROWS]
+    )
+    teams = tuple(
+        TeamRow(
+            name=t["team"],
+            members=t["members"],
+            credit=t["credit"],
+            recent_credit=t["recent_credit"],
+            updates_accepted=t["updates_accepted"],
+        )
+        for t in board["teams"][:PAGE_ROWS]
+    )
+    versions = tuple(
+        VersionPoint(
+            version=v["version"],
+            created_at=v["created_at"],
+            accuracy=v["metrics"].get("accuracy"),
+            loss=v["metrics"].get("loss"),
+            updates=v["updates"],
+            contributors=v["contributors"],
+        )
+        for v in stats["versions"]
+    )
+    page = ProjectPageView(
+        name=record.name,
+        page_url=absolute_url(req.environ, f"/p/{record.name}"),
+        now=coordinator.clock(),
+        description=record.description,
+        recipe=record.recipe,
+        recipe_version=record.recipe_version,
+        strategy=str(record.strategy.get("name", "")),
+        mode=view["mode"],
+        status=record.status,
+        data_mode=view["data_mode"],
+        codec=view["codec"],
+        current_version=record.current_version,
+        key_fingerprint=view["key_fingerprint"],
+        invite_required=view["invite_required"],
+        contributors=contributors,
+        teams=teams,
+        versions=versions,
+        contributors_total=len(board["contributors"]),
+        teams_total=len(board["teams"]),
+        total_credit=stats["total_credit"],
+        updates_accepted_total=stats["updates_accepted"],
+    )
+    return _html(render_project_page(page))

@@ -1,0 +1,26 @@
+"""Leaderboard, stats and a contributor's own standing, as JSON."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from backend.http import Request, Response
+
+if TYPE_CHECKING:
+    from backend.wsgi import App
+
+
+def leaderboard(app: App, req: Request, project: str) -> Response:
+    record = app.coordinator.project(project)
+    return Response.json(app.coordinator.leaderboard(record))
+
+
+def project_stats(app: App, req: Request, project: str) -> Response:
+    record = app.coordinator.project(project)
+    return Response.json(app.coordinator.stats(record))
+
+
+def me(app: App, req: Request, project: str) -> Response:
+    record = app.coordinator.project(project)
+    client = app.authenticate(req, record)
+    return Response.json(app.coordinator.me(record, client))

@@ -1,0 +1,53 @@
+"""Lease, heartbeat, release, and update upload."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from backend.errors import BadRequest
+from backend.http import Request, Response
+from backend.ids import check_server_id
+from backend.settings import RETRY_AFTER_NO_WORK_S
+
+if TYPE_CHECKING:
+    from backend.wsgi import App
+
+
+def lease_task(app: App, req: Request, project: str) -> Response:
+    record = app.coordinator.project(project)
+    client = app.authenticate(req, record)
+    req.json_object(required=False)
+    raw_wait = req.query_value("wait") or "0"
+    try:
+        wait = float(raw_wait)
+    except ValueError:
+        raise BadRequest(f"wait={raw_wait[:20]!r} is not a number of seconds") from None
+    if wait != wait:  # NaN
+        raise BadRequest("wait must be a number of seconds")
+    signed = app.coordinator.lease(record, client, wait)
+    if signed is None:
+        return Response.empty(204, [("Retry-After", str(RETRY_AFTER_NO_WORK_S))])
+    return Response.json(signed)
+
+
+def heartbeat_task(app: App, req: Request, project: str, task_id: str) -> Response:
+    check_server_id(task_id, "task id")
+    record = app.coordinator.project(project)
+    client = app.authenticate(req, record)
+    return Response.json(app.coordinator.heartbeat(record, client, task_id))
+
+
+def release_task(app: App, req: Request, project: str, task_id: str) -> Response:
+    check_server_id(task_id, "task id")
+    record = app.coordinator.project(project)
+    client = app.authenticate(req, record)
+    app.coordinator.release(record, client, task_id)
+    return Response.empty(204)
+
+
+def upload_update(app: App, req: Request, project: str, task_id: str) -> Response:
+    check_server_id(task_id, "task id")
+    record = app.coordinator.project(project)
+    client = app.authenticate(req, record)
+    status, receipt = app.coordinator.upload(record, client, task_id, req)
+    return Response.json(receipt, status=status)

@@ -1,0 +1,114 @@
+"""The demo: a `digits` project served on loopback with K in-process contributors."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from backend.cli import DEMO_HPARAMS, DEMO_PROJECT
+from backend.demo_clients import DemoContributor
+from backend.server import bound_port, make_server, start_in_thread
+from backend.wsgi import create_app
+
+DEMO_TIMEOUT_S = 600.0
+"""The demo gives up (exit 1) if the rounds asked for take longer than this."""
+
+
+def run_demo(
+    data_dir: Path,
+    *,
+    rounds: int | None,
+    contributors: int = 3,
+    mode: str = "sync",
+    port: int = 0,
+    out: TextIO | None = None,
+) -> dict[str, Any]:
+    started = time.monotonic()
+    app = create_app(data_dir, rate=None)
+    coordinator = app.coordinator
+    names = {p.name for p in coordinator.projects()}
+    if DEMO_PROJECT not in names:
+        coordinator.create_project(
+            DEMO_PROJECT,
+            recipe="digits-mlp",
+            strategy="fedavg",
+            hparams=DEMO_HPARAMS,
+            settings={
+                "mode": mode,
+                "clients_per_round": contributors,
+                "min_updates": contributors,
+                "buffer_size": contributors,
+                "codec": "int8",
+            },
+        )
+    server = make_server(app, "127.0.0.1", port)
+    start_in_thread(server)
+    base = f"http://127.0.0.1:{bound_port(server)}"
+
+    def say(text: str) -> None:
+        if out is not None:
+            print(text, file=out, flush=True)
+
+    say(f"leaderboard: {base}/p/{DEMO_PROJECT}")
+    stop = threading.Event()
+    clients = [
+        DemoContributor(
+            base, DEMO_PROJECT, f"contributor-{i + 1}", team="demo" if i % 2 == 0 else None
+        )
+        for i in range(contributors)
+    ]
+    threads = [threading.Thread(target=c.run, args=(stop,), daemon=True) for c in clients]
+    for t in threads:
+        t.start()
+    project = coordinator.project(DEMO_PROJECT)
+    shown = project.current_version
+    target = None if rounds is None else project.current_version + rounds
+    last: dict[str, Any] = {}
+    ok = True
+    try:
+        while True:
+            seen = coordinator.notifier.generation(DEMO_PROJECT)
+            stats = coordinator.stats(coordinator.project(DEMO_PROJECT))
+            for v in stats["versions"]:
+                if v["version"] > shown:
+                    shown = v["version"]
+                    last = v
+                    acc = v["metrics"].get("accuracy")
+                    say(
+                        f"version {v['version']}: accuracy {acc:.3f}, contributors {v['contributors']}, updates {v['updates']}"
+                    )
+            if target is not None and shown >= target:
+                break
+            if any(c.errors for c in clients) and not any(t.is_alive() for t in threads):
+                ok = False
+                break
+            if target is not None and time.monotonic() - started > DEMO_TIMEOUT_S:
+                ok = False
+                break
+            coordinator.notifier.wait(DEMO_PROJECT, seen, 1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        final = coordinator.stats(coordinator.project(DEMO_PROJECT))
+        server.stop()
+        app.close()
+        for t in threads:
+            t.join(timeout=10)
+    return {
+        "ok": ok,
+        "project": DEMO_PROJECT,
+        "mode": mode,
+        "versions": final["current_version"],
+        "final_accuracy": (last.get("metrics") or {}).get("accuracy"),
+        "contributors": final["contributors"],
+        "updates_accepted": final["updates_accepted"],
+        "updates_rejected": final["updates_rejected"],
+        "total_credit": final["total_credit"],
+        "credit_unit": final["credit_unit"],
+        "seconds": round(time.monotonic() - started, 3),
+        "data_dir": str(data_dir),
+        "client_errors": [e for c in clients for e in c.errors],
+    }

@@ -1,0 +1,195 @@
+"""Errors the coordinator answers with; each carries its HTTP status and a stable code.
+
+    HTTPError                      500 internal_error
+    ├── BadRequest                 400 bad_request (bad_id, bad_json, bad_challenge)
+    ├── Unauthorized               401 missing_token, bad_token
+    ├── Forbidden                  403 invite_required, bad_invite, bad_signature, not_your_task
+    ├── NotFound                   404 not_found, unknown_project, unknown_task
+    ├── MethodNotAllowed           405 method_not_allowed
+    ├── Conflict                   409 wrong_base, task_already_answered
+    ├── Gone                       410 project_closed, lease_expired
+    ├── PayloadTooLarge            413 payload_too_large
+    ├── UnsupportedMediaType       415 unsupported_media_type
+    ├── RangeNotSatisfiable        416 range_not_satisfiable
+    ├── Unprocessable              422 manifest_mismatch, digest_mismatch, and the payload codes
+    ├── TooManyRequests            429 rate_limited (Retry-After)
+    └── ServiceUnavailable         503 project_paused, unavailable (Retry-After)
+
+``error_body`` is the one place that turns an error into the JSON body the protocol
+documents: ``{"error": {"code": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+
+class HTTPError(Exception):
+    """An answer other than success. ``code`` defaults to the class's code."""
+
+    status: ClassVar[int] = 500
+    default_code: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after: int | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.retry_after = retry_after
+        self.extra_headers = list(headers or [])
+
+    def headers(self) -> list[tuple[str, str]]:
+        out = [("Content-Type", "application/json")]
+        if self.retry_after is not None:
+            out.append(("Retry-After", str(max(1, int(self.retry_after)))))
+        return out + self.extra_headers
+
+
+class BadRequest(HTTPError):
+    status = 400
+    default_code = "bad_request"
+
+
+class Unauthorized(HTTPError):
+    status = 401
+    default_code = "bad_token"
+
+
+class Forbidden(HTTPError):
+    status = 403
+    default_code = "forbidden"
+
+
+class NotFound(HTTPError):
+    status = 404
+    default_code = "not_found"
+
+
+class MethodNotAllowed(HTTPError):
+    status = 405
+    default_code = "method_not_allowed"
+
+
+class Conflict(HTTPError):
+    status = 409
+    default_code = "conflict"
+
+
+class Gone(HTTPError):
+    status = 410
+    default_code = "gone"
+
+
+class PayloadTooLarge(HTTPError):
+    status = 413
+    default_code = "payload_too_large"
+
+
+class UnsupportedMediaType(HTTPError):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
+class RangeNotSatisfiable(HTTPError):
+    status = 416
+    default_code = "range_not_satisfiable"
+
+
+class Unprocessable(HTTPError):
+    status = 422
+    default_code = "unprocessable"
+
+
+class TooManyRequests(HTTPError):
+    status = 429
+    default_code = "rate_limited"
+
+
+class ServiceUnavailable(HTTPError):
+    status = 503
+    default_code = "unavailable"
+
+
+PAYLOAD_CODES: tuple[str, ...] = (
+    "unknown_tensor",
+    "missing_tensor",
+    "shape_mismatch",
+    "dtype_mismatch",
+    "non_finite",
+    "norm_too_large",
+    "bad_payload",
+    "unknown_codec",
+)
+"""The codes of ``federated.errors.UpdateRejected``, answered as 422 under the same name."""
+
+ERROR_STATUS: dict[str, int] = {
+    "bad_id": 400,
+    "bad_json": 400,
+    "bad_request": 400,
+    "bad_challenge": 400,
+    "missing_token": 401,
+    "bad_token": 401,
+    "invite_required": 403,
+    "bad_invite": 403,
+    "bad_signature": 403,
+    "not_your_task": 403,
+    "not_found": 404,
+    "unknown_project": 404,
+    "unknown_task": 404,
+    "method_not_allowed": 405,
+    "wrong_base": 409,
+    "task_already_answered": 409,
+    "project_closed": 410,
+    "lease_expired": 410,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "range_not_satisfiable": 416,
+    "manifest_mismatch": 422,
+    "digest_mismatch": 422,
+    **dict.fromkeys(PAYLOAD_CODES, 422),
+    "rate_limited": 429,
+    "project_paused": 503,
+    "unavailable": 503,
+    "internal_error": 500,
+}
+"""Every stable error code and its status: the table in docs/protocol.md, as data."""
+
+_BY_STATUS: dict[int, type[HTTPError]] = {
+    cls.status: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        Gone,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        RangeNotSatisfiable,
+        Unprocessable,
+        TooManyRequests,
+        ServiceUnavailable,
+    )
+}
+
+
+def api_error(code: str, message: str, *, retry_after: int | None = None) -> HTTPError:
+    """The error of the documented status for ``code`` (see ``ERROR_STATUS``)."""
+    status = ERROR_STATUS[code]
+    cls = _BY_STATUS.get(status, HTTPError)
+    return cls(message, code=code, retry_after=retry_after)
+
+
+def error_body(error: HTTPError) -> bytes:
+    """The JSON body of ``error``, as the protocol documents it."""
+    return json.dumps(
+        {"error": {"code": error.code, "message": error.message}}, ensure_ascii=False
+    ).encode("utf-8")

@@ -1,0 +1,201 @@
+"""The request and response wrappers: bounded body reading, JSON, streaming to a temp file.
+
+No body is ever read without a cap: JSON control bodies stop at ``JSON_BODY_LIMIT``
+(64 KiB), uploads stream to disk in chunks under the project's cap while being hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import parse_qs
+
+from backend.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from backend.settings import JSON_BODY_LIMIT
+
+CHUNK = 256 * 1024
+
+
+class Request:
+    """One WSGI request. ``params`` are the captured path segments from the route."""
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+        self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
+        self.path: str = environ.get("PATH_INFO", "") or "/"
+        self.query: dict[str, list[str]] = parse_qs(environ.get("QUERY_STRING", ""))
+        self.params: dict[str, str] = {}
+        self.client_id: str | None = None  # set once a bearer token authenticated the caller
+        self.route_name = "unmatched"
+
+    def header(self, name: str) -> str | None:
+        key = "HTTP_" + name.upper().replace("-", "_")
+        if name.lower() == "content-type":
+            key = "CONTENT_TYPE"
+        elif name.lower() == "content-length":
+            key = "CONTENT_LENGTH"
+        value = self.environ.get(key)
+        return str(value) if value not in (None, "") else None
+
+    def query_value(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    @property
+    def remote_addr(self) -> str:
+        return str(self.environ.get("REMOTE_ADDR") or "-")
+
+    def content_length(self) -> int | None:
+        raw = self.header("content-length")
+        if raw is None:
+            return None
+        try:
+            length = int(raw)
+        except ValueError:
+            raise BadRequest(f"Content-Length {raw[:40]!r} is not a number") from None
+        if length < 0:
+            raise BadRequest("Content-Length must not be negative")
+        return length
+
+    def _input(self) -> IO[bytes]:
+        stream: IO[bytes] = self.environ["wsgi.input"]
+        return stream
+
+    def read_body(self, limit: int) -> bytes:
+        """The whole body, at most ``limit`` bytes (413 payload_too_large beyond)."""
+        length = self.content_length()
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"the body is {length} bytes; the limit is {limit} bytes")
+        stream = self._input()
+        if length is not None:
+            return stream.read(length) if length else b""
+        data = stream.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
+        return data
+
+    def json(self, *, required: bool = True) -> Any:
+        """The body parsed as JSON (application/json, at most 64 KiB, no NaN/Infinity)."""
+        ctype = (self.header("content-type") or "").split(";")[0].strip().lower()
+        length = self.content_length()
+        if not required and not length:
+            return {}  # an empty body, with or without a content type, means "no arguments"
+        if ctype != "application/json":
+            raise UnsupportedMediaType(
+                f"send this request as application/json, not {ctype or 'no content type'!r}"
+            )
+        raw = self.read_body(JSON_BODY_LIMIT)
+        try:
+            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadRequest(f"the body is not valid JSON: {exc}", code="bad_json") from None
+
+    def json_object(self, *, required: bool = True) -> dict[str, Any]:
+        body = self.json(required=required)
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object", code="bad_json")
+        return body
+
+    def stream_to_file(self, fd: int, limit: int) -> tuple[str, int]:
+        """Copy the body into ``fd`` (closed afterwards), hashing as it goes; 413 past ``limit``.
+
+        Returns (sha256 hex, size). Nothing beyond ``limit`` + one chunk is ever read.
+        """
+        length = self.content_length()
+        if length is not None and length > limit:
+            os.close(fd)
+            raise PayloadTooLarge(
+                f"the update is {length} bytes; this project accepts at most {limit}"
+            )
+        h = hashlib.sha256()
+        size = 0
+        stream = self._input()
+        remaining = length
+        with os.fdopen(fd, "wb") as out:
+            while remaining is None or remaining > 0:
+                want = CHUNK if remaining is None else min(CHUNK, remaining)
+                chunk = stream.read(want)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(
+                        f"the update exceeds this project's limit of {limit} bytes"
+                    )
+                h.update(chunk)
+                out.write(chunk)
+                if remaining is not None:
+                    remaining -= len(chunk)
+        if remaining:
+            raise BadRequest(f"the body ended {remaining} bytes short of its Content-Length")
+        return h.hexdigest(), size
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+@dataclass
+class Response:
+    """What a handler returns. ``body`` is bytes, or an iterable of chunks for large files."""
+
+    status: int = 200
+    body: bytes | Iterable[bytes] = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str | None = "application/json"
+
+    @classmethod
+    def json(
+        cls, data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None
+    ) -> Response:
+        body = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return cls(status, body.encode("utf-8"), list(headers or []), "application/json")
+
+    @classmethod
+    def empty(cls, status: int = 204, headers: list[tuple[str, str]] | None = None) -> Response:
+        return cls(status, b"", list(headers or []), None)
+
+    @classmethod
+    def text(cls, text: str, content_type: str, status: int = 200) -> Response:
+        return cls(status, text.encode("utf-8"), [], content_type)
+
+
+def file_chunks(path: Path, start: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes of ``path`` from ``start``, in chunks."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        remaining = length
+        while remaining > 0:
+            chunk = f.read(min(CHUNK, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            yield chunk
+
+
+HTTP_REASONS: dict[int, str] = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    206: "Partial Content",
+    304: "Not Modified",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    410: "Gone",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}

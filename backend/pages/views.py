@@ -1,0 +1,98 @@
+"""Plain frozen dataclasses the pages render. The caller (the router) fills them from the store.
+
+Times are unix seconds (float or int); credit is in GFLOP (examples x the recipe's FLOPs
+per example / 1e9). Text fields hold raw user text: the renderer escapes it, callers must not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CREDIT_UNIT = "GFLOP"
+
+
+@dataclass(frozen=True)
+class ProjectSummaryView:
+    """One project on the index page ``/``."""
+
+    name: str
+    description: str = ""
+    recipe: str = ""
+    mode: str = "sync"  # "sync" | "async"
+    status: str = "open"  # "open" | "paused" | "closed"
+    current_version: int = 0
+    contributors: int = 0
+    total_credit: float = 0.0  # GFLOP
+    accuracy: float | None = None  # latest version's held-out accuracy in [0, 1]
+    updated_at: float | None = None  # when the latest version was published
+
+
+@dataclass(frozen=True)
+class ContributorRow:
+    """One contributor, in rank order (the page numbers rows 1, 2, 3, ... as given)."""
+
+    name: str
+    team: str | None
+    credit: float  # GFLOP, all time
+    recent_credit: float  # GFLOP, average with a 7-day half-life
+    updates_accepted: int
+    updates_rejected: int
+    last_seen: float | None  # unix seconds; None: never
+
+
+@dataclass(frozen=True)
+class TeamRow:
+    """One team, in rank order."""
+
+    name: str
+    members: int
+    credit: float
+    recent_credit: float
+    updates_accepted: int
+
+
+@dataclass(frozen=True)
+class VersionPoint:
+    """One published model version, in increasing version order."""
+
+    version: int
+    created_at: float
+    accuracy: float | None  # [0, 1]; None if not evaluated
+    loss: float | None
+    updates: int  # updates aggregated into this version
+    contributors: int  # distinct contributors of those updates
+
+
+@dataclass(frozen=True)
+class ProjectPageView:
+    """Everything ``/p/NAME`` shows.
+
+    ``page_url`` must be the absolute URL of this page as a volunteer reaches it
+    (``https://host/p/name``): it is what they paste into the app. ``now`` is the time the
+    relative "last seen" texts are computed against, so rendering stays a pure function.
+    ``contributors``/``teams`` may be truncated (top N); ``contributors_total`` and
+    ``teams_total`` then say how many there are in all, and ``total_credit`` /
+    ``updates_accepted_total`` give the project totals (else they are summed over the rows).
+    """
+
+    name: str
+    page_url: str
+    now: float
+    description: str = ""
+    recipe: str = ""
+    recipe_version: int = 1
+    strategy: str = ""
+    mode: str = "sync"
+    status: str = "open"
+    data_mode: str = "builtin"  # "builtin" | "local"
+    codec: str = ""
+    current_version: int = 0
+    key_fingerprint: str = ""
+    invite_required: bool = False
+    contributors: tuple[ContributorRow, ...] = field(default_factory=tuple)
+    teams: tuple[TeamRow, ...] = field(default_factory=tuple)
+    versions: tuple[VersionPoint, ...] = field(default_factory=tuple)
+    contributors_total: int | None = None
+    teams_total: int | None = None
+    total_credit: float | None = None  # GFLOP, all contributors
+    updates_accepted_total: int | None = None

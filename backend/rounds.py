@@ -1,0 +1,398 @@
+"""Rounds: who gets a task, when updates become a new model version, and the worker doing it.
+
+Sync mode: round v is open while version v is current. It hands out at most
+``leases_per_round`` live-or-answered tasks (over-provisioned, one per contributor) and
+closes when ``clients_per_round`` updates arrived, or ``min_updates`` once
+``round_deadline_s`` has passed since version v was published. Closing cancels the round's
+outstanding leases (their uploads get 409 wrong_base).
+
+Async mode (FedBuff): any contributor may hold one lease at a time on the current
+version; every ``buffer_size`` accepted updates are aggregated, each weighted by
+``staleness_factor(current - base)``; updates more than ``max_staleness`` versions behind
+are dropped (and refused at upload).
+
+Aggregation runs in one background thread per process. It is claimed in the database
+(at most one running aggregation per project, enforced by a unique index), so it never
+runs twice even with several processes; a claim whose owner died is released on restart
+and the aggregation runs again from the same inputs. Publishing the version, marking its
+updates and finishing the claim is one transaction.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from backend.errors import api_error
+from backend.ids import new_id
+from backend.settings import (
+    AGGREGATION_CLAIM_TTL_S,
+    RETRY_AFTER_PAUSED_S,
+    ProjectSettings,
+)
+from backend.store import AggregationClaim, ClaimConflict, ProjectRecord, TaskRecord, VersionRecord
+from federated.codec import decode_model, decode_update, encode_model
+from federated.strategies import build_strategy, staleness_factor
+from federated.tensors import ClientUpdate
+
+if TYPE_CHECKING:
+    from backend.coordinator import Coordinator
+
+log = logging.getLogger(__name__)
+
+WORKER_MAX_SLEEP_S = 60.0
+"""The worker re-checks every project at least this often, even without a wake-up."""
+
+FAILURE_BACKOFF_S = 5.0
+"""After an aggregation fails unexpectedly, the worker waits this long before retrying."""
+
+_OWNER_HOST = socket.gethostname()
+_OWNER = f"{_OWNER_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def sign_task_manifest(coordinator: Coordinator, project: str, manifest: dict[str, Any]) -> str:
+    return coordinator.keys.load(project).sign(manifest)
+
+
+def try_lease(coordinator: Coordinator, project_name: str, client_id: str) -> dict[str, Any] | None:
+    """A signed task for the client now, or None. Raises project_paused / project_closed."""
+    now = coordinator.clock()
+    expired: list[int] = []
+    with coordinator.store.write(durable=False) as tx:
+        project = tx.project_by_name(project_name)
+        assert project is not None
+        if project.status == "closed":
+            raise api_error("project_closed", f"project {project_name!r} is closed")
+        if project.status == "paused":
+            raise api_error(
+                "project_paused",
+                f"project {project_name!r} is paused by its organiser; try again later",
+                retry_after=RETRY_AFTER_PAUSED_S,
+            )
+        expired = tx.expire_leases(now)
+        settings = ProjectSettings.from_dict(project.settings)
+        existing = tx.live_task_for_client(project.id, client_id, now)
+        if existing is not None:
+            return {"manifest": existing.manifest, "signature": existing.signature}
+        version = project.current_version
+        if settings.mode == "sync":
+            if tx.aggregation_running(project.id) or tx.client_has_task(
+                project.id, client_id, version
+            ):
+                return None
+            counts = tx.round_counts(project.id, version, now)
+            if counts.answered >= settings.clients_per_round:
+                return None
+            if counts.live_leases + counts.answered >= settings.leases_per_round:
+                return None
+        elif tx.live_leases(project.id, now) >= settings.max_concurrent_leases:
+            return None
+        base = tx.version(project.id, version)
+        assert base is not None
+        num_shards = len(project.shard_sizes) if project.shard_sizes else 1
+        shard = tx.next_shard(project.id, num_shards)
+        max_examples = project.shard_sizes[shard] if project.shard_sizes else 1_000_000_000
+        task_id = new_id()
+        deadline = int(now + settings.lease_s)
+        manifest = {
+            "task_id": task_id,
+            "project": project.name,
+            "client_id": client_id,
+            "base_version": version,
+            "base_digest": base.digest,
+            "recipe": project.recipe,
+            "recipe_version": project.recipe_version,
+            "hparams": project.hparams,
+            "shard_index": shard,
+            "max_examples": int(max_examples),
+            "codec": settings.codec,
+            "max_update_norm": settings.max_update_norm,
+            "max_payload_bytes": settings.max_payload_bytes,
+            "issued_at": int(now),
+            "deadline": deadline,
+        }
+        signature = sign_task_manifest(coordinator, project.name, manifest)
+        tx.insert_task(
+            TaskRecord(
+                id=task_id,
+                project_id=project.id,
+                client_id=client_id,
+                base_version=version,
+                shard_index=shard,
+                status="leased",
+                issued_at=now,
+                deadline=deadline,
+                max_examples=int(max_examples),
+                manifest=manifest,
+                signature=signature,
+            )
+        )
+        tx.touch_client(client_id, now)
+    if expired:
+        _notify_projects(coordinator, expired)
+    return {"manifest": manifest, "signature": signature}
+
+
+def _notify_projects(coordinator: Coordinator, project_ids: list[int]) -> None:
+    with coordinator.store.read() as tx:
+        names = [p.name for p in tx.projects() if p.id in project_ids]
+    for name in names:
+        coordinator.notifier.notify(name)
+
+
+def expire_leases(coordinator: Coordinator) -> int:
+    """Return expired leases' capacity to the pool and wake the long polls that wait for it."""
+    with coordinator.store.write(durable=False) as tx:
+        expired = tx.expire_leases(coordinator.clock())
+    if expired:
+        _notify_projects(coordinator, expired)
+    return len(expired)
+
+
+def claim_ready(coordinator: Coordinator, project: ProjectRecord) -> AggregationClaim | None:
+    """Claim the project's next aggregation if its round is complete (one transaction)."""
+    now = coordinator.clock()
+    with coordinator.store.write() as tx:
+        fresh = tx.project_by_id(project.id)
+        if fresh is None or fresh.status == "closed" or tx.aggregation_running(project.id):
+            return None
+        settings = ProjectSettings.from_dict(fresh.settings)
+        version = fresh.current_version
+        if settings.mode == "sync":
+            counts = tx.round_counts(project.id, version, now)
+            base = tx.version(project.id, version)
+            assert base is not None
+            past_deadline = now >= base.created_at + settings.round_deadline_s
+            ready = counts.answered >= settings.clients_per_round or (
+                past_deadline and counts.answered >= settings.min_updates
+            )
+            if not ready:
+                return None
+            updates = tx.pending_update_records(project.id, version, None)
+        else:
+            if tx.pending_updates(project.id) < settings.buffer_size:
+                return None
+            updates = tx.pending_update_records(project.id, None, None)
+            stale = [u for u in updates if version - u.base_version > settings.max_staleness]
+            if stale:
+                tx.drop_updates([u.id for u in stale])
+            updates = [u for u in updates if u not in stale][: settings.buffer_size]
+            if len(updates) < settings.buffer_size:
+                return None
+        try:
+            claim = tx.claim_aggregation(project.id, version, _OWNER, now, [u.id for u in updates])
+        except ClaimConflict:
+            return None
+        if settings.mode == "sync":
+            tx.cancel_round_leases(project.id, version)
+    coordinator.notifier.notify(project.name)
+    return claim
+
+
+def run_aggregation(
+    coordinator: Coordinator, project: ProjectRecord, claim: AggregationClaim
+) -> int | None:
+    """Aggregate a claimed round, evaluate, publish the next version; returns it (None if lost)."""
+    started = time.perf_counter()
+    rt = coordinator.runtime(project)
+    settings = rt.settings
+    with coordinator.store.read() as tx:
+        base = tx.version(project.id, claim.base_version)
+    assert base is not None
+    base_state = decode_model(coordinator.blobs.read(base.digest), rt.spec)
+    strategy = build_strategy(project.strategy["name"], project.strategy.get("params") or {})
+    if base.strategy_state_digest:
+        from backend.coordinator import load_tensors
+
+        strategy.load_state_tensors(
+            load_tensors(coordinator.blobs.read(base.strategy_state_digest))
+        )
+
+    def updates() -> Iterator[ClientUpdate]:
+        for u in claim.updates:
+            delta = decode_update(
+                coordinator.blobs.read(u.payload_digest),
+                rt.spec,
+                max_norm=settings.max_update_norm,
+                expected_codec=settings.codec,
+            )
+            staleness = claim.base_version - u.base_version
+            factor = 1.0
+            if settings.mode == "async":
+                factor = staleness_factor(staleness, exponent=settings.staleness_exponent)
+            yield ClientUpdate(delta, u.num_examples, u.max_examples, factor, u.client_id)
+
+    new_state = strategy.aggregate(base_state, updates())
+    metrics: dict[str, float] = {}
+    test = rt.test_data()
+    if test is not None:
+        from backend.coordinator import evaluate_state
+
+        metrics = evaluate_state(rt.recipe, rt.hparams, new_state, test)
+    losses = [u.metrics["loss_after"] for u in claim.updates if "loss_after" in u.metrics]
+    if losses:
+        metrics["client_loss_after"] = sum(losses) / len(losses)
+    digest = coordinator.blobs.put(encode_model(new_state))
+    state_tensors = strategy.state_tensors()
+    state_digest = None
+    if state_tensors:
+        from backend.coordinator import _save_tensors
+
+        state_digest = coordinator.blobs.put(_save_tensors(state_tensors))
+    now = coordinator.clock()
+    next_version = claim.base_version + 1
+    manifest = {
+        "project": project.name,
+        "version": next_version,
+        "digest": digest,
+        "created_at": int(now),
+    }
+    record = VersionRecord(
+        project_id=project.id,
+        version=next_version,
+        digest=digest,
+        created_at=now,
+        signature=coordinator.keys.load(project.name).sign(manifest),
+        metrics=metrics,
+        updates=len(claim.updates),
+        contributors=len({u.client_id for u in claim.updates}),
+        strategy_state_digest=state_digest,
+    )
+    with coordinator.store.write() as tx:
+        if tx.aggregation_owner(claim.id) != claim.owner:
+            log.warning("aggregation %s of %s was taken over; discarding", claim.id, project.name)
+            return None
+        tx.finish_aggregation(claim, record, [])
+    coordinator.metrics.aggregation_seconds.labels(project=project.name).observe(
+        time.perf_counter() - started
+    )
+    coordinator.metrics.model_version.labels(project=project.name).set(next_version)
+    coordinator.notifier.notify(project.name)
+    log.info("project %s: published version %d (%s)", project.name, next_version, metrics)
+    return next_version
+
+
+def _claim_is_stale(owner: str, claimed_at: float, now: float) -> bool:
+    if owner == _OWNER:
+        return False
+    if now - claimed_at > AGGREGATION_CLAIM_TTL_S:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _OWNER_HOST or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True  # this pid, another incarnation (owner differs): a restart reused the pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    except OSError:
+        return True
+    return False
+
+
+def _owned_by(expected: str, owner: str, _claimed_at: float) -> bool:
+    return owner == expected
+
+
+class AggregationWorker:
+    """The one background thread that expires leases and aggregates complete rounds."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failures = 0
+
+    def start(self) -> None:
+        self.release_stale_claims()
+        for project in self.coordinator.projects():
+            self.coordinator.metrics.model_version.labels(project=project.name).set(
+                project.current_version
+            )
+        self._thread = threading.Thread(target=self._run, name="barnraise-aggregation", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def release_stale_claims(self) -> int:
+        now = self.coordinator.clock()
+        with self.coordinator.store.write() as tx:
+            return tx.release_stale_claims(lambda owner, at: _claim_is_stale(owner, at, now))
+
+    def run_once(self) -> bool:
+        """One pass: expire leases, aggregate at most one complete round. True if it did."""
+        expire_leases(self.coordinator)
+        for project in self.coordinator.projects():
+            if project.status == "closed":
+                continue
+            claim = claim_ready(self.coordinator, project)
+            if claim is None:
+                continue
+            try:
+                run_aggregation(self.coordinator, project, claim)
+            except Exception:
+                log.exception(
+                    "aggregation of project %s failed; its updates go back to the pool",
+                    project.name,
+                )
+                with self.coordinator.store.write() as tx:
+                    tx.release_stale_claims(functools.partial(_owned_by, claim.owner))
+                raise
+            return True
+        return False
+
+    def _next_wake_s(self) -> float:
+        """Seconds until something time-based may need doing (a lease deadline, a round deadline)."""
+        coordinator = self.coordinator
+        now = coordinator.clock()
+        candidates = [WORKER_MAX_SLEEP_S]
+        with coordinator.store.read() as tx:
+            deadline = tx.next_deadline(now)
+            if deadline is not None:
+                candidates.append(deadline - now + 0.01)
+            for project in tx.projects():
+                settings = ProjectSettings.from_dict(project.settings)
+                if project.status == "closed" or settings.mode != "sync":
+                    continue
+                counts = tx.round_counts(project.id, project.current_version, now)
+                base = tx.version(project.id, project.current_version)
+                if base is not None and counts.answered >= settings.min_updates:
+                    candidates.append(base.created_at + settings.round_deadline_s - now + 0.01)
+        return max(0.01, min(candidates))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                if self.run_once():
+                    continue
+                timeout = self._next_wake_s()
+            except Exception:
+                if self._stop.is_set():
+                    return
+                self.failures += 1
+                log.exception(
+                    "the aggregation worker hit an error; retrying in %.0f s", FAILURE_BACKOFF_S
+                )
+                timeout = FAILURE_BACKOFF_S
+            self._wake.wait(timeout)

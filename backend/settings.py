@@ -1,0 +1,136 @@
+"""Limits and project settings, each named once with its default and meaning.
+
+``PROJECT_SETTINGS`` declares what an organiser may set per project (the CLI builds its
+``project create`` flags from it, and a test checks docs mention every one). Server-wide
+limits are module constants.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+JSON_BODY_LIMIT = 64 * 1024
+"""Bytes; larger JSON control bodies are answered 413 payload_too_large."""
+
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+"""Bytes; the default cap on one update body (per project, in each task manifest)."""
+
+LONG_POLL_MAX_S = 30.0
+"""Seconds; ``?wait=`` on lease is clamped to [0, this]."""
+
+LONG_POLL_RECHECK_S = 5.0
+"""Seconds; a waiting lease re-reads the database this often even without a wake-up, so a
+task made available by another process (several workers on one database) is not missed."""
+
+RETRY_AFTER_NO_WORK_S = 5
+"""Seconds in ``Retry-After`` of a 204 (no work now)."""
+
+RETRY_AFTER_PAUSED_S = 60
+"""Seconds in ``Retry-After`` of a 503 project_paused."""
+
+CHALLENGE_TTL_S = 300
+"""Seconds a join challenge stays valid (single use)."""
+
+AGGREGATION_CLAIM_TTL_S = 600.0
+"""Seconds an aggregation claim holds before another process may take it over; a claim by a
+process that is no longer alive on this host is taken over at once."""
+
+RECENT_CREDIT_HALF_LIFE_S = 7 * 24 * 3600.0
+"""Seconds; recent average credit halves over this (BOINC's RAC uses one week)."""
+
+CREDIT_UNIT = "GFLOP"
+"""The unit of credit: 1e9 training floating-point operations."""
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """How a project runs its rounds. Every field has a default and a ``help`` text."""
+
+    mode: str = "sync"
+    clients_per_round: int = 3
+    min_updates: int = 2
+    round_deadline_s: float = 120.0
+    overprovision: float = 1.3
+    buffer_size: int = 3
+    max_staleness: int = 4
+    staleness_exponent: float = 0.5
+    max_concurrent_leases: int = 1000
+    lease_s: float = 300.0
+    codec: str = "int8"
+    max_update_norm: float = 100.0
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    invite_required: bool = False
+
+    def validate(self) -> ProjectSettings:
+        """Return self, or raise ValueError naming the first bad setting."""
+        if self.mode not in ("sync", "async"):
+            raise ValueError(f"mode must be sync or async, got {self.mode!r}")
+        positive_ints = ("clients_per_round", "min_updates", "buffer_size", "max_concurrent_leases")
+        for name in positive_ints:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.min_updates > self.clients_per_round:
+            raise ValueError(
+                f"min_updates ({self.min_updates}) must not exceed clients_per_round "
+                f"({self.clients_per_round})"
+            )
+        for name in ("round_deadline_s", "lease_s", "max_update_norm"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not (1.0 <= self.overprovision <= 10.0):
+            raise ValueError(f"overprovision must be within [1, 10], got {self.overprovision!r}")
+        if self.max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0, got {self.max_staleness!r}")
+        if not (0.0 <= self.staleness_exponent <= 10.0):
+            raise ValueError("staleness_exponent must be within [0, 10]")
+        if not (1024 <= self.max_payload_bytes <= 4 * 1024**3):
+            raise ValueError("max_payload_bytes must be within [1 KiB, 4 GiB]")
+        return self
+
+    @property
+    def leases_per_round(self) -> int:
+        """Sync mode: leases handed out per round, more than needed so stragglers don't stall it."""
+        return max(self.clients_per_round, math.ceil(self.clients_per_round * self.overprovision))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProjectSettings:
+        """Settings from stored or user data; unknown keys are an error, types are coerced."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown project setting {unknown[0]!r}; known: {', '.join(known)}")
+        values: dict[str, Any] = {}
+        defaults = cls()
+        for name, value in data.items():
+            kind = type(getattr(defaults, name))
+            if kind is bool and isinstance(value, str):
+                values[name] = value.lower() in ("1", "true", "yes", "on")
+            else:
+                values[name] = kind(value)
+        return cls(**values).validate()
+
+
+SETTING_HELP: dict[str, str] = {
+    "mode": "sync: rounds of clients_per_round updates; async: FedBuff, aggregate every buffer_size updates",
+    "clients_per_round": "sync: updates that complete a round at once",
+    "min_updates": "sync: updates that complete a round once round_deadline_s has passed",
+    "round_deadline_s": "sync: seconds after a version is published before min_updates suffice",
+    "overprovision": "sync: leases per round = ceil(clients_per_round x this), so stragglers don't stall a round",
+    "buffer_size": "async: aggregate every this many accepted updates (FedBuff's K)",
+    "max_staleness": "async: reject updates based on a version more than this many versions old",
+    "staleness_exponent": "async: an update s versions behind weighs (1+s)^-exponent",
+    "max_concurrent_leases": "async: live leases at most at once",
+    "lease_s": "seconds a lease lives without a heartbeat; an expired lease returns its task to the pool",
+    "codec": "update codec contributors must use (f32, f16, int8, int8-block, topk:F)",
+    "max_update_norm": "updates with a larger global L2 norm are rejected (norm_too_large)",
+    "max_payload_bytes": "largest update body accepted (413 payload_too_large)",
+    "invite_required": "joining needs an invite code (barnraise-backend invite create)",
+}
+"""One line per ProjectSettings field: shown by the CLI, checked against the docs."""

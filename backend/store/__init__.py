@@ -1,0 +1,33 @@
+"""Storage behind a small interface: ``Store`` (SQLite by default) and the blob folder."""
+
+from backend.store.base import (
+    AggregationClaim,
+    ClaimConflict,
+    ClientRecord,
+    ProjectRecord,
+    ReadTx,
+    RoundCounts,
+    Store,
+    TaskRecord,
+    UpdateRecord,
+    VersionRecord,
+    WriteTx,
+)
+from backend.store.blobs import BlobStore
+from backend.store.sqlite import SQLiteStore
+
+__all__ = [
+    "AggregationClaim",
+    "BlobStore",
+    "ClaimConflict",
+    "ClientRecord",
+    "ProjectRecord",
+    "ReadTx",
+    "RoundCounts",
+    "SQLiteStore",
+    "Store",
+    "TaskRecord",
+    "UpdateRecord",
+    "VersionRecord",
+    "WriteTx",
+]

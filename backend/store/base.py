@@ -1,0 +1,195 @@
+"""The storage interface: plain records and the transactions the coordinator needs.
+
+Everything outside ``backend/store/`` talks to storage only through ``Store``,
+``ReadTx`` and ``WriteTx``; none of it sees SQL. ``Store.write()`` is one serialised
+transaction (SQLite: the single writer connection inside ``BEGIN IMMEDIATE``; PostgreSQL:
+a serialisable transaction), so check-then-act sequences inside it are atomic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class ClaimConflict(Exception):
+    """Another aggregation of the project is already running."""
+
+
+@dataclass(frozen=True)
+class ProjectRecord:
+    id: int
+    name: str
+    description: str
+    recipe: str
+    recipe_version: int
+    hparams: dict[str, Any]
+    strategy: dict[str, Any]
+    settings: dict[str, Any]
+    status: str  # open | paused | closed
+    current_version: int
+    public_key: str
+    created_at: float
+    shard_sizes: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    project_id: int
+    version: int
+    digest: str
+    created_at: float
+    signature: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    updates: int = 0
+    contributors: int = 0
+    strategy_state_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    id: str
+    project_id: int
+    display_name: str
+    team: str | None
+    public_key: str
+    token_hash: str
+    created_at: float
+    last_seen: float
+    credit: float = 0.0
+    recent_sum: float = 0.0
+    recent_time: float = 0.0
+    accepted: int = 0
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: str
+    project_id: int
+    client_id: str
+    base_version: int
+    shard_index: int
+    status: str  # leased | answered | released | expired | cancelled
+    issued_at: float
+    deadline: float
+    max_examples: int
+    manifest: dict[str, Any]
+    signature: str
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    id: str
+    project_id: int
+    task_id: str
+    client_id: str
+    base_version: int
+    payload_digest: str
+    num_examples: int
+    max_examples: int
+    credit: float
+    accepted_at: float
+    manifest_b64: str
+    signature: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    status: str = "pending"  # pending | claimed | aggregated | dropped
+    aggregation_id: int | None = None
+
+
+@dataclass(frozen=True)
+class AggregationClaim:
+    id: int
+    project_id: int
+    base_version: int
+    owner: str
+    claimed_at: float
+    updates: list[UpdateRecord]
+
+
+@dataclass(frozen=True)
+class RoundCounts:
+    live_leases: int
+    answered: int
+
+
+class ReadTx(Protocol):
+    """Consistent reads (one snapshot for the life of the transaction)."""
+
+    def projects(self) -> list[ProjectRecord]: ...
+    def project_by_name(self, name: str) -> ProjectRecord | None: ...
+    def project_by_id(self, project_id: int) -> ProjectRecord | None: ...
+    def version(self, project_id: int, version: int) -> VersionRecord | None: ...
+    def versions(self, project_id: int) -> list[VersionRecord]: ...
+    def client(self, client_id: str) -> ClientRecord | None: ...
+    def client_by_key(self, project_id: int, public_key: str) -> ClientRecord | None: ...
+    def clients(self, project_id: int) -> list[ClientRecord]: ...
+    def task(self, task_id: str) -> TaskRecord | None: ...
+    def update_for_task(self, task_id: str) -> UpdateRecord | None: ...
+    def updates(self, project_id: int) -> list[UpdateRecord]: ...
+    def round_counts(self, project_id: int, base_version: int, now: float) -> RoundCounts: ...
+    def live_leases(self, project_id: int, now: float) -> int: ...
+    def pending_updates(self, project_id: int) -> int: ...
+    def pending_update_records(
+        self, project_id: int, base_version: int | None, limit: int | None
+    ) -> list[UpdateRecord]: ...
+    def next_deadline(self, now: float) -> float | None: ...
+    def aggregation_running(self, project_id: int) -> bool: ...
+    def invite_count(self, project_id: int) -> int: ...
+    def challenge_valid(self, project_id: int, challenge: str, now: float) -> bool: ...
+
+
+class WriteTx(ReadTx, Protocol):
+    """A serialised read-write transaction; committed when the ``with`` block ends cleanly."""
+
+    def insert_project(self, project: ProjectRecord) -> int: ...
+    def set_project_status(self, project_id: int, status: str) -> None: ...
+    def insert_version(self, version: VersionRecord) -> None: ...
+    def insert_challenge(self, project_id: int, challenge: str, expires_at: float) -> None: ...
+    def consume_challenge(self, project_id: int, challenge: str, now: float) -> bool: ...
+    def insert_invite(
+        self, project_id: int, code_hash: str, created_at: float, max_uses: int
+    ) -> None: ...
+    def consume_invite(self, project_id: int, code_hash: str) -> bool: ...
+    def insert_client(self, client: ClientRecord) -> None: ...
+    def rejoin_client(
+        self, client_id: str, display_name: str, team: str | None, token_hash: str, now: float
+    ) -> None: ...
+    def touch_client(self, client_id: str, now: float) -> None: ...
+    def expire_leases(self, now: float) -> list[int]: ...
+    def live_task_for_client(
+        self, project_id: int, client_id: str, now: float
+    ) -> TaskRecord | None: ...
+    def client_has_task(self, project_id: int, client_id: str, base_version: int) -> bool: ...
+    def next_shard(self, project_id: int, num_shards: int) -> int: ...
+    def insert_task(self, task: TaskRecord) -> None: ...
+    def set_task_lease(
+        self, task_id: str, deadline: float, manifest: dict[str, Any], signature: str
+    ) -> None: ...
+    def set_task_status(self, task_id: str, status: str) -> None: ...
+    def insert_update(self, update: UpdateRecord) -> None: ...
+    def drop_updates(self, update_ids: list[str]) -> None: ...
+    def credit_client(
+        self, client_id: str, credit: float, recent_sum: float, now: float
+    ) -> None: ...
+    def count_rejection(self, client_id: str, now: float) -> None: ...
+    def claim_aggregation(
+        self, project_id: int, base_version: int, owner: str, now: float, update_ids: list[str]
+    ) -> AggregationClaim: ...
+    def cancel_round_leases(self, project_id: int, base_version: int) -> int: ...
+    def aggregation_owner(self, aggregation_id: int) -> str | None: ...
+    def finish_aggregation(
+        self, claim: AggregationClaim, version: VersionRecord, dropped: list[str]
+    ) -> None: ...
+    def release_stale_claims(self, is_stale: Callable[[str, float], bool]) -> int: ...
+
+
+class Store(Protocol):
+    """Where a coordinator keeps its state. Implementations are thread-safe."""
+
+    def read(self) -> AbstractContextManager[ReadTx]: ...
+    def write(self, *, durable: bool = True) -> AbstractContextManager[WriteTx]: ...
+    def schema_version(self) -> int: ...
+    def close(self) -> None: ...

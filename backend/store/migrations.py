@@ -1,0 +1,118 @@
+"""Numbered schema migrations of the SQLite store: applied in order, each in one transaction.
+
+Add a migration by appending ``(N, statements)``; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
+    (
+        1,
+        (
+            """CREATE TABLE projects (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                description TEXT NOT NULL,
+                recipe TEXT NOT NULL,
+                recipe_version INTEGER NOT NULL,
+                hparams TEXT NOT NULL,
+                strategy TEXT NOT NULL,
+                settings TEXT NOT NULL,
+                status TEXT NOT NULL,
+                current_version INTEGER NOT NULL,
+                public_key TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                shard_sizes TEXT,
+                next_shard INTEGER NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE versions (
+                project_id INTEGER NOT NULL REFERENCES projects(id),
+                version INTEGER NOT NULL,
+                digest TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                signature TEXT NOT NULL,
+                metrics TEXT NOT NULL,
+                updates INTEGER NOT NULL,
+                contributors INTEGER NOT NULL,
+                strategy_state_digest TEXT,
+                PRIMARY KEY (project_id, version)
+            )""",
+            """CREATE TABLE challenges (
+                challenge TEXT PRIMARY KEY,
+                project_id INTEGER NOT NULL REFERENCES projects(id),
+                expires_at REAL NOT NULL,
+                used INTEGER NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE invites (
+                code_hash TEXT PRIMARY KEY,
+                project_id INTEGER NOT NULL REFERENCES projects(id),
+                created_at REAL NOT NULL,
+                max_uses INTEGER NOT NULL,
+                uses INTEGER NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE clients (
+                id TEXT PRIMARY KEY,
+                project_id INTEGER NOT NULL REFERENCES projects(id),
+                display_name TEXT NOT NULL,
+                team TEXT,
+                public_key TEXT NOT NULL,
+                token_hash TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                last_seen REAL NOT NULL,
+                credit REAL NOT NULL DEFAULT 0,
+                recent_sum REAL NOT NULL DEFAULT 0,
+                recent_time REAL NOT NULL DEFAULT 0,
+                accepted INTEGER NOT NULL DEFAULT 0,
+                rejected INTEGER NOT NULL DEFAULT 0,
+                UNIQUE (project_id, public_key)
+            )""",
+            """CREATE TABLE tasks (
+                id TEXT PRIMARY KEY,
+                project_id INTEGER NOT NULL REFERENCES projects(id),
+                client_id TEXT NOT NULL REFERENCES clients(id),
+                base_version INTEGER NOT NULL,
+                shard_index INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                issued_at REAL NOT NULL,
+                deadline REAL NOT NULL,
+                max_examples INTEGER NOT NULL,
+                manifest TEXT NOT NULL,
+                signature TEXT NOT NULL
+            )""",
+            "CREATE INDEX tasks_round ON tasks (project_id, base_version, status)",
+            "CREATE INDEX tasks_client ON tasks (project_id, client_id, status)",
+            "CREATE INDEX tasks_deadline ON tasks (status, deadline)",
+            """CREATE TABLE aggregations (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                project_id INTEGER NOT NULL REFERENCES projects(id),
+                base_version INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                claimed_at REAL NOT NULL
+            )""",
+            # At most one running aggregation per project: a second claim fails at the index.
+            "CREATE UNIQUE INDEX one_running_aggregation ON aggregations (project_id) WHERE status = 'running'",
+            """CREATE TABLE updates (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                id TEXT NOT NULL UNIQUE,
+                project_id INTEGER NOT NULL REFERENCES projects(id),
+                task_id TEXT NOT NULL UNIQUE REFERENCES tasks(id),
+                client_id TEXT NOT NULL REFERENCES clients(id),
+                base_version INTEGER NOT NULL,
+                payload_digest TEXT NOT NULL,
+                num_examples INTEGER NOT NULL,
+                max_examples INTEGER NOT NULL,
+                credit REAL NOT NULL,
+                accepted_at REAL NOT NULL,
+                manifest_b64 TEXT NOT NULL,
+                signature TEXT NOT NULL,
+                metrics TEXT NOT NULL,
+                status TEXT NOT NULL,
+                aggregation_id INTEGER REFERENCES aggregations(id)
+            )""",
+            "CREATE INDEX updates_pending ON updates (project_id, status, base_version)",
+        ),
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]

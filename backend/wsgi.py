@@ -1,0 +1,220 @@
+"""The WSGI application: the route table as data, and the one place errors become JSON.
+
+Routes are ``(name, compiled regex, methods, handler)``; the first whose regex matches the
+path wins. Captured groups are passed to the handler by name; handlers validate them
+(``bad_id``) before they touch storage. A path matched with another method is 405.
+
+Run it with the CLI (``barnraise-backend serve``, cheroot) or under any WSGI server::
+
+    gunicorn --threads 32 'backend.wsgi:app_from_env()'     # reads BARNRAISE_DATA
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from backend.api import models, pages, projects, stats, system, tasks
+from backend.coordinator import Coordinator
+from backend.errors import HTTPError, MethodNotAllowed, NotFound, TooManyRequests, error_body
+from backend.http import HTTP_REASONS, Request, Response
+from backend.metrics import METRICS
+from backend.ratelimit import RateLimiter
+from backend.store import ClientRecord, ProjectRecord
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., Response]
+StartResponse = Callable[..., Any]
+
+_SEG = r"(?P<{}>[^/]+)"
+_P = _SEG.format("project")
+_T = _SEG.format("task_id")
+_D = _SEG.format("digest")
+API = "/api/v1"
+
+_ROUTE_SPECS: list[tuple[str, str, list[str], Handler]] = [
+    ("healthz", r"^/healthz$", ["GET"], system.healthz),
+    ("metrics", r"^/metrics$", ["GET"], system.metrics),
+    ("page_index", r"^/$", ["GET"], pages.index_page),
+    ("page_project", rf"^/p/{_P}/?$", ["GET"], pages.project_page),
+    ("openapi", rf"^{API}/openapi\.json$", ["GET"], system.openapi),
+    ("list_projects", rf"^{API}/projects$", ["GET"], projects.list_projects),
+    ("show_project", rf"^{API}/projects/{_P}$", ["GET"], projects.show_project),
+    ("challenge", rf"^{API}/projects/{_P}/challenge$", ["POST"], projects.new_challenge),
+    ("join", rf"^{API}/projects/{_P}/join$", ["POST"], projects.join_project),
+    ("lease_task", rf"^{API}/projects/{_P}/tasks/lease$", ["POST"], tasks.lease_task),
+    (
+        "heartbeat",
+        rf"^{API}/projects/{_P}/tasks/{_T}/heartbeat$",
+        ["POST"],
+        tasks.heartbeat_task,
+    ),
+    ("release", rf"^{API}/projects/{_P}/tasks/{_T}/release$", ["POST"], tasks.release_task),
+    (
+        "upload_update",
+        rf"^{API}/projects/{_P}/tasks/{_T}/update$",
+        ["PUT"],
+        tasks.upload_update,
+    ),
+    ("current_model", rf"^{API}/projects/{_P}/models/current$", ["GET"], models.current_model),
+    ("download_model", rf"^{API}/projects/{_P}/models/{_D}$", ["GET"], models.download_model),
+    ("leaderboard", rf"^{API}/projects/{_P}/leaderboard$", ["GET"], stats.leaderboard),
+    ("stats", rf"^{API}/projects/{_P}/stats$", ["GET"], stats.project_stats),
+    ("me", rf"^{API}/projects/{_P}/me$", ["GET"], stats.me),
+]
+
+ROUTES: list[tuple[str, re.Pattern[str], frozenset[str], Handler]] = [
+    (name, re.compile(pattern), frozenset(methods), handler)
+    for name, pattern, methods, handler in _ROUTE_SPECS
+]
+"""The route table. Order matters only where patterns overlap: models/current before models/{digest}."""
+
+HTML_ROUTES = frozenset({"page_index", "page_project"})
+
+DEFAULT_RATE = 50.0
+"""Requests per second a client may sustain (token bucket refill)."""
+DEFAULT_BURST = 200.0
+"""Requests a client may make at once."""
+
+
+def resolve(method: str, path: str) -> tuple[str, Handler, dict[str, str]]:
+    """(route name, handler, captured arguments) for a request; NotFound or MethodNotAllowed."""
+    allowed: set[str] = set()
+    for name, pattern, methods, handler in ROUTES:
+        m = pattern.match(path)
+        if m is None:
+            continue
+        if method in methods or (method == "HEAD" and "GET" in methods):
+            return name, handler, m.groupdict()
+        allowed |= methods
+    if allowed:
+        raise MethodNotAllowed(
+            f"{method} is not allowed here; use {', '.join(sorted(allowed))}",
+            headers=[("Allow", ", ".join(sorted(allowed)))],
+        )
+    raise NotFound(f"nothing at {path[:200]!r}; the API is under {API}")
+
+
+class App:
+    """The WSGI callable over one ``Coordinator``."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        *,
+        rate: float | None = DEFAULT_RATE,
+        burst: float = DEFAULT_BURST,
+    ) -> None:
+        self.coordinator = coordinator
+        self.limiter = RateLimiter(rate=rate, burst=burst) if rate else None
+        self.metrics = METRICS
+
+    def authenticate(self, req: Request, project: ProjectRecord) -> ClientRecord:
+        client = self.coordinator.authenticate(project, req.header("authorization"))
+        req.client_id = client.id
+        self._rate_limit(f"client:{client.id}", req)
+        return client
+
+    def _rate_limit(self, key: str, req: Request) -> None:
+        if self.limiter is None:
+            return
+        decision = self.limiter.check(key)
+        if not decision.allowed:
+            self.metrics.rate_limited.labels(route=req.route_name).inc()
+            raise TooManyRequests(
+                "too many requests from this client; wait as Retry-After says",
+                retry_after=int(decision.retry_after_header),
+            )
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        req = Request(environ)
+        try:
+            name, handler, args = resolve(req.method, req.path)
+            req.route_name = name
+            if not req.header("authorization"):
+                self._rate_limit(f"addr:{req.remote_addr}", req)
+            response = handler(self, req, **args)
+        except HTTPError as exc:
+            response = self._error_response(req, exc)
+        except Exception:
+            log.exception("unexpected error answering %s %s", req.method, req.path[:200])
+            response = self._error_response(
+                req,
+                HTTPError(
+                    "the server hit an unexpected error; it has been logged, try again later"
+                ),
+            )
+        return self._send(req, response, start_response, started)
+
+    def _error_response(self, req: Request, exc: HTTPError) -> Response:
+        if req.route_name in HTML_ROUTES:
+            from backend.pages import PAGE_HEADERS, render_error_page
+
+            headers = [(k, v) for k, v in PAGE_HEADERS if k.lower() != "content-type"]
+            body = render_error_page(exc.status, exc.message).encode("utf-8")
+            return Response(
+                exc.status, body, headers + exc.extra_headers, "text/html; charset=utf-8"
+            )
+        headers = [h for h in exc.headers() if h[0].lower() != "content-type"]
+        return Response(exc.status, error_body(exc), headers, "application/json")
+
+    def _send(
+        self, req: Request, response: Response, start_response: StartResponse, started: float
+    ) -> Iterable[bytes]:
+        headers = list(response.headers)
+        if response.content_type:
+            headers.append(("Content-Type", response.content_type))
+        body = response.body
+        if isinstance(body, bytes):
+            if response.status not in (204, 304):
+                headers.append(("Content-Length", str(len(body))))
+            chunks: Iterable[bytes] = [body]
+        else:
+            chunks = body
+        if req.method == "HEAD" or response.status in (204, 304):
+            if not isinstance(body, bytes) and hasattr(body, "close"):
+                body.close()
+            chunks = []
+        reason = HTTP_REASONS.get(response.status, "Unknown")
+        start_response(f"{response.status} {reason}", headers)
+        self.metrics.requests.labels(
+            method=req.method if req.method in _KNOWN_METHODS else "OTHER",
+            route=req.route_name,
+            status=str(response.status),
+        ).inc()
+        self.metrics.request_seconds.labels(
+            method=req.method if req.method in _KNOWN_METHODS else "OTHER", route=req.route_name
+        ).observe(time.perf_counter() - started)
+        return chunks
+
+    def close(self) -> None:
+        self.coordinator.close()
+
+
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def create_app(
+    data_dir: str | Path,
+    *,
+    rate: float | None = DEFAULT_RATE,
+    burst: float = DEFAULT_BURST,
+    **coordinator_options: Any,
+) -> App:
+    """The WSGI app over ``data_dir`` (created if missing), its aggregation worker started."""
+    return App(Coordinator(data_dir, **coordinator_options), rate=rate, burst=burst)
+
+
+def app_from_env() -> App:
+    """For WSGI servers: ``gunicorn 'backend.wsgi:app_from_env()'`` with BARNRAISE_DATA set."""
+    from backend.cli import default_data_dir
+
+    data = os.environ.get("BARNRAISE_DATA") or str(default_data_dir())
+    return create_app(data)

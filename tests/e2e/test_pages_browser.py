@@ -1,0 +1,361 @@
+"""The public pages in a real browser: Debian's chromium, headless, JavaScript on.
+
+Two servers on loopback: a tiny http.server with rendered sample pages (a busy project
+with hostile names, an empty one, the index), and the real backend (``backend.wsgi``)
+with contributors who joined over HTTP under hostile names. For each: load, check the
+DOM chromium built (rows present, no injected element, no script ran), and save
+screenshots at desktop and phone width under tests/e2e/artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import tempfile
+import threading
+import urllib.request
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import page_samples as samples
+import pytest
+
+from backend.pages import (
+    PAGE_HEADERS,
+    render_error_page,
+    render_index,
+    render_project_page,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+DESKTOP = (1280, 1800)
+PHONE = (390, 2400)
+BROWSER_TIMEOUT_S = 120
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium: apt-get install -y chromium chromium-driver",
+    ),
+]
+
+CONTROL_PAGE = (
+    "<!doctype html><html><head><title>control</title></head><body>"
+    "<script>document.body.setAttribute('data-js-ran', 'yes')</script></body></html>"
+)
+
+
+# --------------------------------------------------------------------------- browser
+
+
+def run_chromium(url: str, *args: str, profile: Path) -> str:
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--lang=en-US",
+        f"--user-data-dir={profile}",
+        *args,
+        url,
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S, check=False
+    )
+    assert result.returncode == 0, f"chromium failed ({result.returncode}): {result.stderr[-2000:]}"
+    return result.stdout
+
+
+def dump_dom(url: str, profile: Path) -> str:
+    return run_chromium(url, "--dump-dom", profile=profile)
+
+
+def screenshot(
+    url: str, name: str, size: tuple[int, int], profile: Path, *, dark: bool = False
+) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    path.unlink(missing_ok=True)
+    extra = ["--force-dark-mode"] if dark else []
+    run_chromium(
+        url,
+        f"--screenshot={path}",
+        f"--window-size={size[0]},{size[1]}",
+        *extra,
+        profile=profile,
+    )
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == size
+    assert len(data) > 20_000, f"{path} looks blank ({len(data)} bytes)"
+    return path
+
+
+class Dom(HTMLParser):
+    """What the tests need from a dumped DOM: elements, attributes, text per table body."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.rows: dict[str, list[list[str]]] = {}
+        self._table: str | None = None
+        self._in_tbody = False
+        self._cell: list[str] | None = None
+        self.title = ""
+        self._in_title = False
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        self.elements.append((tag, attributes))
+        if tag == "table":
+            self._table = attributes.get("id") or "?"
+            self.rows[self._table] = []
+        elif tag == "tbody":
+            self._in_tbody = True
+        elif tag == "tr" and self._in_tbody and self._table:
+            self.rows[self._table].append([])
+        elif tag == "td" and self._in_tbody and self._table:
+            self._cell = []
+        elif tag == "title" and not self.title:
+            self._in_title = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None and self._table:
+            self.rows[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tbody":
+            self._in_tbody = False
+        elif tag == "table":
+            self._table = None
+        elif tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._in_title:
+            self.title += data
+
+    def tags(self, name: str) -> list[dict[str, str | None]]:
+        return [attrs for tag, attrs in self.elements if tag == name]
+
+    def body_attrs(self) -> dict[str, str | None]:
+        return self.tags("body")[0]
+
+
+def assert_nothing_injected(dom: Dom) -> None:
+    """Only the elements our pages use; no script, no image, no handler attributes."""
+    assert dom.tags("script") == []
+    assert dom.tags("img") == []
+    assert dom.tags("iframe") == []
+    for tag, attrs in dom.elements:
+        handlers = [a for a in attrs if a.startswith("on")]
+        assert handlers == [], f"<{tag}> has event handler attributes {handlers}"
+    assert "data-pwned" not in dom.body_attrs()
+    assert "pwned" not in dom.title
+
+
+@pytest.fixture(scope="module")
+def profile() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="barnraise-chromium-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- static pages
+
+
+@pytest.fixture(scope="module")
+def static_server() -> Iterator[str]:
+    def pages(base: str) -> dict[str, tuple[int, str, bool]]:
+        return {
+            "/": (200, render_index(samples.project_summaries(), now=samples.NOW), True),
+            "/p/digits": (200, render_project_page(samples.busy_project(f"{base}/p/digits")), True),
+            "/p/fresh": (200, render_project_page(samples.empty_project(f"{base}/p/fresh")), True),
+            "/control": (200, CONTROL_PAGE, False),
+        }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            base = f"http://{self.headers['Host']}"
+            status, body, ours = pages(base).get(
+                self.path,
+                (404, render_error_page(404, f"Nothing at {self.path}"), True),
+            )
+            data = body.encode("utf-8")
+            self.send_response(status)
+            headers = PAGE_HEADERS if ours else (("Content-Type", "text/html; charset=utf-8"),)
+            for key, value in headers:
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_harness_sees_scripts_that_run(static_server: str, profile: Path) -> None:
+    # The control: with JavaScript on, a script's effect shows in the dumped DOM, so the
+    # absence of such effects on our pages means something.
+    dom = Dom(dump_dom(f"{static_server}/control", profile))
+    assert dom.body_attrs().get("data-js-ran") == "yes"
+
+
+def test_project_page_dom(static_server: str, profile: Path) -> None:
+    dom = Dom(dump_dom(f"{static_server}/p/digits", profile))
+    assert_nothing_injected(dom)
+    assert dom.title == "digits · Barnraise"
+    contributors = dom.rows["contributors-table"]
+    assert len(contributors) == 11
+    names = [row[1] for row in contributors]
+    assert samples.XSS_NAME in names
+    assert samples.XSS_TITLE in names
+    assert contributors[2][2] == samples.XSS_TEAM
+    assert contributors[0][:4] == ["1", "Ada Lovelace", "Analytical Engines", "1,234,568"]
+    assert len(dom.rows["teams-table"]) == 4
+    assert len(dom.rows["versions-table"]) == 12
+    assert len(dom.tags("svg")) == 2
+    assert len(dom.tags("polyline")) == 2
+    text = "".join(dom.text)
+    assert f"{static_server}/p/digits" in text
+    assert "3f9a:11c2:7be0:94d1:0a5e:c8f7:2d33:6b10" in text
+
+
+def test_empty_and_index_pages_dom(static_server: str, profile: Path) -> None:
+    empty = Dom(dump_dom(f"{static_server}/p/fresh", profile))
+    assert_nothing_injected(empty)
+    assert "No contributions yet" in "".join(empty.text)
+    assert empty.tags("polyline") == []
+    index = Dom(dump_dom(f"{static_server}/", profile))
+    assert_nothing_injected(index)
+    assert {"/p/digits", "/p/tabular-hospital", "/p/fresh"} <= {
+        a.get("href") for a in index.tags("a")
+    }
+    assert samples.XSS_NAME in "".join(index.text)
+
+
+def test_screenshots_desktop_phone_dark(static_server: str, profile: Path) -> None:
+    url = f"{static_server}/p/digits"
+    screenshot(url, "project-desktop.png", DESKTOP, profile)
+    screenshot(url, "project-phone.png", PHONE, profile)
+    screenshot(url, "project-desktop-dark.png", DESKTOP, profile, dark=True)
+    screenshot(f"{static_server}/p/fresh", "project-empty-phone.png", PHONE, profile)
+    screenshot(f"{static_server}/", "index-desktop.png", (1280, 900), profile)
+    screenshot(f"{static_server}/p/nope", "error-phone.png", (390, 800), profile)
+
+
+# --------------------------------------------------------------------------- real backend
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    wsgi = pytest.importorskip("backend.wsgi", reason="the backend router is not there yet")
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    class ThreadingWSGIServer(ThreadingHTTPServer, WSGIServer):
+        pass
+
+    app = wsgi.create_app(tmp_path_factory.mktemp("backend-data"), rate=None)
+    app.coordinator.create_project("digits", recipe="digits-mlp")
+    server = make_server(
+        "127.0.0.1", 0, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for name, team in [
+            (samples.XSS_NAME, samples.XSS_TEAM),
+            ("Grace Hopper", "Compilers & Co"),
+            (samples.XSS_TITLE, None),
+        ]:
+            join(base, "digits", name, team)
+        yield base
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.close()
+
+
+def _post(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = json.dumps(body if body is not None else {}).encode()
+    request = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+
+
+def join(base: str, project: str, name: str, team: str | None) -> dict[str, Any]:
+    from federated.signing import SigningKey
+
+    key = SigningKey.generate()
+    api = f"{base}/api/v1/projects/{project}"
+    challenge = _post(f"{api}/challenge")["challenge"]
+    statement = {
+        "challenge": challenge,
+        "project": project,
+        "public_key": key.public_key_b64,
+        "purpose": "join",
+    }
+    return _post(
+        f"{api}/join",
+        {
+            "display_name": name,
+            "team": team,
+            "public_key": key.public_key_b64,
+            "challenge": challenge,
+            "signature": key.sign(statement),
+            "invite": None,
+        },
+    )
+
+
+def test_real_backend_page(real_server: str, profile: Path) -> None:
+    url = f"{real_server}/p/digits"
+    dom = Dom(dump_dom(url, profile))
+    assert_nothing_injected(dom)
+    text = "".join(dom.text)
+    assert samples.XSS_NAME in text
+    assert samples.XSS_TITLE in text
+    assert url in text  # the join address is the page's own URL
+    assert len(dom.tags("svg")) == 2
+    index = Dom(dump_dom(f"{real_server}/", profile))
+    assert "/p/digits" in {a.get("href") for a in index.tags("a")}
+    missing = Dom(dump_dom(f"{real_server}/p/no-such-project", profile))
+    assert_nothing_injected(missing)
+    assert "404" in "".join(missing.text)
+    screenshot(url, "real-project-desktop.png", DESKTOP, profile)
+    screenshot(url, "real-project-phone.png", PHONE, profile)
