@@ -45,5 +45,6 @@ def test_demo_prints_the_leaderboard_and_one_line_per_version(
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     assert lines[0].startswith("leaderboard: http://127.0.0.1:") and lines[0].endswith("/p/digits")
-    assert [ln.split(":")[0] for ln in lines[1:]] == ["version 1", "version 2"]
+    assert [ln.split(":")[0] for ln in lines[1:]] == ["version 1", "version 2", "done"]
     assert all("accuracy" in ln and "contributors" in ln and "updates" in ln for ln in lines[1:])
+    assert lines[-1].startswith("done: 2 versions in ")
