@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy $(wildcard federated backend)
+	$(VENV)/bin/mypy $(wildcard federated backend app)
 
 pytest: $(STAMP) system-deps
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest -q

@@ -1,0 +1,491 @@
+"""Fit the contributor engine to the tray's ``EnginePort``.
+
+``StandaloneEngine`` implements the port with the engine's own parts (client, credentials,
+settings, events) and no training: it previews and joins projects on a real coordinator,
+leaves them, keeps pause/snooze state and publishes the same typed events. It is what the
+tray runs until the engine's controller is importable, and what the UI tests drive against a
+real coordinator on loopback. ``make_engine`` picks the controller when it exists.
+
+Nothing here imports Qt or torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from app.contributor.events import (
+    CreditUpdated,
+    EngineState,
+    Error,
+    Event,
+    EventBus,
+    StateChanged,
+)
+from app.contributor.invites import JoinTarget
+from app.contributor.settings import Settings, load_settings
+from app.tray.engine_port import (
+    DATA_LOCAL,
+    EnginePort,
+    EngineSnapshot,
+    JoinedProject,
+    JoinRequest,
+    ProjectPreview,
+)
+
+__all__ = ["StandaloneEngine", "check_local_csv", "make_engine"]
+
+log = logging.getLogger(__name__)
+
+# How many data rows the Join dialog's check reads: enough to catch a wrong file or a
+# wrong column, quick on a multi-gigabyte CSV. The trainer checks every row when it loads.
+CSV_CHECK_ROWS = 1000
+
+
+def check_local_csv(path: Path, columns: dict[str, object] | None) -> str:
+    """Check a CSV file or a folder of CSVs against the project's columns, torch-free.
+
+    Returns "N rows in M file(s), K feature columns" or raises ValueError naming the file,
+    the line and what to fix.
+    """
+    path = path.expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+        if not files:
+            raise ValueError(
+                f"{path}: the folder holds no .csv files; choose a folder of CSV files"
+            )
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ValueError(f"{path}: no such file or folder; choose a CSV file or a folder of them")
+    label = str((columns or {}).get("label") or "")
+    raw_features = (columns or {}).get("features") or []
+    features = [str(f) for f in raw_features] if isinstance(raw_features, list) else []
+    rows = 0
+    for file in files:
+        try:
+            with file.open(newline="", encoding="utf-8-sig") as handle:
+                reader = csv.reader(handle)
+                header = [h.strip() for h in next(reader, [])]
+                if not any(header):
+                    raise ValueError(f"{file}: the file is empty; it needs a header line and rows")
+                for column in [c for c in [label, *features] if c]:
+                    if column not in header:
+                        raise ValueError(
+                            f"{file}, line 1: column {column!r} not found; "
+                            f"the header has {', '.join(header)}"
+                        )
+                wanted = [header.index(c) for c in [label, *features] if c]
+                for row in reader:
+                    if not row or not any(cell.strip() for cell in row):
+                        continue
+                    if len(row) != len(header):
+                        raise ValueError(
+                            f"{file}, line {reader.line_num}: {len(row)} fields, "
+                            f"but the header has {len(header)}"
+                        )
+                    if rows < CSV_CHECK_ROWS:
+                        for at in wanted:
+                            try:
+                                float(row[at])
+                            except ValueError:
+                                raise ValueError(
+                                    f"{file}, line {reader.line_num}, column {header[at]!r}: "
+                                    f"{row[at].strip()!r} is not a number"
+                                ) from None
+                    rows += 1
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{file}: not UTF-8 text ({exc.reason})") from None
+        except csv.Error as exc:
+            raise ValueError(f"{file}: malformed CSV ({exc})") from None
+    if rows == 0:
+        raise ValueError(f"{path}: there are no data rows, only a header")
+    return f"{rows} rows in {len(files)} file(s), {len(features)} feature column(s)"
+
+
+class StandaloneEngine:
+    """The port over the engine's parts, without a trainer (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        settings_path: Path | None = None,
+        credentials_file: Path | None = None,
+        insecure: bool = False,
+    ) -> None:
+        self._settings_path = settings_path
+        self._credentials_file = credentials_file
+        self._insecure = insecure
+        self._bus = EventBus()
+        self._lock = threading.Lock()
+        self._settings = load_settings(settings_path)
+        self._state = EngineState.STOPPED
+        self._paused = False
+        self._snoozed_until: float | None = None
+        self._projects: dict[str, JoinedProject] = {}
+        self._store_loaded = False
+
+    # --- events ----------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        return self._bus.subscribe(callback)
+
+    def _set_state(self, state: EngineState, reasons: tuple[str, ...] = ()) -> None:
+        with self._lock:
+            previous, self._state = self._state, state
+            project = next(iter(self._projects), None)
+        self._bus.publish(
+            StateChanged(state=state, previous=previous, project=project, reasons=reasons)
+        )
+
+    def _running_state(self) -> tuple[EngineState, tuple[str, ...]]:
+        with self._lock:
+            if self._paused:
+                return EngineState.PAUSED, ("paused",)
+            if self._snoozed_until is not None and self._snoozed_until > time.time():
+                return EngineState.WAITING, ("snoozed",)
+            if not self._projects:
+                return EngineState.IDLE, ("no project joined",)
+            return EngineState.WAITING, ("no trainer in this build",)
+
+    # --- state -----------------------------------------------------------------------------
+    def snapshot(self) -> EngineSnapshot:
+        with self._lock:
+            return EngineSnapshot(
+                state=self._state,
+                project=next(iter(self._projects), None),
+                paused=self._paused,
+                snoozed_until=self._snoozed_until,
+                projects=tuple(self._projects.values()),
+            )
+
+    def settings(self) -> Settings:
+        with self._lock:
+            return self._settings
+
+    def _store(self):  # type: ignore[no-untyped-def]
+        from app.contributor.credentials import open_credential_store
+
+        return open_credential_store(self._credentials_file)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._state is not EngineState.STOPPED:
+                return
+        try:
+            refs = self._store().list_projects()
+        except Exception as exc:  # a missing keychain must not stop the tray from opening
+            refs = []
+            self._bus.publish(Error(message=str(exc), code="credentials"))
+        with self._lock:
+            for ref in refs:
+                self._projects[ref.project] = JoinedProject(
+                    name=ref.project,
+                    server_url=ref.server_url,
+                    page_url=f"{ref.server_url}/p/{ref.project}",
+                )
+        self._set_state(*self._running_state())
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._state is EngineState.STOPPED:
+                return
+        self._set_state(EngineState.STOPPED)
+
+    # --- commands --------------------------------------------------------------------------
+    def pause(self) -> None:
+        with self._lock:
+            self._paused = True
+        self._set_state(*self._running_state())
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+            self._snoozed_until = None
+        self._set_state(*self._running_state())
+
+    def snooze(self, until: float) -> None:
+        with self._lock:
+            self._snoozed_until = until
+        self._set_state(*self._running_state())
+
+    def apply_settings(self, settings: Settings) -> None:
+        with self._lock:
+            self._settings = settings
+
+    def preview(self, target: JoinTarget) -> ProjectPreview:
+        from app.contributor.client import CoordinatorClient
+
+        client = CoordinatorClient(target.server_url, target.project, insecure=self._insecure)
+        try:
+            return ProjectPreview.from_project_view(target, client.get_project())
+        finally:
+            client.close()
+
+    def validate_data(self, preview: ProjectPreview, path: Path) -> str:
+        return check_local_csv(path, preview.data_columns)
+
+    def join(self, request: JoinRequest) -> JoinedProject:
+        from app.contributor.client import CoordinatorClient
+        from app.contributor.credentials import ProjectCredentials, project_key
+        from federated.signing import SigningKey
+
+        if not request.consented:
+            raise ValueError("joining needs your consent; tick the consent box first")
+        preview = request.preview
+        if preview.data_mode == DATA_LOCAL:
+            if request.data_path is None:
+                raise ValueError("this project trains on your own data; choose a folder or CSV")
+            self.validate_data(preview, request.data_path)
+        target = preview.target
+        client = CoordinatorClient(target.server_url, target.project, insecure=self._insecure)
+        try:
+            key = SigningKey.generate()
+            result = client.join(
+                key, display_name=request.display_name, team=request.team, invite=target.invite
+            )
+        finally:
+            client.close()
+        server_key = str(result.project.get("public_key", preview.public_key))
+        if server_key != preview.public_key:
+            raise ValueError(
+                "the project's key changed between showing it and joining; "
+                "close this window and join again to check the new fingerprint"
+            )
+        import base64
+
+        credentials = ProjectCredentials(
+            server_url=target.server_url,
+            project=target.project,
+            client_id=result.client_id,
+            token=result.token,
+            private_key_b64=base64.b64encode(key.private_bytes()).decode("ascii"),
+            project_public_key_b64=server_key,
+        )
+        self._store().save(project_key(target.server_url, target.project), credentials)
+        joined = JoinedProject(
+            name=target.project, server_url=target.server_url, page_url=target.page_url
+        )
+        with self._lock:
+            self._projects[joined.name] = joined
+        self._bus.publish(CreditUpdated(project=joined.name, credit=0.0))
+        self._set_state(*self._running_state())
+        return joined
+
+    def leave(self, project: str) -> None:
+        from app.contributor.credentials import project_key
+
+        with self._lock:
+            joined = self._projects.get(project)
+        if joined is None:
+            raise ValueError(f"you have not joined {project!r}")
+        self._store().delete(project_key(joined.server_url, project))
+        with self._lock:
+            self._projects.pop(project, None)
+        self._set_state(*self._running_state())
+
+
+class ControllerEngine:
+    """The port over ``app.contributor.controller.Controller`` (the real engine).
+
+    It also serves the engine's local control channel, so ``barnraise pause|resume|snooze|
+    status|leave`` reach the engine inside the tray as they reach a headless one, plus two
+    commands for the GUI: ``show`` and ``open_join`` (``{"url": ...}``), passed to
+    ``ui_handler`` (which re-emits them as Qt signals).
+    """
+
+    def __init__(
+        self,
+        *,
+        settings_path: Path | None = None,
+        credentials_file: Path | None = None,
+        insecure: bool = False,
+    ) -> None:
+        from app.contributor.controller import Controller, EngineOptions, EnginePaths
+        from app.contributor.credentials import open_credential_store
+
+        self._settings_path = settings_path
+        self._store = open_credential_store(credentials_file)
+        self.paths = EnginePaths.default()
+        self.controller = Controller(
+            credentials=self._store,
+            paths=self.paths,
+            settings=load_settings(settings_path),
+            options=EngineOptions(insecure=insecure),
+        )
+        self._insecure = insecure
+        self._control = None
+        self.ui_handler: Callable[[str, dict[str, object]], None] | None = None
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        return self.controller.subscribe(callback)
+
+    def snapshot(self) -> EngineSnapshot:
+        raw = self.controller.snapshot()
+        projects = []
+        for p in raw.get("projects", []):
+            server = str(p.get("server_url", ""))
+            projects.append(
+                JoinedProject(
+                    name=str(p["project"]),
+                    server_url=server,
+                    page_url=f"{server}/p/{p['project']}",
+                    state="disabled: " + str(p["disabled"]) if p.get("disabled") else "joined",
+                    credit=float(p.get("credit") or 0.0),
+                    credit_unit=str(p.get("credit_unit") or ""),
+                    rank=p.get("rank"),
+                    tasks=int(p.get("tasks") or 0),
+                )
+            )
+        snoozed = raw.get("snoozed_until")
+        decision = raw.get("decision") or {}
+        return EngineSnapshot(
+            state=EngineState(raw["state"]),
+            project=raw.get("project"),
+            reasons=tuple(str(r) for r in decision.get("reasons") or ()),
+            paused=bool(raw.get("paused")),
+            snoozed_until=_parse_time(snoozed) if snoozed else None,
+            projects=tuple(projects),
+        )
+
+    def settings(self) -> Settings:
+        return self.controller.settings
+
+    def _handle_control(self, command: str, args: object) -> object:
+        params = dict(args) if isinstance(args, dict) else {}
+        if command in ("show", "open_join"):
+            if self.ui_handler is None:
+                from app.contributor.control import ControlError
+
+                raise ControlError("the tray is not ready yet; try again in a moment")
+            self.ui_handler(command, params)
+            return {"shown": True}
+        if command == "leave":
+            self.controller.leave(str(params["key"]))
+            return {"left": params["key"]}
+        return self.controller.handle_command(command, params)
+
+    def start(self) -> None:
+        from app.contributor.control import ControlError, ControlServer
+
+        control = ControlServer(self.paths.runtime_dir, self._handle_control)
+        try:
+            control.start()
+            self._control = control  # type: ignore[assignment]
+        except ControlError as exc:
+            # A headless engine already works in this data folder: two engines would lease
+            # twice. Say so and do not start a second one.
+            raise RuntimeError(
+                f"{exc}. Stop `barnraise --headless` first, or run the tray with another data folder"
+            ) from None
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+        self.controller.wait(STOP_WAIT_S)
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()
+
+    def pause(self) -> None:
+        self.controller.pause()
+
+    def resume(self) -> None:
+        self.controller.resume()
+
+    def snooze(self, until: float) -> None:
+        from datetime import datetime
+
+        self.controller.snooze(datetime.fromtimestamp(until).astimezone())
+
+    def apply_settings(self, settings: Settings) -> None:
+        self.controller.apply_settings(settings)
+
+    def preview(self, target: JoinTarget) -> ProjectPreview:
+        from app.contributor.controller import preview_join
+
+        preview = preview_join(_target_text(target), insecure=self._insecure)
+        return ProjectPreview.from_project_view(target, preview.project)
+
+    def validate_data(self, preview: ProjectPreview, path: Path) -> str:
+        return check_local_csv(path, preview.data_columns)
+
+    def join(self, request: JoinRequest) -> JoinedProject:
+        from app.contributor.controller import JoinPreview, save_project_data_path
+        from app.contributor.credentials import project_key
+
+        if not request.consented:
+            raise ValueError("joining needs your consent; tick the consent box first")
+        preview = request.preview
+        if preview.data_mode == DATA_LOCAL:
+            if request.data_path is None:
+                raise ValueError("this project trains on your own data; choose a folder or CSV")
+            self.validate_data(preview, request.data_path)
+        view = {
+            "name": preview.name,
+            "public_key": preview.public_key,
+            "data_mode": preview.data_mode,
+            "description": preview.description,
+            "recipe": preview.recipe,
+        }
+        target = preview.target
+        key = project_key(target.server_url, target.project)
+        if request.data_path is not None:
+            # Saved before joining so the engine never sees the project without its data.
+            save_project_data_path(self.paths, key, target.project, str(request.data_path))
+        self.controller.join(
+            JoinPreview(target=target, project=view),
+            display_name=request.display_name,
+            team=request.team,
+        )
+        return JoinedProject(
+            name=target.project, server_url=target.server_url, page_url=target.page_url
+        )
+
+    def leave(self, project: str) -> None:
+        for ref in self._store.list_projects():
+            if ref.project == project:
+                self.controller.leave(ref.key)
+                return
+        raise ValueError(f"you have not joined {project!r}")
+
+
+# Quitting waits this long for the engine to checkpoint and give its task back.
+STOP_WAIT_S = 10.0
+
+
+def _parse_time(text: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def _target_text(target: JoinTarget) -> str:
+    text = target.page_url
+    return f"{text}?invite={target.invite}" if target.invite else text
+
+
+def make_engine(
+    *,
+    settings_path: Path | None = None,
+    credentials_file: Path | None = None,
+    insecure: bool = False,
+) -> EnginePort:
+    """The engine the tray runs: the controller when it is installed, else StandaloneEngine."""
+    try:
+        import app.contributor.controller  # noqa: F401
+    except ImportError:
+        log.warning("the engine's controller is not installed; running without training")
+        return StandaloneEngine(
+            settings_path=settings_path, credentials_file=credentials_file, insecure=insecure
+        )
+    return ControllerEngine(
+        settings_path=settings_path, credentials_file=credentials_file, insecure=insecure
+    )

@@ -1,0 +1,167 @@
+"""What the tray needs from the contributor engine, written down as a Protocol.
+
+The tray is a thin shell: everything it shows comes from an ``EnginePort`` and everything
+the volunteer does goes back through one. ``adapter.py`` fits the engine in
+``app/contributor/`` to this port; the tests use a fake. No Qt here and no torch, so the
+port can be implemented and tested without either.
+
+Threads: ``subscribe`` callbacks run on the engine's threads (the tray re-emits them as Qt
+signals); every other method is called from the tray's worker threads, never from the GUI
+thread, because any of them may block (the network, a keychain prompt, a paused trainer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from app.contributor.events import EngineState, Event
+from app.contributor.invites import JoinTarget
+from app.contributor.settings import Settings
+
+__all__ = [
+    "DATA_BUILTIN",
+    "DATA_LOCAL",
+    "EnginePort",
+    "EngineSnapshot",
+    "JoinRequest",
+    "JoinedProject",
+    "ProjectPreview",
+]
+
+DATA_BUILTIN = "builtin"  # the recipe brings its own data shard (public data)
+DATA_LOCAL = "local"  # the recipe trains on a folder or CSV the volunteer chooses
+
+
+@dataclass(frozen=True)
+class ProjectPreview:
+    """What the Join dialog shows before the volunteer consents: the coordinator's own
+    description of the project (``GET /api/v1/projects/NAME``) and where it lives."""
+
+    target: JoinTarget
+    name: str
+    description: str
+    recipe: str
+    data_mode: str  # DATA_BUILTIN or DATA_LOCAL
+    key_fingerprint: str
+    public_key: str
+    invite_required: bool = False
+    strategy: str = ""
+    current_version: int | None = None
+    data_columns: dict[str, Any] | None = None  # {"label": str, "features": [str]} (local)
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def page_url(self) -> str:
+        return self.target.page_url
+
+    @classmethod
+    def from_project_view(cls, target: JoinTarget, view: dict[str, Any]) -> ProjectPreview:
+        """Build from the protocol's ``Project`` object (docs/protocol.md)."""
+        strategy = view.get("strategy") or {}
+        return cls(
+            target=target,
+            name=str(view.get("name", target.project)),
+            description=str(view.get("description") or ""),
+            recipe=str(view.get("recipe", "")),
+            data_mode=str(view.get("data_mode", DATA_BUILTIN)),
+            key_fingerprint=str(view.get("key_fingerprint", "")),
+            public_key=str(view.get("public_key", "")),
+            invite_required=bool(view.get("invite_required", False)),
+            strategy=str(strategy.get("name", "")) if isinstance(strategy, dict) else str(strategy),
+            current_version=view.get("current_version"),
+            data_columns=view.get("data_columns"),
+            hparams=dict(view.get("hparams") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    """The volunteer's answers in the Join dialog; ``consented`` must be True to join."""
+
+    preview: ProjectPreview
+    display_name: str
+    team: str | None = None
+    data_path: Path | None = None  # required when preview.data_mode == DATA_LOCAL
+    consented: bool = False
+
+
+@dataclass(frozen=True)
+class JoinedProject:
+    """One row of the Dashboard's project table."""
+
+    name: str
+    server_url: str
+    page_url: str
+    state: str = "waiting"
+    credit: float = 0.0
+    credit_unit: str = ""
+    rank: int | None = None
+    tasks: int = 0
+    last_update: float | None = None  # epoch seconds of the last accepted update
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """The engine's state at one moment, for a window that opens late."""
+
+    state: EngineState
+    project: str | None = None
+    reasons: tuple[str, ...] = ()
+    paused: bool = False
+    snoozed_until: float | None = None  # epoch seconds
+    projects: tuple[JoinedProject, ...] = ()
+
+
+@runtime_checkable
+class EnginePort(Protocol):
+    """The engine as the tray uses it. Commands are thread-safe and may block."""
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Deliver every event to ``callback`` (on an engine thread); returns unsubscribe."""
+        ...
+
+    def snapshot(self) -> EngineSnapshot: ...
+
+    def settings(self) -> Settings: ...
+
+    def start(self) -> None:
+        """Start the engine's threads and return (idempotent)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop and release the current lease, checkpointing first (idempotent, thread-safe)."""
+        ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None:
+        """Clear a pause and a snooze."""
+        ...
+
+    def snooze(self, until: float) -> None:
+        """Do not compute before ``until`` (epoch seconds)."""
+        ...
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Use these settings from now on (the caller has already saved them)."""
+        ...
+
+    def preview(self, target: JoinTarget) -> ProjectPreview:
+        """Fetch the project's description from its coordinator (network)."""
+        ...
+
+    def validate_data(self, preview: ProjectPreview, path: Path) -> str:
+        """Check a local-data folder/CSV without training; return a one-line summary
+        ("412 rows, 8 features") or raise ValueError saying what is wrong and where."""
+        ...
+
+    def join(self, request: JoinRequest) -> JoinedProject:
+        """Create keys, register with the coordinator, pin its key, store credentials."""
+        ...
+
+    def leave(self, project: str) -> None:
+        """Stop working for ``project`` and remove its keys from the keychain."""
+        ...

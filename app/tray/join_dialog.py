@@ -1,0 +1,459 @@
+"""Join a project: paste, check, consent, join. Every network step runs off the GUI thread.
+
+Pages: (1) paste a page URL or invite and say how you appear on the leaderboard;
+(2) the project as its coordinator describes it: description, recipe, data mode, strategy
+and the server key fingerprint, plus a data chooser that validates a local-data folder/CSV;
+(3) consent, which says exactly what leaves this machine and what never does;
+(4) joining, then done.
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFont, QFontDatabase
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDialog,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QStackedWidget,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.contributor.invites import InviteError, parse_join_target
+from app.tray.bridge import TaskRunner
+from app.tray.engine_port import DATA_LOCAL, EnginePort, JoinedProject, JoinRequest, ProjectPreview
+from app.tray.icons import app_icon
+
+__all__ = ["JoinDialog", "consent_text"]
+
+PAGE_PASTE, PAGE_PROJECT, PAGE_CONSENT, PAGE_DONE = range(4)
+ERROR_STYLE = "color:#B91C1C;"
+OK_STYLE = "color:#15803D;"
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def consent_text(
+    preview: ProjectPreview, display_name: str, team: str | None, data_path: Path | None
+) -> str:
+    """The consent statement (HTML): what is sent, where, and what never leaves."""
+    host = _escape(preview.target.host or preview.target.server_url)
+    who = _escape(display_name) + (f" (team {_escape(team)})" if team else "")
+    if preview.data_mode == DATA_LOCAL:
+        data = (
+            f"the data in <b>{_escape(str(data_path))}</b>: it is read only by the training process "
+            "on this computer and never uploaded"
+        )
+    else:
+        data = "any personal file: this project trains on a public data shard it downloads"
+    return (
+        f"<p>By joining <b>{_escape(preview.name)}</b>, this computer sends to <b>{host}</b>:</p>"
+        "<ul>"
+        f"<li>the name <b>{who}</b>, shown on the project's public leaderboard;</li>"
+        "<li>a public key created now for this project (its private half stays in your keychain);</li>"
+        "<li>for each task: the model update computed here (changes to the model's weights), "
+        "the number of examples used, training metrics (loss, accuracy) and the compute time.</li>"
+        "</ul>"
+        f"<p>It never sends {data}, your private key, or anything else on this computer.</p>"
+        "<p>Barnraise computes only within your limits and schedule (Preferences), and you can "
+        "pause, snooze or leave at any time.</p>"
+    )
+
+
+class JoinDialog(QDialog):
+    joined = Signal(object)  # JoinedProject
+
+    def __init__(
+        self, engine: EnginePort, runner: TaskRunner, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.engine = engine
+        self.runner = runner
+        self.preview: ProjectPreview | None = None
+        self.data_checked: Path | None = None
+        self.joined_project: JoinedProject | None = None
+        self.setObjectName("joinDialog")
+        self.setWindowTitle("Join a project")
+        self.setWindowIcon(app_icon())
+        self.setMinimumWidth(560)
+
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self._build_paste_page())
+        self.pages.addWidget(self._build_project_page())
+        self.pages.addWidget(self._build_consent_page())
+        self.pages.addWidget(self._build_done_page())
+
+        self.back_button = QPushButton("Back")
+        self.next_button = QPushButton("Look up")
+        self.next_button.setObjectName("nextButton")
+        self.next_button.setDefault(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.back_button.clicked.connect(self._back)
+        self.next_button.clicked.connect(self._next)
+        self.cancel_button.clicked.connect(self.reject)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.back_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.next_button)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(18, 16, 18, 14)
+        layout.addWidget(self.pages, 1)
+        layout.addLayout(buttons)
+        self._show_page(PAGE_PASTE)
+
+    # --- pages -----------------------------------------------------------------------------
+    def _heading(self, text: str) -> QLabel:
+        label = QLabel(text)
+        font = QFont(self.font())
+        font.setPointSizeF(font.pointSizeF() * 1.25)
+        font.setBold(True)
+        label.setFont(font)
+        return label
+
+    def _build_paste_page(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.addWidget(self._heading("Join a project"))
+        intro = QLabel(
+            "Paste the project's address or the invite link you were given, for example "
+            "<i>https://example.org/p/digits</i>."
+        )
+        intro.setWordWrap(True)
+        layout.addWidget(intro)
+        form = QFormLayout()
+        self.url_edit = QLineEdit()
+        self.url_edit.setObjectName("urlEdit")
+        self.url_edit.setPlaceholderText("https://HOST/p/NAME or an invite link")
+        self.url_edit.setClearButtonEnabled(True)
+        self.name_edit = QLineEdit(getpass.getuser())
+        self.name_edit.setObjectName("nameEdit")
+        self.name_edit.setMaxLength(64)
+        self.team_edit = QLineEdit()
+        self.team_edit.setPlaceholderText("optional")
+        self.team_edit.setMaxLength(64)
+        form.addRow("Project address:", self.url_edit)
+        form.addRow("Your name on the leaderboard:", self.name_edit)
+        form.addRow("Team:", self.team_edit)
+        layout.addLayout(form)
+        self.paste_error = QLabel()
+        self.paste_error.setObjectName("pasteError")
+        self.paste_error.setWordWrap(True)
+        self.paste_error.setStyleSheet(ERROR_STYLE)
+        layout.addWidget(self.paste_error)
+        layout.addStretch(1)
+        self.url_edit.textChanged.connect(lambda _: self._update_buttons())
+        self.name_edit.textChanged.connect(lambda _: self._update_buttons())
+        return page
+
+    def _build_project_page(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        self.project_heading = self._heading("")
+        layout.addWidget(self.project_heading)
+        self.description_label = QLabel()
+        self.description_label.setWordWrap(True)
+        self.description_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.description_label)
+        form = QFormLayout()
+        self.server_value = QLabel()
+        self.recipe_value = QLabel()
+        self.data_mode_value = QLabel()
+        self.data_mode_value.setWordWrap(True)
+        self.strategy_value = QLabel()
+        self.fingerprint_value = QLabel()
+        self.fingerprint_value.setObjectName("fingerprint")
+        self.fingerprint_value.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.fingerprint_value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addRow("Coordinator:", self.server_value)
+        form.addRow("Model recipe:", self.recipe_value)
+        form.addRow("Training data:", self.data_mode_value)
+        form.addRow("Aggregation:", self.strategy_value)
+        form.addRow("Server key fingerprint:", self.fingerprint_value)
+        layout.addLayout(form)
+        hint = QLabel(
+            "Check that the fingerprint matches the one on the project's web page: it proves "
+            "you talk to the organiser's server. Barnraise remembers this key and refuses work "
+            "signed by any other."
+        )
+        hint.setWordWrap(True)
+        hint.setStyleSheet("color: palette(mid);")
+        layout.addWidget(hint)
+
+        self.data_box = QWidget()
+        data_layout = QVBoxLayout(self.data_box)
+        data_layout.setContentsMargins(0, 8, 0, 0)
+        data_layout.addWidget(
+            QLabel("<b>Your data</b> — a CSV file or a folder of CSV files on this computer:")
+        )
+        row = QHBoxLayout()
+        self.data_edit = QLineEdit()
+        self.data_edit.setObjectName("dataEdit")
+        self.data_edit.setPlaceholderText("/path/to/data.csv")
+        file_button = QPushButton("Choose file…")
+        folder_button = QPushButton("Choose folder…")
+        self.check_button = QPushButton("Check data")
+        self.check_button.setObjectName("checkDataButton")
+        file_button.clicked.connect(self._choose_file)
+        folder_button.clicked.connect(self._choose_folder)
+        self.check_button.clicked.connect(self._check_data)
+        row.addWidget(self.data_edit, 1)
+        row.addWidget(file_button)
+        row.addWidget(folder_button)
+        row.addWidget(self.check_button)
+        data_layout.addLayout(row)
+        self.data_status = QLabel()
+        self.data_status.setObjectName("dataStatus")
+        self.data_status.setWordWrap(True)
+        data_layout.addWidget(self.data_status)
+        self.data_edit.textChanged.connect(self._data_edited)
+        layout.addWidget(self.data_box)
+        layout.addStretch(1)
+        return page
+
+    def _build_consent_page(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.addWidget(self._heading("What leaves this computer"))
+        self.consent_view = QTextBrowser()
+        self.consent_view.setObjectName("consentText")
+        self.consent_view.setOpenExternalLinks(False)
+        self.consent_view.setMinimumHeight(220)
+        layout.addWidget(self.consent_view, 1)
+        self.consent_box = QCheckBox("I understand and agree to contribute on these terms")
+        self.consent_box.setObjectName("consentBox")
+        self.consent_box.toggled.connect(lambda _: self._update_buttons())
+        layout.addWidget(self.consent_box)
+        self.join_error = QLabel()
+        self.join_error.setObjectName("joinError")
+        self.join_error.setWordWrap(True)
+        self.join_error.setStyleSheet(ERROR_STYLE)
+        layout.addWidget(self.join_error)
+        return page
+
+    def _build_done_page(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        self.done_heading = self._heading("Joining…")
+        layout.addWidget(self.done_heading)
+        self.done_label = QLabel(
+            "Creating a key for this project and registering it with the coordinator…"
+        )
+        self.done_label.setObjectName("doneLabel")
+        self.done_label.setWordWrap(True)
+        layout.addWidget(self.done_label)
+        layout.addStretch(1)
+        return page
+
+    # --- navigation ------------------------------------------------------------------------
+    @property
+    def page(self) -> int:
+        return self.pages.currentIndex()
+
+    def _show_page(self, index: int) -> None:
+        self.pages.setCurrentIndex(index)
+        self.back_button.setVisible(index in (PAGE_PROJECT, PAGE_CONSENT))
+        self.next_button.setText(
+            {PAGE_PASTE: "Look up", PAGE_PROJECT: "Next", PAGE_CONSENT: "Join", PAGE_DONE: "Close"}[
+                index
+            ]
+        )
+        self.cancel_button.setVisible(index != PAGE_DONE)
+        self._update_buttons()
+
+    def _update_buttons(self, busy: bool = False) -> None:
+        page = self.page
+        if busy:
+            self.next_button.setEnabled(False)
+            return
+        if page == PAGE_PASTE:
+            ok = bool(self.url_edit.text().strip() and self.name_edit.text().strip())
+        elif page == PAGE_PROJECT:
+            ok = self.preview is not None and (
+                self.preview.data_mode != DATA_LOCAL or self.data_checked is not None
+            )
+        elif page == PAGE_CONSENT:
+            ok = self.consent_box.isChecked()
+        else:
+            ok = self.joined_project is not None or bool(self.join_error.text())
+        self.next_button.setEnabled(ok)
+
+    def _back(self) -> None:
+        if self.page in (PAGE_PROJECT, PAGE_CONSENT):
+            self._show_page(self.page - 1)
+
+    def _next(self) -> None:
+        if self.page == PAGE_PASTE:
+            self._look_up()
+        elif self.page == PAGE_PROJECT:
+            self._show_consent()
+        elif self.page == PAGE_CONSENT:
+            self._join()
+        else:
+            self.accept()
+
+    def set_url(self, text: str) -> None:
+        """Pre-fill the address (an invite link handed over by a second launch)."""
+        self.url_edit.setText(text)
+        self._show_page(PAGE_PASTE)
+
+    # --- step 1: look up -------------------------------------------------------------------
+    def _look_up(self) -> None:
+        self.paste_error.setText("")
+        try:
+            target = parse_join_target(self.url_edit.text())
+        except InviteError as exc:
+            self.paste_error.setText(str(exc).capitalize())
+            return
+        self.paste_error.setText(f"Asking {target.host} about {target.project}…")
+        self.paste_error.setStyleSheet("color: palette(mid);")
+        self._update_buttons(busy=True)
+        self.runner.run(lambda: self.engine.preview(target), self._previewed, self._preview_failed)
+
+    def _previewed(self, preview: ProjectPreview) -> None:
+        self.preview = preview
+        self.data_checked = None
+        self.paste_error.setText("")
+        self.project_heading.setText(preview.name)
+        self.description_label.setText(
+            preview.description or "(The organiser gave no description.)"
+        )
+        self.server_value.setText(preview.target.server_url)
+        self.recipe_value.setText(preview.recipe)
+        if preview.data_mode == DATA_LOCAL:
+            columns = preview.data_columns or {}
+            features = ", ".join(str(c) for c in columns.get("features") or []) or "—"
+            self.data_mode_value.setText(
+                f"Your own data (stays on this computer): label column “{columns.get('label', '?')}”, "
+                f"features {features}"
+            )
+        else:
+            self.data_mode_value.setText(
+                "A public data shard the project hands out (nothing of yours)"
+            )
+        version = (
+            f", model version {preview.current_version}"
+            if preview.current_version is not None
+            else ""
+        )
+        self.strategy_value.setText(f"{preview.strategy or '—'}{version}")
+        self.fingerprint_value.setText(preview.key_fingerprint)
+        self.data_box.setVisible(preview.data_mode == DATA_LOCAL)
+        self.data_status.setText("")
+        self._show_page(PAGE_PROJECT)
+
+    def _preview_failed(self, exc: Exception) -> None:
+        self.paste_error.setStyleSheet(ERROR_STYLE)
+        self.paste_error.setText(f"Could not look up the project: {exc}")
+        self._update_buttons()
+
+    # --- step 2: local data ----------------------------------------------------------------
+    def _choose_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a CSV file", str(Path.home()), "CSV files (*.csv);;All files (*)"
+        )
+        if path:
+            self.data_edit.setText(path)
+            self._check_data()
+
+    def _choose_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(
+            self, "Choose a folder of CSV files", str(Path.home())
+        )
+        if path:
+            self.data_edit.setText(path)
+            self._check_data()
+
+    def _data_edited(self) -> None:
+        self.data_checked = None
+        self.data_status.setText("")
+        self._update_buttons()
+
+    def _check_data(self) -> None:
+        preview = self.preview
+        text = self.data_edit.text().strip()
+        if preview is None or not text:
+            self.data_status.setStyleSheet(ERROR_STYLE)
+            self.data_status.setText("Choose a CSV file or a folder first.")
+            return
+        path = Path(text).expanduser()
+        self.data_status.setStyleSheet("color: palette(mid);")
+        self.data_status.setText("Checking…")
+        self.check_button.setEnabled(False)
+
+        def checked(summary: str) -> None:
+            self.check_button.setEnabled(True)
+            if self.data_edit.text().strip() != text:
+                return  # edited meanwhile; the answer is for another path
+            self.data_checked = path
+            self.data_status.setStyleSheet(OK_STYLE)
+            self.data_status.setText(f"✓ {summary}")
+            self._update_buttons()
+
+        def failed(exc: Exception) -> None:
+            self.check_button.setEnabled(True)
+            self.data_checked = None
+            self.data_status.setStyleSheet(ERROR_STYLE)
+            self.data_status.setText(str(exc))
+            self._update_buttons()
+
+        self.runner.run(lambda: self.engine.validate_data(preview, path), checked, failed)
+
+    # --- step 3: consent and join ----------------------------------------------------------
+    def _team(self) -> str | None:
+        return self.team_edit.text().strip() or None
+
+    def _show_consent(self) -> None:
+        assert self.preview is not None
+        self.consent_box.setChecked(False)
+        self.join_error.setText("")
+        self.consent_view.setHtml(
+            consent_text(
+                self.preview, self.name_edit.text().strip(), self._team(), self.data_checked
+            )
+        )
+        self._show_page(PAGE_CONSENT)
+
+    def _join(self) -> None:
+        assert self.preview is not None
+        request = JoinRequest(
+            preview=self.preview,
+            display_name=self.name_edit.text().strip(),
+            team=self._team(),
+            data_path=self.data_checked,
+            consented=self.consent_box.isChecked(),
+        )
+        self.join_error.setText("")
+        self._update_buttons(busy=True)
+        self.back_button.setEnabled(False)
+        self.runner.run(
+            lambda: self.engine.join(request), self._joined, self._join_failed, ordered=True
+        )
+
+    def _joined(self, joined: JoinedProject) -> None:
+        self.joined_project = joined
+        self.done_heading.setText(f"You joined {joined.name}")
+        self.done_label.setText(
+            "Barnraise will train for this project whenever your limits and schedule allow. "
+            "You can follow it in the main window and on the project's page."
+        )
+        self._show_page(PAGE_DONE)
+        self.joined.emit(joined)
+
+    def _join_failed(self, exc: Exception) -> None:
+        self.back_button.setEnabled(True)
+        self.join_error.setText(f"Joining failed: {exc}")
+        self._update_buttons()

@@ -1,0 +1,360 @@
+"""The tray app: owns the icon, the menu, the windows, and the engine's lifetime.
+
+``TrayApp`` is handed an engine (``EnginePort``) and does three things: shows the engine's
+state (icon, tooltip, a menu rebuilt from state by ``build_tray_menu``, the Dashboard),
+turns the volunteer's clicks into engine commands on a worker thread, and persists
+preferences. ``shutdown()`` is idempotent and runs on ``aboutToQuit``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QUrl, Signal
+from PySide6.QtGui import QAction, QDesktopServices
+from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon, QWidget
+
+from app.contributor.events import CreditUpdated, Error, Event, StateChanged, TaskFinished
+from app.contributor.settings import Settings, save_settings
+from app.tray.autostart import set_autostart
+from app.tray.bridge import EngineBridge, TaskRunner
+from app.tray.dashboard import Dashboard
+from app.tray.engine_port import EnginePort, JoinedProject
+from app.tray.gpus import GpuInfo, detect_gpus
+from app.tray.icons import tray_icon
+from app.tray.join_dialog import JoinDialog
+from app.tray.notifications import Notifier
+from app.tray.preferences import PreferencesDialog
+from app.tray.status import StatusModel
+
+__all__ = ["SNOOZE_HOUR_S", "TrayApp", "tomorrow_morning"]
+
+log = logging.getLogger(__name__)
+
+SNOOZE_HOUR_S = 3600
+TOMORROW_HOUR = 7  # "Snooze until tomorrow" ends at 07:00 local time tomorrow
+NOTIFICATION_MS = 6000
+
+
+def tomorrow_morning(now: dt.datetime | None = None) -> float:
+    """Epoch seconds of TOMORROW_HOUR:00 local time on the next calendar day."""
+    now = now or dt.datetime.now().astimezone()
+    day = (now + dt.timedelta(days=1)).date()
+    return dt.datetime.combine(day, dt.time(TOMORROW_HOUR), tzinfo=now.tzinfo).timestamp()
+
+
+class TrayApp(QObject):
+    """The whole GUI over one engine. Create on the GUI thread after QApplication."""
+
+    icon_shown = Signal()  # the tray icon (or, without a tray, the window) is on screen
+    menu_rebuilt = Signal()
+    remote_request = Signal(dict)  # from the engine's control channel (any thread)
+
+    def __init__(
+        self,
+        engine: EnginePort,
+        *,
+        settings_path: Path | None = None,
+        tray_available: bool | None = None,
+        gpus: list[GpuInfo] | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.engine = engine
+        self.settings_path = settings_path
+        self.tray_available = (
+            QSystemTrayIcon.isSystemTrayAvailable() if tray_available is None else tray_available
+        )
+        self._gpus = gpus
+        self._closed = False
+        self.model = StatusModel()
+        self.runner = TaskRunner(self)
+        self.bridge = EngineBridge(engine, self)
+        self.bridge.any_event.connect(self._on_event)
+        self.settings: Settings = engine.settings()
+
+        self.dashboard = Dashboard(self.model)
+        self.dashboard.set_tray_available(self.tray_available)
+        self.dashboard.pause_requested.connect(self.pause)
+        self.dashboard.resume_requested.connect(self.resume)
+        self.dashboard.join_requested.connect(lambda: self.open_join())
+        self.dashboard.preferences_requested.connect(self.open_preferences)
+        self.dashboard.leave_requested.connect(self.leave)
+        self.dashboard.open_page_requested.connect(self.open_url)
+        self.dashboard.quit_requested.connect(self.quit)
+        self.join_dialog: JoinDialog | None = None
+        self.preferences: PreferencesDialog | None = None
+
+        self.tray = QSystemTrayIcon(self)
+        self.tray.setIcon(tray_icon(self.model.look))
+        self.menu = QMenu()
+        self.menu.setObjectName("trayMenu")
+        self.status_action: QAction | None = None
+        self.snooze_menu = QMenu("Snooze", self.menu)
+        self.leaderboard_menu = QMenu("Leaderboard", self.menu)
+        self.tray.setContextMenu(self.menu)
+        self.tray.activated.connect(self._on_activated)
+        self.notifier = Notifier(self._show_notification)
+        self.notifier.enabled = self.settings.notifications
+        self.build_tray_menu()
+        self.remote_request.connect(self.handle_request)
+        if hasattr(engine, "ui_handler"):
+            engine.ui_handler = self._remote  # `barnraise join URL` / a second launch
+
+    def _remote(self, command: str, params: dict[str, object]) -> None:
+        # Control-channel thread: emit only; the slot runs on the GUI thread.
+        self.remote_request.emit(
+            {**params, "command": "join" if command == "open_join" else "show"}
+        )
+
+    # --- start -----------------------------------------------------------------------------
+    def start(self, *, show_window: bool = False) -> None:
+        """Show the icon (or the window where there is no tray) and start the engine."""
+        self.model.load(self.engine.snapshot())
+        self.model.starting = True
+        self.refresh()
+        if self.tray_available:
+            self.tray.show()
+            if show_window:
+                self.show_dashboard()
+        else:
+            log.warning("no system tray on this desktop; showing the main window instead")
+            self.show_dashboard()
+            self.dashboard.add_log(
+                "Your desktop has no system tray, so Barnraise shows this window instead."
+            )
+        self.icon_shown.emit()
+        self.runner.run(self.engine.start, self._engine_started, self._command_failed, ordered=True)
+
+    def _engine_started(self, _: object) -> None:
+        state = self.model.state
+        self.model.load(self.engine.snapshot())
+        if self.model.state is not state:
+            self.model.starting = False
+        self.refresh()
+        self.dashboard.add_log("Barnraise started")
+
+    # --- state → screen --------------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        self.model.apply(event)
+        self.dashboard.on_event(event)
+        if isinstance(event, Error):
+            self.notifier.error(event.message, event.code)
+        elif isinstance(event, TaskFinished) and event.accepted:
+            self.notifier.update_accepted(event.project)
+        if isinstance(event, StateChanged | CreditUpdated | Error | TaskFinished):
+            self.build_tray_menu()
+        self._refresh_icon()
+
+    def _refresh_icon(self) -> None:
+        self.tray.setIcon(tray_icon(self.model.look))
+        self.tray.setToolTip(self.model.tooltip())
+        if self.status_action is not None:
+            self.status_action.setText(self.model.status_line())
+
+    def refresh(self) -> None:
+        self.build_tray_menu()
+        self._refresh_icon()
+        self.dashboard.refresh()
+
+    def build_tray_menu(self) -> None:
+        """Rebuild the tray menu from the model (the one place the menu is made)."""
+        menu = self.menu
+        menu.clear()
+        model = self.model
+        self.status_action = menu.addAction(model.status_line())
+        self.status_action.setEnabled(False)
+        menu.addSeparator()
+        if model.paused:
+            menu.addAction("Resume", self.resume).setObjectName("resumeAction")
+        else:
+            menu.addAction("Pause", self.pause).setObjectName("pauseAction")
+        # Submenus are made once and refilled: QMenu.clear() does not delete submenus, so
+        # making new ones on each rebuild would leak them.
+        self.snooze_menu.clear()
+        self.snooze_menu.addAction("For 1 hour", lambda: self.snooze(time.time() + SNOOZE_HOUR_S))
+        self.snooze_menu.addAction(
+            f"Until tomorrow {TOMORROW_HOUR:02d}:00", lambda: self.snooze(tomorrow_morning())
+        )
+        menu.addMenu(self.snooze_menu)
+        menu.addSeparator()
+        menu.addAction("Open Barnraise", self.show_dashboard)
+        menu.addAction("Join project…", lambda: self.open_join())
+        projects = sorted(model.projects.values(), key=lambda p: p.name)
+        self.leaderboard_menu.clear()
+        if len(projects) > 1:
+            for p in projects:
+                page = self.leaderboard_menu.addAction(p.name)
+                page.triggered.connect(functools.partial(self.open_url, p.page_url))
+            menu.addMenu(self.leaderboard_menu)
+        else:
+            action = menu.addAction("Leaderboard")
+            if projects:
+                url = projects[0].page_url
+                action.triggered.connect(lambda: self.open_url(url))
+            else:
+                action.setEnabled(False)
+        menu.addAction("Preferences…", self.open_preferences)
+        menu.addSeparator()
+        menu.addAction("Quit Barnraise", self.quit)
+        self.menu_rebuilt.emit()
+
+    def menu_texts(self) -> list[str]:
+        """The menu's entries as text (for tests and the self-test log)."""
+        return [a.text() for a in self.menu.actions() if not a.isSeparator()]
+
+    # --- commands --------------------------------------------------------------------------
+    def _command_failed(self, exc: Exception) -> None:
+        self.dashboard.add_log(f"Problem: {exc}")
+        self.notifier.error(str(exc))
+
+    def pause(self) -> None:
+        self.runner.run(
+            self.engine.pause,
+            lambda _: self.dashboard.add_log("Paused by you"),
+            self._command_failed,
+            ordered=True,
+        )
+
+    def resume(self) -> None:
+        self.model.snoozed_until = None
+        self.runner.run(
+            self.engine.resume,
+            lambda _: self.dashboard.add_log("Resumed"),
+            self._command_failed,
+            ordered=True,
+        )
+
+    def snooze(self, until: float) -> None:
+        self.model.snoozed_until = until
+        self.refresh()
+        when = time.strftime("%a %H:%M", time.localtime(until))
+        self.runner.run(
+            lambda: self.engine.snooze(until),
+            lambda _: self.dashboard.add_log(f"Snoozed until {when}"),
+            self._command_failed,
+            ordered=True,
+        )
+
+    def leave(self, project: str) -> None:
+        def left(_: object) -> None:
+            self.model.projects.pop(project, None)
+            self.dashboard.add_log(f"Left {project}; its keys were removed")
+            self.refresh()
+
+        self.runner.run(
+            lambda: self.engine.leave(project), left, self._command_failed, ordered=True
+        )
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Persist, apply to the engine, and act on the settings the tray owns."""
+        previous, self.settings = self.settings, settings
+        try:
+            save_settings(settings, self.settings_path)
+        except OSError as exc:
+            self._command_failed(OSError(f"could not save settings: {exc}"))
+        self.notifier.enabled = settings.notifications
+        if settings.start_at_login != previous.start_at_login:
+            try:
+                where = set_autostart(settings.start_at_login)
+                self.dashboard.add_log(
+                    f"Start at login {'on' if settings.start_at_login else 'off'} ({where})"
+                )
+            except OSError as exc:
+                self._command_failed(OSError(f"could not change start at login: {exc}"))
+        self.runner.run(
+            lambda: self.engine.apply_settings(settings), None, self._command_failed, ordered=True
+        )
+
+    def open_url(self, url: str) -> None:
+        QDesktopServices.openUrl(QUrl(url))
+
+    # --- windows ---------------------------------------------------------------------------
+    @staticmethod
+    def _raise(window: QWidget) -> None:
+        window.show()
+        window.raise_()
+        window.activateWindow()
+
+    def show_dashboard(self) -> None:
+        self._raise(self.dashboard)
+
+    def open_join(self, url: str | None = None) -> JoinDialog:
+        if self.join_dialog is None:
+            dialog = JoinDialog(
+                self.engine, self.runner, self.dashboard if self.dashboard.isVisible() else None
+            )
+            dialog.joined.connect(self._joined)
+            dialog.finished.connect(lambda _: setattr(self, "join_dialog", None))
+            self.join_dialog = dialog
+        if url:
+            self.join_dialog.set_url(url)
+        self._raise(self.join_dialog)
+        return self.join_dialog
+
+    def _joined(self, joined: JoinedProject) -> None:
+        self.model.load(self.engine.snapshot())
+        self.dashboard.add_log(f"Joined {joined.name} on {joined.server_url}")
+        self.notifier.project_joined(joined.name)
+        self.refresh()
+
+    def open_preferences(self) -> PreferencesDialog:
+        if self.preferences is None:
+            if self._gpus is None:
+                self._gpus = detect_gpus()
+            dialog = PreferencesDialog(self.settings, self._gpus)
+            dialog.settings_changed.connect(self.apply_settings)
+            dialog.finished.connect(lambda _: setattr(self, "preferences", None))
+            self.preferences = dialog
+        self._raise(self.preferences)
+        return self.preferences
+
+    def handle_request(self, request: dict[str, object]) -> None:
+        """A second launch asked us for something (see instance.py)."""
+        if request.get("command") == "join" and isinstance(request.get("url"), str):
+            self.open_join(str(request["url"]))
+        else:
+            self.show_dashboard()
+
+    def _on_activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
+        if reason in (
+            QSystemTrayIcon.ActivationReason.Trigger,
+            QSystemTrayIcon.ActivationReason.DoubleClick,
+        ):
+            self.show_dashboard()
+
+    def _show_notification(self, title: str, message: str, kind: str) -> None:
+        icon = {
+            "error": QSystemTrayIcon.MessageIcon.Critical,
+            "warning": QSystemTrayIcon.MessageIcon.Warning,
+        }.get(kind, QSystemTrayIcon.MessageIcon.Information)
+        if self.tray_available and self.tray.isVisible():
+            self.tray.showMessage(title, message, icon, NOTIFICATION_MS)
+        else:
+            self.dashboard.statusBar().showMessage(f"{title}: {message}", NOTIFICATION_MS)
+
+    # --- the end ---------------------------------------------------------------------------
+    def quit(self) -> None:
+        app = QApplication.instance()
+        if app is not None:
+            app.quit()
+
+    def shutdown(self) -> None:
+        """Stop the engine and release everything (idempotent; runs on aboutToQuit)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.bridge.close()
+        self.runner.close(wait=True)  # commands already given (a pause) reach the engine
+        try:
+            self.engine.stop()
+        except Exception:
+            log.exception("engine.stop() failed")
+        self.tray.hide()
+        for window in (self.join_dialog, self.preferences, self.dashboard):
+            if window is not None:
+                window.close()

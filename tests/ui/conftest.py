@@ -1,0 +1,166 @@
+"""Fixtures for the tray's UI tests: a fake engine, a private config folder, the TrayApp."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.contributor.events import EngineState, Event, EventBus, StateChanged
+from app.contributor.invites import JoinTarget
+from app.contributor.settings import Settings, default_settings
+from app.tray.adapter import check_local_csv
+from app.tray.engine_port import EngineSnapshot, JoinedProject, JoinRequest, ProjectPreview
+
+FINGERPRINT = "3f2a:9c01:77be:0d4e:aa10:5b3c:e2f1:0c99"
+
+
+class FakeEngine:
+    """An EnginePort that records every command and publishes events from its own thread."""
+
+    def __init__(self, *, data_mode: str = "builtin") -> None:
+        self.bus = EventBus()
+        self.calls: list[tuple[str, Any]] = []
+        self.applied: list[Settings] = []
+        self._settings = default_settings()
+        self.state = EngineState.STOPPED
+        self.projects: dict[str, JoinedProject] = {}
+        self.data_mode = data_mode
+        self.preview_error: Exception | None = None
+        self.threads: set[str] = set()
+        self.lock = threading.Lock()
+
+    def _record(self, name: str, arg: Any = None) -> None:
+        with self.lock:
+            self.calls.append((name, arg))
+            self.threads.add(threading.current_thread().name)
+
+    def called(self, name: str) -> list[Any]:
+        with self.lock:
+            return [arg for n, arg in self.calls if n == name]
+
+    def publish_from_thread(self, *events: Event) -> None:
+        """Publish as the real engine does: from a thread that is not the GUI's."""
+
+        def run() -> None:
+            for event in events:
+                self.bus.publish(event)
+
+        thread = threading.Thread(target=run, name="fake-engine")
+        thread.start()
+        thread.join()
+
+    def _set_state(self, state: EngineState, reasons: tuple[str, ...] = ()) -> None:
+        previous, self.state = self.state, state
+        self.bus.publish(
+            StateChanged(
+                state=state,
+                previous=previous,
+                project=next(iter(self.projects), None),
+                reasons=reasons,
+            )
+        )
+
+    # --- EnginePort ------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        return self.bus.subscribe(callback)
+
+    def snapshot(self) -> EngineSnapshot:
+        return EngineSnapshot(state=self.state, projects=tuple(self.projects.values()))
+
+    def settings(self) -> Settings:
+        return self._settings
+
+    def start(self) -> None:
+        self._record("start")
+        self._set_state(EngineState.IDLE if not self.projects else EngineState.WAITING)
+
+    def stop(self) -> None:
+        self._record("stop")
+        self.state = EngineState.STOPPED
+
+    def pause(self) -> None:
+        self._record("pause")
+        self._set_state(EngineState.PAUSED, ("paused",))
+
+    def resume(self) -> None:
+        self._record("resume")
+        self._set_state(EngineState.WAITING)
+
+    def snooze(self, until: float) -> None:
+        self._record("snooze", until)
+        self._set_state(EngineState.WAITING, ("snoozed",))
+
+    def apply_settings(self, settings: Settings) -> None:
+        self._record("apply_settings", settings)
+        self.applied.append(settings)
+        self._settings = settings
+
+    def preview(self, target: JoinTarget) -> ProjectPreview:
+        self._record("preview", target)
+        time.sleep(0.05)  # a network call takes time; the GUI must not wait for it
+        if self.preview_error is not None:
+            raise self.preview_error
+        local = self.data_mode == "local"
+        return ProjectPreview(
+            target=target,
+            name=target.project,
+            description="Handwritten digits, a small perceptron."
+            if not local
+            else "Clinic intake data.",
+            recipe="digits-mlp" if not local else "tabular-csv",
+            data_mode=self.data_mode,
+            key_fingerprint=FINGERPRINT,
+            public_key="A" * 43 + "=",
+            strategy="fedavg",
+            current_version=3,
+            data_columns={"label": "label", "features": ["age", "bp"]} if local else None,
+        )
+
+    def validate_data(self, preview: ProjectPreview, path: Path) -> str:
+        self._record("validate_data", path)
+        return check_local_csv(path, preview.data_columns)
+
+    def join(self, request: JoinRequest) -> JoinedProject:
+        self._record("join", request)
+        joined = JoinedProject(
+            name=request.preview.name,
+            server_url=request.preview.target.server_url,
+            page_url=request.preview.page_url,
+        )
+        self.projects[joined.name] = joined
+        self._set_state(EngineState.WAITING)
+        return joined
+
+    def leave(self, project: str) -> None:
+        self._record("leave", project)
+        self.projects.pop(project, None)
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "config"
+    monkeypatch.setenv("BARNRAISE_CONFIG_DIR", str(folder))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    return folder
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def tray_app(qtbot: Any, engine: FakeEngine, config_dir: Path) -> Iterator[Any]:
+    from app.tray.tray import TrayApp
+
+    app = TrayApp(engine, settings_path=config_dir / "settings.json", tray_available=True, gpus=[])
+    qtbot.addWidget(app.dashboard)
+    app.start()
+    qtbot.waitUntil(lambda: engine.called("start") != [] and app.model.state is EngineState.IDLE)
+    yield app
+    app.shutdown()
