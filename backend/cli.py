@@ -131,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--contributors", type=int, default=3)
     demo.add_argument("--mode", choices=("sync", "async"), default="sync")
+    demo.add_argument(
+        "--contributor-kind",
+        choices=("auto", "headless", "in-process"),
+        default="auto",
+        help="real `barnraise --headless` processes, simple in-process clients, or "
+        "auto (headless when the contributor app is installed)",
+    )
     demo.add_argument("--port", type=int, default=0)
     demo.add_argument(
         "--json", action="store_true", help="print one JSON summary object at the end"
@@ -303,6 +310,7 @@ def _demo(args: argparse.Namespace) -> int:
         mode=args.mode,
         port=args.port,
         out=None if args.json else sys.stdout,
+        kind=args.contributor_kind,
     )
     if args.json:
         print(json.dumps(summary))

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from backend.cli import DEMO_HPARAMS, DEMO_PROJECT
 from backend.demo_clients import DemoContributor
+from backend.demo_headless import HeadlessContributor, barnraise_command
 from backend.server import bound_port, make_server, start_in_thread
 from backend.wsgi import create_app
 
@@ -24,7 +25,13 @@ def run_demo(
     mode: str = "sync",
     port: int = 0,
     out: TextIO | None = None,
+    kind: str = "auto",
 ) -> dict[str, Any]:
+    """Serve a demo project and run ``contributors`` volunteers against it.
+
+    ``kind``: ``headless`` (real `barnraise --headless` processes), ``in-process`` (simple
+    clients speaking the same API), or ``auto`` (headless when the app is installed).
+    """
     started = time.monotonic()
     app = create_app(data_dir, rate=None)
     coordinator = app.coordinator
@@ -53,15 +60,35 @@ def run_demo(
 
     say(f"leaderboard: {base}/p/{DEMO_PROJECT}")
     stop = threading.Event()
-    clients = [
-        DemoContributor(
-            base, DEMO_PROJECT, f"contributor-{i + 1}", team="demo" if i % 2 == 0 else None
-        )
-        for i in range(contributors)
-    ]
-    threads = [threading.Thread(target=c.run, args=(stop,), daemon=True) for c in clients]
+    command = barnraise_command() if kind != "in-process" else None
+    if kind == "headless" and command is None:
+        raise RuntimeError("`barnraise` (the contributor app) is not installed beside this backend")
+    clients: list[DemoContributor | HeadlessContributor] = []
+    threads: list[threading.Thread] = []
+    for i in range(contributors):
+        name, team = f"contributor-{i + 1}", "demo" if i % 2 == 0 else None
+        if command is not None:
+            volunteer = HeadlessContributor(
+                command, data_dir / "contributors" / name, f"{base}/p/{DEMO_PROJECT}", name, team
+            )
+            volunteer.start()
+            clients.append(volunteer)
+        else:
+            simple = DemoContributor(base, DEMO_PROJECT, name, team=team)
+            clients.append(simple)
+            threads.append(threading.Thread(target=simple.run, args=(stop,), daemon=True))
+    say(
+        f"contributors: {contributors} x "
+        + ("`barnraise --headless`" if command is not None else "in-process demo clients")
+    )
     for t in threads:
         t.start()
+
+    def all_gone() -> bool:
+        if command is not None:
+            return not any(c.alive() for c in clients if isinstance(c, HeadlessContributor))
+        return any(c.errors for c in clients) and not any(t.is_alive() for t in threads)
+
     project = coordinator.project(DEMO_PROJECT)
     shown = project.current_version
     target = None if rounds is None else project.current_version + rounds
@@ -81,7 +108,7 @@ def run_demo(
                     )
             if target is not None and shown >= target:
                 break
-            if any(c.errors for c in clients) and not any(t.is_alive() for t in threads):
+            if all_gone():
                 ok = False
                 break
             if target is not None and time.monotonic() - started > DEMO_TIMEOUT_S:
@@ -92,6 +119,9 @@ def run_demo(
         pass
     finally:
         stop.set()
+        for c in clients:
+            if isinstance(c, HeadlessContributor):
+                c.stop()
         final = coordinator.stats(coordinator.project(DEMO_PROJECT))
         server.stop()
         app.close()

@@ -95,7 +95,12 @@ def _bare_loop(
     """The same model, batches and optimizer as train_locally, with nothing else around it."""
     model = recipe.build_model(hp)
     model.load_state_dict(base)
-    optimizer = torch.optim.SGD(model.parameters(), lr=float(hp["lr"]))
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=float(hp["lr"]),
+        momentum=float(hp["momentum"]),
+        weight_decay=float(hp["weight_decay"]),
+    )
     n, bs = len(data), int(hp["batch_size"])
     steps_per_epoch = -(-n // bs)
     started = time.perf_counter()
@@ -120,7 +125,7 @@ def measure_overhead(steps: int, tmp: Path) -> dict[str, float]:
     base = recipe.initial_state(hp)
     data = recipe.load_shard(hp, 0)
     parent, child = Pipe()
-    drain = threading.Thread(target=lambda: [parent.recv() for _ in iter(int, 1)], daemon=True)
+    drain = threading.Thread(target=lambda: [parent.recv_bytes() for _ in iter(int, 1)], daemon=True)
     drain.start()
     state = _ChildState(child, Limits(cpu_cores=1, cpu_percent=100), paused=False)
     job = TrainJob(

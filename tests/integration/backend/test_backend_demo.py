@@ -14,7 +14,18 @@ def test_demo_five_rounds_reaches_ninety_percent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(
-        ["demo", "--rounds", "5", "--contributors", "3", "--json", "--data", str(tmp_path / "demo")]
+        [
+            "demo",
+            "--rounds",
+            "5",
+            "--contributors",
+            "3",
+            "--contributor-kind",
+            "in-process",
+            "--json",
+            "--data",
+            str(tmp_path / "demo"),
+        ]
     )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -38,6 +49,8 @@ def test_demo_prints_the_leaderboard_and_one_line_per_version(
             "2",
             "--mode",
             "async",
+            "--contributor-kind",
+            "in-process",
             "--data",
             str(tmp_path / "demo"),
         ]
@@ -45,6 +58,36 @@ def test_demo_prints_the_leaderboard_and_one_line_per_version(
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     assert lines[0].startswith("leaderboard: http://127.0.0.1:") and lines[0].endswith("/p/digits")
-    assert [ln.split(":")[0] for ln in lines[1:]] == ["version 1", "version 2", "done"]
-    assert all("accuracy" in ln and "contributors" in ln and "updates" in ln for ln in lines[1:])
+    assert lines[1] == "contributors: 2 x in-process demo clients"
+    assert [ln.split(":")[0] for ln in lines[2:]] == ["version 1", "version 2", "done"]
+    assert all("accuracy" in ln and "contributors" in ln and "updates" in ln for ln in lines[2:])
     assert lines[-1].startswith("done: 2 versions in ")
+
+
+@pytest.mark.slow
+def test_demo_runs_real_headless_contributors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `make demo` runs: the volunteers are `barnraise --headless` processes."""
+    data = tmp_path / "demo"
+    code = main(
+        [
+            "demo",
+            "--rounds",
+            "2",
+            "--contributors",
+            "2",
+            "--contributor-kind",
+            "headless",
+            "--data",
+            str(data),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "contributors: 2 x `barnraise --headless`" in out
+    assert out.strip().splitlines()[-1].startswith("done: 2 versions in ")
+    logs = sorted((data / "contributors").glob("*/contributor.log"))
+    assert len(logs) == 2
+    assert all("accepted" in log.read_text() for log in logs)
+    assert all("stopped" in log.read_text() for log in logs)  # SIGTERM gave a clean stop
