@@ -125,7 +125,9 @@ def measure_overhead(steps: int, tmp: Path) -> dict[str, float]:
     base = recipe.initial_state(hp)
     data = recipe.load_shard(hp, 0)
     parent, child = Pipe()
-    drain = threading.Thread(target=lambda: [parent.recv_bytes() for _ in iter(int, 1)], daemon=True)
+    drain = threading.Thread(
+        target=lambda: [parent.recv_bytes() for _ in iter(int, 1)], daemon=True
+    )
     drain.start()
     state = _ChildState(child, Limits(cpu_cores=1, cpu_percent=100), paused=False)
     job = TrainJob(
