@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-START_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 30.0
+SESSION_COLLECTION = "/org/freedesktop/secrets/collection/session"
+"""gnome-keyring's in-memory collection: always there and unlocked, unlike the login keyring,
+which the daemon creates (and makes the default) asynchronously, sometimes seconds later."""
 
 
 def _wait_for_collection() -> None:
@@ -29,9 +32,7 @@ def _wait_for_collection() -> None:
         try:
             connection = secretstorage.dbus_init()
             try:
-                # Only look: get_default_collection would try to *create* one while the
-                # daemon is still making the login keyring, and the prompt fails.
-                collection = secretstorage.Collection(connection)
+                collection = secretstorage.Collection(connection, SESSION_COLLECTION)
                 if not collection.is_locked():
                     return
             finally:
@@ -92,7 +93,9 @@ def secret_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
         daemon.stdin.close()
         os.environ["DBUS_SESSION_BUS_ADDRESS"] = address
         _wait_for_collection()
-        yield SecretService.Keyring()
+        backend = SecretService.Keyring()
+        backend.preferred_collection = SESSION_COLLECTION
+        yield backend
     finally:
         for key, value in saved.items():
             if value is None:
