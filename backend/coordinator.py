@@ -270,6 +270,13 @@ class Coordinator:
             return {}
         return evaluate_state(recipe, hparams, state, test)
 
+    def snapshot(self) -> contextlib.AbstractContextManager[object]:
+        """A block whose reads share one snapshot (one read transaction instead of one each).
+
+        Keep it short (never around a long poll or a body upload): an open snapshot holds
+        back the WAL checkpoint."""
+        return self.store.read()
+
     def project(self, name: str) -> ProjectRecord:
         check_project_name(name)
         with self.store.read() as tx:
@@ -501,7 +508,7 @@ class Coordinator:
         from backend.rounds import sign_task_manifest
 
         self._owned_task(project, client, task_id)
-        settings = ProjectSettings.from_dict(project.settings)
+        settings = self.runtime(project).settings
         now = self.clock()
         with self.store.write(durable=False) as tx:
             task = tx.task(task_id)
@@ -545,7 +552,7 @@ class Coordinator:
         self, project: ProjectRecord, client: ClientRecord, task_id: str, request: Request
     ) -> tuple[int, dict[str, Any]]:
         check_server_id(task_id, "task id")
-        settings = ProjectSettings.from_dict(project.settings)
+        settings = self.runtime(project).settings
         if project.status == "closed":
             raise api_error("project_closed", f"project {project.name!r} is closed")
         ctype = (request.header("content-type") or "").split(";")[0].strip().lower()
@@ -580,11 +587,12 @@ class Coordinator:
                     "bad_signature", f"the update signature does not verify: {exc}"
                 ) from None
             # 3. the client owns the live lease (or this is a retry of an accepted update)
-            task = self._owned_task(project, client, task_id)
             with self.store.read() as tx:
+                task = self._owned_task(project, client, task_id)
                 previous = tx.update_for_task(task_id)
             if previous is not None:
                 if previous.payload_digest == digest:
+                    self.store.wait_durable()  # the first upload may still be in its fsync
                     return 200, self.receipt(previous)
                 raise api_error(
                     "task_already_answered", f"task {task_id!r} already has an accepted update"

@@ -77,7 +77,7 @@ def try_lease(coordinator: Coordinator, project_name: str, client_id: str) -> di
                 retry_after=RETRY_AFTER_PAUSED_S,
             )
         expired = tx.expire_leases(now)
-        settings = ProjectSettings.from_dict(project.settings)
+        settings = coordinator.runtime(project).settings  # parsed once; settings never change
         existing = tx.live_task_for_client(project.id, client_id, now)
         if existing is not None:
             return {"manifest": existing.manifest, "signature": existing.signature}
@@ -149,16 +149,40 @@ def _notify_projects(coordinator: Coordinator, project_ids: list[int]) -> None:
 
 def expire_leases(coordinator: Coordinator) -> int:
     """Return expired leases' capacity to the pool and wake the long polls that wait for it."""
+    now = coordinator.clock()
+    with coordinator.store.read() as rtx:
+        deadline = rtx.next_deadline(now)
+    if deadline is None or deadline >= now:
+        return 0  # nothing has expired: leave the writer to the requests
     with coordinator.store.write(durable=False) as tx:
-        expired = tx.expire_leases(coordinator.clock())
+        expired = tx.expire_leases(now)
     if expired:
         _notify_projects(coordinator, expired)
     return len(expired)
 
 
+def _may_be_ready(coordinator: Coordinator, project: ProjectRecord, now: float) -> bool:
+    """A cheap look, without the writer: could the project's round be complete?
+
+    The worker runs after every accepted update; most of the time the answer is no, and
+    then it need not queue for the writer lock that leases and uploads wait on.
+    ``claim_ready`` decides for real, inside the write transaction."""
+    with coordinator.store.read() as tx:
+        fresh = tx.project_by_id(project.id)
+        if fresh is None or fresh.status == "closed" or tx.aggregation_running(project.id):
+            return False
+        settings = coordinator.runtime(fresh).settings
+        if settings.mode == "sync":
+            counts = tx.round_counts(project.id, fresh.current_version, now)
+            return counts.answered >= settings.min_updates
+        return tx.pending_updates(project.id) >= settings.buffer_size
+
+
 def claim_ready(coordinator: Coordinator, project: ProjectRecord) -> AggregationClaim | None:
     """Claim the project's next aggregation if its round is complete (one transaction)."""
     now = coordinator.clock()
+    if not _may_be_ready(coordinator, project, now):
+        return None
     with coordinator.store.write() as tx:
         fresh = tx.project_by_id(project.id)
         if fresh is None or fresh.status == "closed" or tx.aggregation_running(project.id):

@@ -11,6 +11,17 @@ DEFAULT_THREADS = 64
 """Server threads; a long-polled lease holds one for up to 30 s, so keep this above the
 number of contributors expected to wait at once."""
 
+LISTEN_BACKLOG = 1024
+"""Connections the kernel queues before cheroot accepts them (capped by net.core.somaxconn).
+cheroot's default of 5 makes a burst of contributors connecting at once (a new model
+version, a restart) see resets and SYN retransmits of one second or more."""
+
+KEEP_ALIVE_CONNECTIONS = 1024
+"""Idle keep-alive connections kept open (each a socket and two small buffers, closed
+after cheroot's 10 s idle timeout). cheroot's default of 10 answers ``Connection: close``
+as soon as more than 10 contributors are idle between requests, so each of their next
+requests pays for a new TCP connection."""
+
 
 def make_server(
     app: Any,
@@ -21,7 +32,14 @@ def make_server(
     tls_cert: str | None = None,
     tls_key: str | None = None,
 ) -> wsgi.Server:
-    server = wsgi.Server((host, port), app, numthreads=threads, server_name="barnraise-backend")
+    server = wsgi.Server(
+        (host, port),
+        app,
+        numthreads=threads,
+        server_name="barnraise-backend",
+        request_queue_size=LISTEN_BACKLOG,
+    )
+    server.keep_alive_conn_limit = KEEP_ALIVE_CONNECTIONS
     server.shutdown_timeout = 2
     if tls_cert or tls_key:
         if not (tls_cert and tls_key):

@@ -6,9 +6,19 @@ proof of possession (federated.signing), then loops: lease a task, upload a sign
 task instead for a share of tasks. It prints, per phase: requests/s, leases/s, uploads/s,
 p50/p99 latency per operation, the statuses seen, and the server's RSS over time.
 
-By default it starts its own server on a free port with a fresh data folder::
+By default it starts its own server on a free port with a fresh data folder. On a
+two-core machine, give the server one core and this load generator the other, so the
+clients' own CPU does not count against the server::
 
-    .venv/bin/python bench/backend_load.py --clients 16,64,256 --seconds 15 --server-cpus 0,1
+    .venv/bin/python bench/backend_load.py --clients 16,64,256 --seconds 15 \
+        --server-cpus 0 --client-cpus 1
+
+Every upload carries its own payload bytes (so its own blob, written and fsynced like a
+real contributor's); ``--same-payload`` sends one payload per codec instead. The load is a
+closed loop without think time: each client sends its next request as soon as the last
+one is answered, so with N clients the latency is about N / throughput (Little's law) and
+grows with N even when the server's throughput does not fall; real contributors lease
+once per task, seconds or minutes apart.
 
 Phases run one after another on the same server with growing client counts, so the RSS
 column shows whether memory grows with the number of clients. ``--url`` (and
@@ -20,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import http.client
+import itertools
 import json
 import os
 import random
@@ -58,7 +70,7 @@ def free_port() -> int:
 
 
 def start_server(
-    data: Path, project: str, threads: int, cpus: str | None
+    data: Path, project: str, threads: int, cpus: str | None, buffer_size: int = 32
 ) -> tuple[subprocess.Popen[bytes], str]:
     subprocess.run(
         [
@@ -73,7 +85,7 @@ def start_server(
             "--mode",
             "async",
             "--buffer-size",
-            "32",
+            str(buffer_size),
             "--max-staleness",
             "1000",
             "--max-concurrent-leases",
@@ -122,13 +134,18 @@ def rss_mb(pid: int | None) -> float | None:
 
 
 class Conn:
-    """One keep-alive connection; reconnects after errors."""
+    """One keep-alive connection; reconnects after errors or when the server closes it.
+
+    ``opened`` counts TCP connections made: with keep-alive working it stays at one per
+    client, so a count close to the number of requests means the server closes connections.
+    """
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.conn: http.client.HTTPConnection | None = None
+        self.opened = 0
 
     def request(
         self,
@@ -140,10 +157,14 @@ class Conn:
         for attempt in range(2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+                self.opened += 1
             try:
                 self.conn.request(method, path, body=body, headers=headers or {})
                 response = self.conn.getresponse()
                 data = response.read()
+                if response.will_close:  # the server said Connection: close
+                    self.conn.close()
+                    self.conn = None
                 return response.status, {k.lower(): v for k, v in response.getheaders()}, data
             except (OSError, http.client.HTTPException):
                 self.conn.close()
@@ -158,7 +179,15 @@ class Stats:
     latencies: dict[str, list[float]] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def error(self, exc: BaseException) -> None:
+        kind = f"{type(exc).__name__}: {str(exc)[:80]}"
+        with self.lock:
+            self.errors += 1
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
 
     def record(self, op: str, status: int, seconds: float) -> None:
         with self.lock:
@@ -223,9 +252,16 @@ def join(conn: Conn, project: str, name: str) -> tuple[str, SigningKey]:
 
 
 class Payloads:
-    """One encoded random delta per codec, shared by every client (the server validates each)."""
+    """Real encoded updates: one random delta per codec, made distinct per upload.
 
-    def __init__(self, url: str, project: str) -> None:
+    By default every upload gets its own bytes (so its own digest and blob: the server
+    writes and fsyncs each one, as with real contributors): a counter is written into
+    the int8 values of the first quantised tensor, which keeps the payload valid (finite,
+    within the norm bound). ``same=True`` sends one payload per codec instead (the server
+    then stores one blob and only checks the others against it).
+    """
+
+    def __init__(self, url: str, project: str, *, same: bool = False) -> None:
         conn = Conn(url)
         status, _, data = conn.request("GET", f"/api/v1/projects/{project}/models/current")
         assert status == 200, (status, data[:300])
@@ -235,15 +271,39 @@ class Payloads:
         state = decode_model(data)
         generator = torch.Generator().manual_seed(0)
         self.delta = {k: torch.randn(v.shape, generator=generator) * 1e-3 for k, v in state.items()}
-        self._cache: dict[str, tuple[bytes, str]] = {}
+        self.same = same
+        self._cache: dict[str, tuple[bytes, str, int | None]] = {}
+        self._counter = itertools.count(1)
         self._lock = threading.Lock()
 
     def get(self, codec: str) -> tuple[bytes, str]:
         with self._lock:
             if codec not in self._cache:
                 encoded = encode_update(self.delta, codec)
-                self._cache[codec] = (encoded.payload, encoded.digest)
-            return self._cache[codec]
+                self._cache[codec] = (
+                    encoded.payload,
+                    encoded.digest,
+                    _int8_offset(encoded.payload),
+                )
+            payload, digest, offset = self._cache[codec]
+            n = next(self._counter)
+        if self.same or offset is None:
+            return payload, digest
+        varied = bytearray(payload)
+        varied[offset : offset + 8] = n.to_bytes(8, "little")
+        return bytes(varied), hashlib.sha256(varied).hexdigest()
+
+
+def _int8_offset(payload: bytes) -> int | None:
+    """Where 8 int8 values of a quantised tensor start in a safetensors payload (None: none)."""
+    size = int.from_bytes(payload[:8], "little")
+    header = json.loads(payload[8 : 8 + size])
+    for name, entry in header.items():
+        if name != "__metadata__" and entry["dtype"] == "I8":
+            start, end = entry["data_offsets"]
+            if end - start >= 8:
+                return 8 + size + int(start)
+    return None
 
 
 def client_loop(
@@ -261,8 +321,7 @@ def client_loop(
         token, key = join(conn, project, f"bench-{index}")
     except Exception as exc:  # one failed join should not stop the run
         print(f"client {index}: {exc}", file=sys.stderr)
-        with stats.lock:
-            stats.errors += 1
+        stats.error(exc)
         return
     auth = {"Authorization": f"Bearer {token}"}
     api = f"/api/v1/projects/{project}"
@@ -317,10 +376,11 @@ def client_loop(
                 body=payload,
                 headers=headers,
             )
-        except (OSError, http.client.HTTPException, ValueError, KeyError):
-            with stats.lock:
-                stats.errors += 1
+        except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+            stats.error(exc)
             time.sleep(0.05)
+    with stats.lock:
+        stats.connections += conn.opened
 
 
 # --------------------------------------------------------------------------- report
@@ -409,6 +469,8 @@ def run_phase(
         },
         "statuses": dict(sorted(statuses.items())),
         "client_errors": stats.errors,
+        "client_error_kinds": dict(sorted(stats.error_kinds.items())),
+        "connections_opened": stats.connections,
         "rss_mib_start": rss_start,
         "rss_mib_max": max(rss_samples) if rss_samples else None,
         "rss_mib_end": rss_samples[-1] if rss_samples else None,
@@ -420,6 +482,9 @@ def run_phase(
     for op, row in result["by_op"].items():
         print(f"   {op:8} n={row['n']:<7} p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms")
     print(f"   statuses {result['statuses']}  client errors {stats.errors}")
+    for kind, n in result["client_error_kinds"].items():
+        print(f"     {n} x {kind}")
+    print(f"   TCP connections opened by the clients (joins included): {stats.connections}")
     if rss_samples:
         print(
             f"   server RSS MiB: start {rss_start:.1f}, max {max(rss_samples):.1f}, end {rss_samples[-1]:.1f}"
@@ -446,11 +511,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--interval", type=float, default=1.0, help="seconds between progress lines")
     p.add_argument("--server-threads", type=int, default=64)
+    p.add_argument(
+        "--buffer-size",
+        type=int,
+        default=32,
+        help="async aggregation every this many updates (the server aggregates during the run)",
+    )
     p.add_argument("--server-cpus", help="taskset CPU list for the spawned server, e.g. 0,1")
+    p.add_argument(
+        "--client-cpus",
+        help="CPU list this load-generating process is pinned to (os.sched_setaffinity), e.g. 1",
+    )
+    p.add_argument(
+        "--same-payload",
+        action="store_true",
+        help="send one payload per codec (default: distinct bytes per upload, a blob each)",
+    )
     p.add_argument(
         "--json", action="store_true", help="print one JSON object with every phase at the end"
     )
     args = p.parse_args(argv)
+    if args.client_cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
 
     proc: subprocess.Popen[bytes] | None = None
     data: Path | None = None
@@ -458,11 +540,18 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url
     if url is None:
         data = Path(tempfile.mkdtemp(prefix="barnraise-bench-"))
-        proc, url = start_server(data, args.project, args.server_threads, args.server_cpus)
+        proc, url = start_server(
+            data, args.project, args.server_threads, args.server_cpus, args.buffer_size
+        )
         pid = proc.pid
         print(f"server {url} (pid {pid}, cpus {args.server_cpus or 'all'}, data {data})")
+    print(
+        f"load: {args.clients} clients as threads of this process (pid {os.getpid()}), "
+        f"cpus {args.client_cpus or 'all'}; "
+        f"{'one payload per codec' if args.same_payload else 'distinct payload per upload'}"
+    )
     try:
-        payloads = Payloads(url, args.project)
+        payloads = Payloads(url, args.project, same=args.same_payload)
         results = []
         first = 0
         for clients in (int(c) for c in args.clients.split(",")):
@@ -481,7 +570,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             first += clients
         if args.json:
-            print(json.dumps({"url": url, "server_cpus": args.server_cpus, "phases": results}))
+            print(
+                json.dumps(
+                    {
+                        "url": url,
+                        "server_cpus": args.server_cpus,
+                        "client_cpus": args.client_cpus,
+                        "same_payload": args.same_payload,
+                        "phases": results,
+                    }
+                )
+            )
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

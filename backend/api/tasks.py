@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 
 
 def lease_task(app: App, req: Request, project: str) -> Response:
-    record = app.coordinator.project(project)
-    client = app.authenticate(req, record)
+    with app.coordinator.snapshot():  # project and token in one read transaction
+        record = app.coordinator.project(project)
+        client = app.authenticate(req, record)
     req.json_object(required=False)
     raw_wait = req.query_value("wait") or "0"
     try:
@@ -32,22 +33,25 @@ def lease_task(app: App, req: Request, project: str) -> Response:
 
 def heartbeat_task(app: App, req: Request, project: str, task_id: str) -> Response:
     check_server_id(task_id, "task id")
-    record = app.coordinator.project(project)
-    client = app.authenticate(req, record)
+    with app.coordinator.snapshot():  # project and token in one read transaction
+        record = app.coordinator.project(project)
+        client = app.authenticate(req, record)
     return Response.json(app.coordinator.heartbeat(record, client, task_id))
 
 
 def release_task(app: App, req: Request, project: str, task_id: str) -> Response:
     check_server_id(task_id, "task id")
-    record = app.coordinator.project(project)
-    client = app.authenticate(req, record)
+    with app.coordinator.snapshot():  # project and token in one read transaction
+        record = app.coordinator.project(project)
+        client = app.authenticate(req, record)
     app.coordinator.release(record, client, task_id)
     return Response.empty(204)
 
 
 def upload_update(app: App, req: Request, project: str, task_id: str) -> Response:
     check_server_id(task_id, "task id")
-    record = app.coordinator.project(project)
-    client = app.authenticate(req, record)
+    with app.coordinator.snapshot():  # project and token in one read transaction
+        record = app.coordinator.project(project)
+        client = app.authenticate(req, record)
     status, receipt = app.coordinator.upload(record, client, task_id, req)
     return Response.json(receipt, status=status)

@@ -4,12 +4,24 @@ Writes go through one connection, serialised by a lock and ``BEGIN IMMEDIATE`` (
 serialises against other processes sharing the file), so a check-then-act inside
 ``write()`` is atomic: leasing can never hand the same task out twice. Reads use a
 connection per thread and see one snapshot per ``read()`` block.
+
+Durability (group commit): the writer commits with ``synchronous = NORMAL``, which appends
+the transaction to the WAL without waiting for the disk, and a durable ``write()`` then
+fsyncs the WAL *after* releasing the writer lock, before it returns. One fsync covers every
+transaction committed before it, so uploads arriving together share one, and leases (which
+need no fsync) never queue behind one. A durable write returns only once its transaction
+is on disk, as with ``synchronous = FULL``; other transactions may read it during that
+fsync (what they derive from it, such as a lease, is not durable either). SQLite syncs the
+WAL before each checkpoint and the database after it, so frames checkpointed meanwhile are
+on disk as well. Where the WAL file cannot be opened for fsync (not POSIX), durable writes
+fall back to ``synchronous = FULL`` inside the lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -39,15 +51,107 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
     # FULL: a commit is on disk before the client hears "accepted", even on power loss.
+    # The writer switches to NORMAL and fsyncs the WAL itself (see the module docstring).
     conn.execute("PRAGMA synchronous = FULL")
     return conn
+
+
+class _WalSync:
+    """Group commit: make every transaction committed so far durable with one WAL fsync.
+
+    ``committed()`` is called under the writer lock after each COMMIT that changed
+    something and returns its sequence number; ``wait(seq)`` returns once an fsync that
+    started after that commit has finished. While one thread fsyncs, the others wait for
+    it, then one of them fsyncs everything committed in the meantime.
+    """
+
+    def __init__(self, wal_path: Path) -> None:
+        self._path = wal_path
+        self._cond = threading.Condition()
+        self._committed = 0
+        self._synced = 0
+        self._syncing = False
+        self._fd: int | None = None
+
+    def committed(self) -> int:
+        with self._cond:
+            self._committed += 1
+            return self._committed
+
+    def wait(self, seq: int | None = None) -> None:
+        """Block until commit ``seq`` (default: every commit so far) is on disk."""
+        while True:
+            with self._cond:
+                if seq is None:
+                    seq = self._committed
+                while self._syncing and self._synced < seq:
+                    self._cond.wait()
+                if self._synced >= seq:
+                    return
+                self._syncing = True
+                target = self._committed
+            try:
+                self._fsync()
+            except BaseException:
+                with self._cond:
+                    self._syncing = False
+                    self._cond.notify_all()
+                raise
+            with self._cond:
+                self._synced = max(self._synced, target)
+                self._syncing = False
+                self._cond.notify_all()
+
+    def _fsync(self) -> None:
+        fd = self._fd
+        if fd is not None and os.fstat(fd).st_ino != _inode(self._path):
+            os.close(fd)  # the WAL was deleted and made anew (every connection closed once)
+            fd = self._fd = None
+        if fd is None:
+            fd = self._fd = os.open(self._path, os.O_RDONLY)
+        (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+    def close(self) -> None:
+        with self._cond:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _dump(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+_SELECT_PROJECTS = """SELECT id, name, description, recipe, recipe_version, hparams, strategy,
+    settings, status, current_version, public_key, created_at, shard_sizes FROM projects"""
+"""What a ProjectRecord holds: not next_shard, which changes with every lease (see below)."""
+
+_PROJECT_MEMO: dict[tuple[Any, ...], ProjectRecord] = {}
+_PROJECT_MEMO_MAX = 256
+"""Project rows seen, by their full contents: every request reads its project, and parsing
+its JSON columns each time was the largest CPU cost of a lease after SQLite itself. A row
+that changed in any column is another key, so the memo can never answer stale data. The
+records (and their dicts) are shared: callers treat them as read-only."""
+
+
 def _project(row: sqlite3.Row) -> ProjectRecord:
+    key = tuple(row)
+    record = _PROJECT_MEMO.get(key)
+    if record is None:
+        if len(_PROJECT_MEMO) >= _PROJECT_MEMO_MAX:
+            _PROJECT_MEMO.clear()
+        record = _PROJECT_MEMO[key] = _parse_project(row)
+    return record
+
+
+def _parse_project(row: sqlite3.Row) -> ProjectRecord:
     return ProjectRecord(
         id=row["id"],
         name=row["name"],
@@ -113,14 +217,14 @@ class SQLiteTx:
 
     # --- reads -----------------------------------------------------------------------------
     def projects(self) -> list[ProjectRecord]:
-        return [_project(r) for r in self._all("SELECT * FROM projects ORDER BY name")]
+        return [_project(r) for r in self._all(_SELECT_PROJECTS + " ORDER BY name")]
 
     def project_by_name(self, name: str) -> ProjectRecord | None:
-        row = self._one("SELECT * FROM projects WHERE name = ?", name)
+        row = self._one(_SELECT_PROJECTS + " WHERE name = ?", name)
         return _project(row) if row else None
 
     def project_by_id(self, project_id: int) -> ProjectRecord | None:
-        row = self._one("SELECT * FROM projects WHERE id = ?", project_id)
+        row = self._one(_SELECT_PROJECTS + " WHERE id = ?", project_id)
         return _project(row) if row else None
 
     def version(self, project_id: int, version: int) -> VersionRecord | None:
@@ -372,11 +476,14 @@ class SQLiteTx:
         return row is not None
 
     def next_shard(self, project_id: int, num_shards: int) -> int:
-        row = self._one("SELECT next_shard FROM projects WHERE id = ?", project_id)
-        assert row is not None
-        shard = int(row[0]) % max(1, num_shards)
-        self._run("UPDATE projects SET next_shard = ? WHERE id = ?", shard + 1, project_id)
-        return shard
+        # One statement (the counter is only ever read here): RETURNING gives the new value.
+        rows = self._all(  # fetch all: the statement must run to its end before COMMIT
+            "UPDATE projects SET next_shard = next_shard % ? + 1 WHERE id = ? RETURNING next_shard",
+            max(1, num_shards),
+            project_id,
+        )
+        assert rows
+        return int(rows[0][0]) - 1
 
     def insert_task(self, task: TaskRecord) -> None:
         self._run(
@@ -545,11 +652,16 @@ class SQLiteStore:
             raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
         self._write_lock = threading.Lock()
         self._durable = True
+        self._wal_sync: _WalSync | None = None
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
         self._migrate()
+        if os.name == "posix":
+            self._wal_sync = _WalSync(self.path.with_name(self.path.name + "-wal"))
+            self._writer.execute("PRAGMA synchronous = NORMAL")
+            self._durable = False
 
     def _migrate(self) -> None:
         with self._write_lock:
@@ -577,15 +689,22 @@ class SQLiteStore:
 
     @contextmanager
     def write(self, *, durable: bool = True) -> Iterator[SQLiteTx]:
-        """One serialised transaction. ``durable=False`` (leases, heartbeats, challenges)
-        skips the fsync at commit: such a write survives a crash of the process but may be
-        lost with the machine's power; a later durable commit makes it durable too."""
+        """One serialised transaction, committed when the block ends without an exception.
+
+        A durable write returns only once the transaction is on disk (an fsync shared with
+        the writes committed around it; see the module docstring). ``durable=False``
+        (leases, heartbeats, challenges) skips the fsync: such a write survives a crash of
+        the process but may be lost with the machine's power; a later durable commit makes
+        it durable too."""
+        sync = self._wal_sync
+        seq: int | None = None
         with self._write_lock:
             if self._closed:
                 raise RuntimeError("the store is closed")
-            if durable != self._durable:
+            if sync is None and durable != self._durable:
                 self._writer.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                 self._durable = durable
+            changes = self._writer.total_changes
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield SQLiteTx(self._writer)
@@ -593,6 +712,20 @@ class SQLiteStore:
                 self._writer.execute("ROLLBACK")
                 raise
             self._writer.execute("COMMIT")
+            if sync is not None and self._writer.total_changes != changes:
+                seq = sync.committed()
+        if durable and sync is not None:
+            # Without changes of its own, a durable write may still have read (and its
+            # caller may acknowledge) what another write committed and has not synced yet.
+            sync.wait(seq)
+
+    def wait_durable(self) -> None:
+        """Block until every transaction committed so far is on disk.
+
+        For answers that acknowledge data another request wrote (an idempotent retry
+        that finds the first upload's receipt): that request may still be in its fsync."""
+        if self._wal_sync is not None:
+            self._wal_sync.wait()
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -630,6 +763,8 @@ class SQLiteStore:
         with self._write_lock:
             self._closed = True
             self._writer.close()
+            if self._wal_sync is not None:
+                self._wal_sync.close()
         with self._readers_lock:
             for conn in self._readers:
                 with contextlib.suppress(sqlite3.ProgrammingError):

@@ -209,3 +209,71 @@ def test_an_abandoned_aggregation_claim_is_released_and_rerun(
     assert worker.release_stale_claims() == 1
     assert worker.run_once()
     assert coordinator.project("crash").current_version == 1
+
+
+def _record(name: str) -> ProjectRecord:
+    return ProjectRecord(
+        id=0,
+        name=name,
+        description="",
+        recipe="digits-mlp",
+        recipe_version=1,
+        hparams={},
+        strategy={"name": "fedavg"},
+        settings={},
+        status="open",
+        current_version=0,
+        public_key="k",
+        created_at=0.0,
+    )
+
+
+@pytest.mark.skipif(os.name != "posix", reason="group commit fsyncs the WAL on POSIX only")
+def test_group_commit_syncs_durable_writes_and_only_those(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A durable write returns only after a WAL fsync that started after its commit; a
+    non-durable one never waits for the disk; concurrent durable writes share fsyncs."""
+    real = getattr(os, "fdatasync", None) or os.fsync
+    calls: list[int] = []
+
+    def counting_sync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting_sync, raising=False)
+    monkeypatch.setattr(os, "fsync", counting_sync)
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    try:
+        sync = store._wal_sync
+        assert sync is not None
+        calls.clear()
+        with store.write(durable=False) as tx:
+            tx.insert_project(_record("fast"))
+        assert calls == [] and sync._synced < sync._committed
+        with store.write() as tx:
+            tx.insert_project(_record("safe"))
+        assert len(calls) == 1 and sync._synced == sync._committed  # covers "fast" too
+
+        calls.clear()
+        errors: list[BaseException] = []
+
+        def durable_insert(i: int) -> None:
+            try:
+                with store.write() as tx:
+                    tx.insert_project(_record(f"p{i}"))
+                assert sync._synced >= 1
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=durable_insert, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert 1 <= len(calls) <= 24 and sync._synced == sync._committed
+        with store.read() as rtx:
+            assert len(rtx.projects()) == 26
+    finally:
+        store.close()
