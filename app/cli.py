@@ -475,8 +475,58 @@ def _start_tray(args: argparse.Namespace, out: TextIO) -> int:
     return result
 
 
+TRAY_ONLY_OPTIONS = (
+    "--show",
+    "--minimized",
+    "--join",
+    "--self-test",
+    "--quit-after",
+    "--ready-file",
+)
+"""Options only the tray knows: autostart entries start `barnraise --minimized`."""
+
+
+def tray_arguments(argv: Sequence[str]) -> list[str] | None:
+    """This launch's arguments for the tray, if the launch is for the tray.
+
+    Desktop entries run `barnraise %u` for a clicked `barnraise://join?...` invite link, which
+    becomes `--join LINK`; tray-only options (autostart's `--minimized`) go to the tray as is.
+    """
+    translated: list[str] = []
+    for_tray = False
+    for arg in argv:
+        if arg.startswith("barnraise:"):
+            translated += ["--join", arg]
+            for_tray = True
+        else:
+            translated.append(arg)
+            for_tray = for_tray or arg.split("=", 1)[0] in TRAY_ONLY_OPTIONS
+    return translated if for_tray else None
+
+
+def _run_tray_launch(tray_args: list[str], out: TextIO) -> int:
+    folders = argparse.ArgumentParser(add_help=False)
+    folders.add_argument("--data-dir", type=Path, default=None)
+    folders.add_argument("--config-dir", type=Path, default=None)
+    known, rest = folders.parse_known_args(tray_args)
+    known.credentials = None
+    _apply_dirs(known)
+    if known.credentials is not None and "--credentials" not in rest:
+        rest += ["--credentials", str(known.credentials)]
+    try:
+        from app.tray import main as tray_main  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        print("barnraise: the tray app is not available here; see `barnraise --help`", file=out)
+        return EXIT_USAGE
+    result: int = tray_main(rest)
+    return result
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    tray_args = tray_arguments(sys.argv[1:] if argv is None else argv)
+    if tray_args is not None:
+        return _run_tray_launch(tray_args, out)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -137,3 +137,13 @@ def test_tabular_missing_path_and_bad_config(tmp_path: Path) -> None:
         recipe.resolve_hparams({"label_column": "y"})
     with pytest.raises(RecipeError, match="label is also a feature"):
         recipe.resolve_hparams({"label_column": "a", "feature_columns": "a,b"})
+
+
+def test_bundled_digits_file_equals_scikit_learns() -> None:
+    from sklearn.datasets import load_digits
+
+    from federated.recipes.digits import load_digits_arrays
+
+    pixels, labels = load_digits_arrays()
+    reference = load_digits()
+    assert (pixels == reference.data).all() and (labels == reference.target).all()
