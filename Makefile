@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 APT_PACKAGES := chromium chromium-driver gnome-keyring dbus dbus-x11 libsecret-tools \
 	xvfb xdotool trayer imagemagick libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 \
-	libxkbcommon-x11-0 libegl1 libgl1 postgresql desktop-file-utils appstream
+	libxkbcommon-x11-0 libegl1 libgl1 desktop-file-utils appstream binutils xdg-utils
 
-.PHONY: test demo lint typecheck pytest system-deps bench package clean
+.PHONY: test demo lint typecheck pytest system-deps bench package test-package clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -40,7 +40,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy $(wildcard federated backend app)
 
 pytest: $(STAMP) system-deps
-	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest -q
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest -q -m 'not package'
 
 test: lint typecheck pytest
 
@@ -50,6 +50,21 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/aggregate.py
 	$(PY) bench/codec.py
+
+PACKAGE_STAMP := $(VENV)/.installed-package
+
+$(PACKAGE_STAMP): pyproject.toml | $(STAMP)
+	$(PIP) install -e '.[package]'
+	touch $(PACKAGE_STAMP)
+
+# dist/barnraise/ (PyInstaller one-folder), dist/barnraise_<version>_amd64.deb,
+# dist/barnraise-<version>-linux-x86_64.tar.gz; see docs/packaging.md
+package: $(STAMP) $(PACKAGE_STAMP) system-deps
+	PY=$(PY) packaging/build.sh
+
+# Runs the installed program from the built .deb (skips with the reason when dist/ has none).
+test-package: $(STAMP) system-deps
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest -q -m package tests/packaging
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
