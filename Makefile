@@ -30,7 +30,7 @@ system-deps:
 		else echo "note: not root, cannot install: $$missing (tests needing them are skipped)"; fi; \
 	fi
 
-CODE := $(wildcard federated backend app tests bench)
+CODE := $(wildcard federated backend app tests bench packaging assets)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(CODE)
