@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
+from federated.errors import UPDATE_REJECTION_CODES
+
 
 class HTTPError(Exception):
     """An answer other than success. ``code`` defaults to the class's code."""
@@ -117,16 +119,7 @@ class ServiceUnavailable(HTTPError):
     default_code = "unavailable"
 
 
-PAYLOAD_CODES: tuple[str, ...] = (
-    "unknown_tensor",
-    "missing_tensor",
-    "shape_mismatch",
-    "dtype_mismatch",
-    "non_finite",
-    "norm_too_large",
-    "bad_payload",
-    "unknown_codec",
-)
+PAYLOAD_CODES: tuple[str, ...] = UPDATE_REJECTION_CODES
 """The codes of ``federated.errors.UpdateRejected``, answered as 422 under the same name."""
 
 ERROR_STATUS: dict[str, int] = {

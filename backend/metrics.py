@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -151,6 +152,9 @@ class _ValueChild:
         self.value = 0.0
 
 
+_ValueChildT = TypeVar("_ValueChildT", "CounterChild", "GaugeChild")
+
+
 class CounterChild(_ValueChild):
     def inc(self, amount: float = 1.0) -> None:
         """Add ``amount`` (>= 0)."""
@@ -201,21 +205,23 @@ class HistogramChild:
             self.observe(time.perf_counter() - start)
 
 
-class Counter(_Metric):
-    kind = "counter"
+class _ValueMetric(_Metric, Generic[_ValueChildT]):
+    """A counter or gauge: one number per label combination."""
+
+    child_type: type[_ValueChildT]
 
     def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name, help, labelnames)
-        self._children: dict[LabelValues, CounterChild] = {}
+        self._children: dict[LabelValues, _ValueChildT] = {}
         if not self.labelnames:
-            self._children[()] = CounterChild(self._lock)
+            self._children[()] = self.child_type(self._lock)
 
-    def labels(self, *values: object, **named: object) -> CounterChild:
+    def labels(self, *values: object, **named: object) -> _ValueChildT:
         key = self._key(values, named)
         with self._lock:
             child = self._children.get(key)
             if child is None:
-                child = self._children[key] = CounterChild(self._lock)
+                child = self._children[key] = self.child_type(self._lock)
         return child
 
     def inc(self, amount: float = 1.0) -> None:
@@ -235,51 +241,28 @@ class Counter(_Metric):
         ]
 
 
-class Gauge(_Metric):
+class Counter(_ValueMetric[CounterChild]):
+    kind = "counter"
+    child_type = CounterChild
+
+
+class Gauge(_ValueMetric[GaugeChild]):
     kind = "gauge"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._children: dict[LabelValues, GaugeChild] = {}
-        if not self.labelnames:
-            self._children[()] = GaugeChild(self._lock)
-
-    def labels(self, *values: object, **named: object) -> GaugeChild:
-        key = self._key(values, named)
-        with self._lock:
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = GaugeChild(self._lock)
-        return child
+    child_type = GaugeChild
 
     def set(self, value: float) -> None:
         self._require_unlabelled()
         self._children[()].set(value)
 
-    def inc(self, amount: float = 1.0) -> None:
-        self._require_unlabelled()
-        self._children[()].inc(amount)
-
     def dec(self, amount: float = 1.0) -> None:
         self._require_unlabelled()
         self._children[()].dec(amount)
-
-    def value(self, *values: object, **named: object) -> float:
-        child = self._children.get(self._key(values, named))
-        return child.value if child else 0.0
 
     def remove(self, *values: object, **named: object) -> None:
         """Forget one label combination (e.g. a closed project)."""
         key = self._key(values, named)
         with self._lock:
             self._children.pop(key, None)
-
-    def _sample_lines(self) -> list[str]:
-        with self._lock:
-            items = sorted((k, c.value) for k, c in self._children.items())
-        return [
-            f"{self.name}{_label_text(self.labelnames, k)} {_format_value(v)}" for k, v in items
-        ]
 
 
 class Histogram(_Metric):

@@ -21,6 +21,7 @@ import copy
 from typing import Any
 
 from backend.pages.views import CREDIT_UNIT
+from federated.errors import UPDATE_REJECTION_CODES
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1"
@@ -59,14 +60,7 @@ ERROR_CODES = (
     "digest_mismatch",
     "task_already_answered",
     "rate_limited",
-    "unknown_tensor",
-    "missing_tensor",
-    "shape_mismatch",
-    "dtype_mismatch",
-    "non_finite",
-    "norm_too_large",
-    "bad_payload",
-    "unknown_codec",
+    *UPDATE_REJECTION_CODES,
 )
 """The stable error codes of docs/protocol.md (the server may add others, e.g. internal_error)."""
 

@@ -24,6 +24,19 @@ class DataError(FederatedError, ValueError):
     """Local data the participant chose cannot be used (names file, row and column)."""
 
 
+UPDATE_REJECTION_CODES: tuple[str, ...] = (
+    "unknown_tensor",
+    "missing_tensor",
+    "shape_mismatch",
+    "dtype_mismatch",
+    "non_finite",
+    "norm_too_large",
+    "bad_payload",
+    "unknown_codec",
+)
+"""Every ``UpdateRejected.code``; the coordinator answers each as it is (HTTP 422)."""
+
+
 class UpdateRejected(FederatedError, ValueError):
     """A payload failed validation.
 
