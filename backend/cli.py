@@ -184,7 +184,7 @@ def _coordinator(data_dir: Path) -> Any:
 
 
 def _serve(args: argparse.Namespace, data_dir: Path) -> int:
-    from backend.server import DEFAULT_THREADS, bound_port, make_server
+    from backend.server import DEFAULT_THREADS, bound_port, freeze_startup_heap, make_server
     from backend.wsgi import DEFAULT_BURST, DEFAULT_RATE, create_app
 
     config: dict[str, Any] = {}
@@ -200,6 +200,7 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
         data_dir, rate=config.get("rate", DEFAULT_RATE), burst=config.get("burst", DEFAULT_BURST)
     )
     server = make_server(app, host, port, threads=threads, tls_cert=cert, tls_key=key)
+    freeze_startup_heap()
 
     def stop(_signum: int, _frame: Any) -> None:
         app.coordinator.notifier.close()  # answer waiting long polls now, so threads drain

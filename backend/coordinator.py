@@ -33,6 +33,7 @@ import torch
 
 from backend import credit as credit_math
 from backend.errors import (
+    PAYLOAD_CODES,
     BadRequest,
     HTTPError,
     NotFound,
@@ -525,14 +526,19 @@ class Coordinator:
     def release(self, project: ProjectRecord, client: ClientRecord, task_id: str) -> None:
         self._owned_task(project, client, task_id)
         now = self.clock()
-        with self.store.write(durable=False) as tx:
+
+        def release_in_tx(tx: WriteTx) -> bool:
             task = tx.task(task_id)
             assert task is not None
             if task.status == "released":
-                return
+                return False
             _check_live(task, now)
             tx.set_task_status(task_id, "released")
-        self.notifier.notify(project.name)
+            return True
+
+        # Batched: releases come as often as leases and, like them, are a few statements.
+        if self.store.write_batched(release_in_tx):
+            self.notifier.notify(project.name)
 
     # --- updates ---------------------------------------------------------------------------
     def upload(
@@ -868,18 +874,7 @@ class Coordinator:
         self.metrics.updates_rejected.labels(project=project, reason=reason).inc()
 
 
-_PAYLOAD_CODES = frozenset(
-    (
-        "unknown_tensor",
-        "missing_tensor",
-        "shape_mismatch",
-        "dtype_mismatch",
-        "non_finite",
-        "norm_too_large",
-        "bad_payload",
-        "unknown_codec",
-    )
-)
+_PAYLOAD_CODES = frozenset(PAYLOAD_CODES)
 
 
 def check_name_ok(name: str) -> bool:

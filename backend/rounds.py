@@ -37,7 +37,15 @@ from backend.settings import (
     RETRY_AFTER_PAUSED_S,
     ProjectSettings,
 )
-from backend.store import AggregationClaim, ClaimConflict, ProjectRecord, TaskRecord, VersionRecord
+from backend.store import (
+    AggregationClaim,
+    ClaimConflict,
+    ProjectRecord,
+    TaskRecord,
+    UpdateRecord,
+    VersionRecord,
+    WriteTx,
+)
 from federated.codec import decode_model, decode_update, encode_model
 from federated.strategies import build_strategy, staleness_factor
 from federated.tensors import ClientUpdate
@@ -62,82 +70,91 @@ def sign_task_manifest(coordinator: Coordinator, project: str, manifest: dict[st
 
 
 def try_lease(coordinator: Coordinator, project_name: str, client_id: str) -> dict[str, Any] | None:
-    """A signed task for the client now, or None. Raises project_paused / project_closed."""
+    """A signed task for the client now, or None. Raises project_paused / project_closed.
+
+    Runs as a batched write (``Store.write_batched``): under load, leases arriving
+    together share one transaction instead of queueing for the writer one by one."""
     now = coordinator.clock()
-    expired: list[int] = []
-    with coordinator.store.write(durable=False) as tx:
-        project = tx.project_by_name(project_name)
-        assert project is not None
-        if project.status == "closed":
-            raise api_error("project_closed", f"project {project_name!r} is closed")
-        if project.status == "paused":
-            raise api_error(
-                "project_paused",
-                f"project {project_name!r} is paused by its organiser; try again later",
-                retry_after=RETRY_AFTER_PAUSED_S,
-            )
-        expired = tx.expire_leases(now)
-        settings = coordinator.runtime(project).settings  # parsed once; settings never change
-        existing = tx.live_task_for_client(project.id, client_id, now)
-        if existing is not None:
-            return {"manifest": existing.manifest, "signature": existing.signature}
-        version = project.current_version
-        if settings.mode == "sync":
-            if tx.aggregation_running(project.id) or tx.client_has_task(
-                project.id, client_id, version
-            ):
-                return None
-            counts = tx.round_counts(project.id, version, now)
-            if counts.answered >= settings.clients_per_round:
-                return None
-            if counts.live_leases + counts.answered >= settings.leases_per_round:
-                return None
-        elif tx.live_leases(project.id, now) >= settings.max_concurrent_leases:
-            return None
-        base = tx.version(project.id, version)
-        assert base is not None
-        num_shards = len(project.shard_sizes) if project.shard_sizes else 1
-        shard = tx.next_shard(project.id, num_shards)
-        max_examples = project.shard_sizes[shard] if project.shard_sizes else 1_000_000_000
-        task_id = new_id()
-        deadline = int(now + settings.lease_s)
-        manifest = {
-            "task_id": task_id,
-            "project": project.name,
-            "client_id": client_id,
-            "base_version": version,
-            "base_digest": base.digest,
-            "recipe": project.recipe,
-            "recipe_version": project.recipe_version,
-            "hparams": project.hparams,
-            "shard_index": shard,
-            "max_examples": int(max_examples),
-            "codec": settings.codec,
-            "max_update_norm": settings.max_update_norm,
-            "max_payload_bytes": settings.max_payload_bytes,
-            "issued_at": int(now),
-            "deadline": deadline,
-        }
-        signature = sign_task_manifest(coordinator, project.name, manifest)
-        tx.insert_task(
-            TaskRecord(
-                id=task_id,
-                project_id=project.id,
-                client_id=client_id,
-                base_version=version,
-                shard_index=shard,
-                status="leased",
-                issued_at=now,
-                deadline=deadline,
-                max_examples=int(max_examples),
-                manifest=manifest,
-                signature=signature,
-            )
-        )
-        tx.touch_client(client_id, now)
+    signed, expired = coordinator.store.write_batched(
+        functools.partial(_lease_in_tx, coordinator, project_name, client_id, now)
+    )
     if expired:
         _notify_projects(coordinator, expired)
-    return {"manifest": manifest, "signature": signature}
+    return signed
+
+
+def _lease_in_tx(
+    coordinator: Coordinator, project_name: str, client_id: str, now: float, tx: WriteTx
+) -> tuple[dict[str, Any] | None, list[int]]:
+    """try_lease's transaction: (the signed task or None, projects with expired leases)."""
+    project = tx.project_by_name(project_name)
+    assert project is not None
+    if project.status == "closed":
+        raise api_error("project_closed", f"project {project_name!r} is closed")
+    if project.status == "paused":
+        raise api_error(
+            "project_paused",
+            f"project {project_name!r} is paused by its organiser; try again later",
+            retry_after=RETRY_AFTER_PAUSED_S,
+        )
+    expired = tx.expire_leases(now)
+    settings = coordinator.runtime(project).settings  # parsed once; settings never change
+    existing = tx.live_task_for_client(project.id, client_id, now)
+    if existing is not None:
+        return {"manifest": existing.manifest, "signature": existing.signature}, expired
+    version = project.current_version
+    if settings.mode == "sync":
+        if tx.aggregation_running(project.id) or tx.client_has_task(project.id, client_id, version):
+            return None, expired
+        counts = tx.round_counts(project.id, version, now)
+        if counts.answered >= settings.clients_per_round:
+            return None, expired
+        if counts.live_leases + counts.answered >= settings.leases_per_round:
+            return None, expired
+    elif tx.live_leases(project.id, now) >= settings.max_concurrent_leases:
+        return None, expired
+    base = tx.version(project.id, version)
+    assert base is not None
+    num_shards = len(project.shard_sizes) if project.shard_sizes else 1
+    shard = tx.next_shard(project.id, num_shards)
+    max_examples = project.shard_sizes[shard] if project.shard_sizes else 1_000_000_000
+    task_id = new_id()
+    deadline = int(now + settings.lease_s)
+    manifest = {
+        "task_id": task_id,
+        "project": project.name,
+        "client_id": client_id,
+        "base_version": version,
+        "base_digest": base.digest,
+        "recipe": project.recipe,
+        "recipe_version": project.recipe_version,
+        "hparams": project.hparams,
+        "shard_index": shard,
+        "max_examples": int(max_examples),
+        "codec": settings.codec,
+        "max_update_norm": settings.max_update_norm,
+        "max_payload_bytes": settings.max_payload_bytes,
+        "issued_at": int(now),
+        "deadline": deadline,
+    }
+    signature = sign_task_manifest(coordinator, project.name, manifest)
+    tx.insert_task(
+        TaskRecord(
+            id=task_id,
+            project_id=project.id,
+            client_id=client_id,
+            base_version=version,
+            shard_index=shard,
+            status="leased",
+            issued_at=now,
+            deadline=deadline,
+            max_examples=int(max_examples),
+            manifest=manifest,
+            signature=signature,
+        )
+    )
+    tx.touch_client(client_id, now)
+    return {"manifest": manifest, "signature": signature}, expired
 
 
 def _notify_projects(coordinator: Coordinator, project_ids: list[int]) -> None:
@@ -178,6 +195,25 @@ def _may_be_ready(coordinator: Coordinator, project: ProjectRecord, now: float) 
         return tx.pending_updates(project.id) >= settings.buffer_size
 
 
+def _oldest_fresh_updates(
+    tx: WriteTx, project_id: int, version: int, settings: ProjectSettings
+) -> list[UpdateRecord]:
+    """The oldest ``buffer_size`` pending updates within ``max_staleness``; stale ones met
+    on the way are dropped.
+
+    Reads one buffer at a time, never the whole backlog: uploads can outrun aggregation
+    (a bench at 200 uploads/s piled up thousands of pending updates), and reading and
+    parsing all of them inside the write transaction made every claim hold the writer
+    for longer the further behind it was. Stale updates after the buffer stay pending
+    until a later claim meets them (they never become fresh again)."""
+    while True:
+        batch = tx.pending_update_records(project_id, None, settings.buffer_size)
+        stale = [u.id for u in batch if version - u.base_version > settings.max_staleness]
+        if not stale:
+            return batch
+        tx.drop_updates(stale)
+
+
 def claim_ready(coordinator: Coordinator, project: ProjectRecord) -> AggregationClaim | None:
     """Claim the project's next aggregation if its round is complete (one transaction)."""
     now = coordinator.clock()
@@ -203,11 +239,7 @@ def claim_ready(coordinator: Coordinator, project: ProjectRecord) -> Aggregation
         else:
             if tx.pending_updates(project.id) < settings.buffer_size:
                 return None
-            updates = tx.pending_update_records(project.id, None, None)
-            stale = [u for u in updates if version - u.base_version > settings.max_staleness]
-            if stale:
-                tx.drop_updates([u.id for u in stale])
-            updates = [u for u in updates if u not in stale][: settings.buffer_size]
+            updates = _oldest_fresh_updates(tx, project.id, version, settings)
             if len(updates) < settings.buffer_size:
                 return None
         try:

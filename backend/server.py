@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Any
 
@@ -21,6 +22,18 @@ KEEP_ALIVE_CONNECTIONS = 1024
 after cheroot's 10 s idle timeout). cheroot's default of 10 answers ``Connection: close``
 as soon as more than 10 contributors are idle between requests, so each of their next
 requests pays for a new TCP connection."""
+
+
+def freeze_startup_heap() -> None:
+    """Exempt everything allocated so far from the cyclic garbage collector.
+
+    Call once, in the serving process, after the app is built. torch, numpy and the
+    recipes leave a heap of several hundred thousand long-lived objects, and every full
+    collection walked all of them again: under load the collector took several per cent
+    of the server's one core. Frozen objects are still freed by reference counting; only
+    cycles among them are never collected, and start-up makes none worth the walk."""
+    gc.collect()
+    gc.freeze()
 
 
 def make_server(

@@ -19,6 +19,8 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
+from backend.store import ProjectRecord
+
 IN_PROCESS_URL = "http://backend.test"
 
 
@@ -187,3 +189,21 @@ def upload_request(
     all_headers.update(headers or {})
     url = f"{base_url}/api/v1/projects/{project}/tasks/{task['task_id']}/update"
     return session.put(url, data=payload, headers=all_headers, timeout=60)
+
+
+def bare_project_record(name: str) -> ProjectRecord:
+    """A minimal project row for store tests (digits-mlp, FedAvg, open, version 0)."""
+    return ProjectRecord(
+        id=0,
+        name=name,
+        description="",
+        recipe="digits-mlp",
+        recipe_version=1,
+        hparams={},
+        strategy={"name": "fedavg"},
+        settings={},
+        status="open",
+        current_version=0,
+        public_key="k",
+        created_at=0.0,
+    )

@@ -215,6 +215,9 @@ def create_app(
 def app_from_env() -> App:
     """For WSGI servers: ``gunicorn 'backend.wsgi:app_from_env()'`` with BARNRAISE_DATA set."""
     from backend.cli import default_data_dir
+    from backend.server import freeze_startup_heap
 
     data = os.environ.get("BARNRAISE_DATA") or str(default_data_dir())
-    return create_app(data)
+    app = create_app(data)
+    freeze_startup_heap()
+    return app

@@ -20,6 +20,15 @@ one is answered, so with N clients the latency is about N / throughput (Little's
 grows with N even when the server's throughput does not fall; real contributors lease
 once per task, seconds or minutes apart.
 
+``--think-ms MS`` makes it closer to an open loop: after each task (lease, then upload or
+release) a client pauses for a random think time, exponentially distributed with mean MS
+(so arrivals are roughly Poisson). N clients then offer about N / (MS + service time)
+tasks per second, and p99 is the latency at that offered load, not a queue the bench
+builds itself. Report both: the closed loop for capacity, a think time for latency::
+
+    .venv/bin/python bench/backend_load.py --clients 256 --think-ms 500 --seconds 15 \
+        --server-cpus 0 --client-cpus 1
+
 Phases run one after another on the same server with growing client counts, so the RSS
 column shows whether memory grows with the number of clients. ``--url`` (and
 ``--server-pid`` for RSS) aims it at a server you started yourself instead; the project
@@ -314,6 +323,7 @@ def client_loop(
     stats: Stats,
     payloads: Payloads,
     upload_share: float,
+    think_s: float,
 ) -> None:
     conn = Conn(url)
     rng = random.Random(index)
@@ -326,6 +336,8 @@ def client_loop(
     auth = {"Authorization": f"Bearer {token}"}
     api = f"/api/v1/projects/{project}"
     while not stop.is_set():
+        if think_s > 0 and stop.wait(rng.expovariate(1.0 / think_s)):
+            break
         try:
             status, headers, data = timed(
                 conn, stats, "lease", "POST", f"{api}/tasks/lease?wait=0", headers=auth
@@ -403,13 +415,14 @@ def run_phase(
     upload_share: float,
     interval: float,
     first_index: int,
+    think_s: float = 0.0,
 ) -> dict[str, Any]:
     stats = Stats()
     stop = threading.Event()
     threads = [
         threading.Thread(
             target=client_loop,
-            args=(url, project, first_index + i, stop, stats, payloads, upload_share),
+            args=(url, project, first_index + i, stop, stats, payloads, upload_share, think_s),
             daemon=True,
         )
         for i in range(clients)
@@ -427,7 +440,8 @@ def run_phase(
     start = time.monotonic()
     last_count, last_t = 0, start
     rss_samples: list[float] = []
-    print(f"\n== {clients} clients, {seconds:.0f} s ==")
+    think = f", think time {think_s * 1000:.0f} ms (mean)" if think_s > 0 else ", closed loop"
+    print(f"\n== {clients} clients, {seconds:.0f} s{think} ==")
     print(f"{'t s':>6} {'req/s':>8} {'server RSS MiB':>15}")
     while time.monotonic() - start < seconds:
         time.sleep(interval)
@@ -453,6 +467,7 @@ def run_phase(
     uploads = sum(n for k, n in statuses.items() if k in ("upload 200", "upload 201"))
     result = {
         "clients": clients,
+        "think_ms": round(think_s * 1000, 1),
         "seconds": round(elapsed, 2),
         "requests_per_s": round(len(everything) / elapsed, 1),
         "leases_per_s": round(leases / elapsed, 1),
@@ -510,6 +525,12 @@ def main(argv: list[str] | None = None) -> int:
         help="share of leased tasks uploaded (else released)",
     )
     p.add_argument("--interval", type=float, default=1.0, help="seconds between progress lines")
+    p.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="mean think time per client between tasks (exponential); 0: closed loop",
+    )
     p.add_argument("--server-threads", type=int, default=64)
     p.add_argument(
         "--buffer-size",
@@ -566,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.upload_share,
                     args.interval,
                     first,
+                    args.think_ms / 1000,
                 )
             )
             first += clients

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class ClaimConflict(Exception):
@@ -191,6 +193,14 @@ class Store(Protocol):
 
     def read(self) -> AbstractContextManager[ReadTx]: ...
     def write(self, *, durable: bool = True) -> AbstractContextManager[WriteTx]: ...
+    def write_batched(self, work: Callable[[WriteTx], T]) -> T:
+        """``work(tx)`` in a non-durable write, possibly sharing one transaction with other
+        threads' batched writes; what ``work`` raises undoes only its own changes and is
+        raised here. ``work`` must be short, must not wait on other threads and must not call
+        the store itself (only ``tx``). A store without batching runs it in
+        ``write(durable=False)``."""
+        ...
+
     def wait_durable(self) -> None:
         """Return once every transaction committed so far is durable (a durable ``write()``
         waits for its own; this is for acknowledging what another one wrote)."""

@@ -14,9 +14,9 @@ import requests
 
 from backend.coordinator import Coordinator
 from backend.rounds import AggregationWorker, claim_ready
-from backend.store import BlobStore, ProjectRecord, SQLiteStore
+from backend.store import BlobStore, SQLiteStore
 from backend.store.migrations import LATEST_VERSION, MIGRATIONS
-from backend.testing import IN_PROCESS_URL, small_delta, upload_request
+from backend.testing import IN_PROCESS_URL, bare_project_record, small_delta, upload_request
 from federated.codec import encode_update
 
 EXPECTED_TABLES = {
@@ -61,20 +61,7 @@ def test_wal_mode_is_on(tmp_path: Path) -> None:
 def test_failed_write_transaction_rolls_back(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "db.sqlite3")
     try:
-        record = ProjectRecord(
-            id=0,
-            name="p",
-            description="",
-            recipe="digits-mlp",
-            recipe_version=1,
-            hparams={},
-            strategy={"name": "fedavg"},
-            settings={},
-            status="open",
-            current_version=0,
-            public_key="k",
-            created_at=0.0,
-        )
+        record = bare_project_record("p")
         with pytest.raises(RuntimeError), store.write() as tx:
             tx.insert_project(record)
             raise RuntimeError("boom")
@@ -211,23 +198,6 @@ def test_an_abandoned_aggregation_claim_is_released_and_rerun(
     assert coordinator.project("crash").current_version == 1
 
 
-def _record(name: str) -> ProjectRecord:
-    return ProjectRecord(
-        id=0,
-        name=name,
-        description="",
-        recipe="digits-mlp",
-        recipe_version=1,
-        hparams={},
-        strategy={"name": "fedavg"},
-        settings={},
-        status="open",
-        current_version=0,
-        public_key="k",
-        created_at=0.0,
-    )
-
-
 @pytest.mark.skipif(os.name != "posix", reason="group commit fsyncs the WAL on POSIX only")
 def test_group_commit_syncs_durable_writes_and_only_those(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -249,10 +219,10 @@ def test_group_commit_syncs_durable_writes_and_only_those(
         assert sync is not None
         calls.clear()
         with store.write(durable=False) as tx:
-            tx.insert_project(_record("fast"))
+            tx.insert_project(bare_project_record("fast"))
         assert calls == [] and sync._synced < sync._committed
         with store.write() as tx:
-            tx.insert_project(_record("safe"))
+            tx.insert_project(bare_project_record("safe"))
         assert len(calls) == 1 and sync._synced == sync._committed  # covers "fast" too
 
         calls.clear()
@@ -261,7 +231,7 @@ def test_group_commit_syncs_durable_writes_and_only_those(
         def durable_insert(i: int) -> None:
             try:
                 with store.write() as tx:
-                    tx.insert_project(_record(f"p{i}"))
+                    tx.insert_project(bare_project_record(f"p{i}"))
                 assert sync._synced >= 1
             except BaseException as exc:  # surfaced below
                 errors.append(exc)
