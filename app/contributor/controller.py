@@ -95,6 +95,8 @@ MAX_HOLD_SUSPENDED_S = 300.0
 # Backoff when the coordinator is unreachable: doubles from MIN to MAX.
 MIN_BACKOFF_S = 2.0
 MAX_BACKOFF_S = 300.0
+# Ask the coordinator for our leaderboard rank at most this often (after accepted updates).
+RANK_REFRESH_S = 30.0
 
 
 def _local_now() -> datetime:
@@ -281,6 +283,7 @@ class _Project:
     backoff_s: float = 0.0
     not_before: float = 0.0
     rank: int | None = None
+    rank_checked_at: float = float("-inf")
     resume_task: LeasedTask | None = None  # a task carried over from before a restart
     give_back: bool = False  # the task in hand was stopped to be given back
 
@@ -1172,6 +1175,7 @@ class Controller:
             )
         )
         totals = self.ledger.totals(name)
+        self._refresh_rank(project)
         self._publish(
             CreditUpdated(
                 project=name,
@@ -1181,6 +1185,21 @@ class Controller:
                 tasks=totals.tasks,
             )
         )
+
+    def _refresh_rank(self, project: _Project) -> None:
+        """Ask the coordinator for our place on the leaderboard, at most every RANK_REFRESH_S
+        (it ranks every contributor to answer); a failure keeps the last known rank."""
+        now = time.monotonic()
+        if now - project.rank_checked_at < RANK_REFRESH_S:
+            return
+        project.rank_checked_at = now
+        try:
+            rank = project.client.me().get("rank")
+        except ClientError as exc:
+            log.debug("could not read our rank in %s: %s", project.ref.project, exc)
+            return
+        if isinstance(rank, int):
+            project.rank = rank
 
 
 def project_key_of(target: JoinTarget) -> str:

@@ -136,3 +136,16 @@ class Headless:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def barnraise(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the `barnraise` command line (from this source tree) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

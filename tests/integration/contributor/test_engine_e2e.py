@@ -11,8 +11,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import barnraise
-from engine_e2e_helpers import Coordinator, EventLog, Headless, make_controller
+from engine_e2e_helpers import Coordinator, EventLog, Headless, barnraise, make_controller
 
 from app.contributor.events import EngineState, Error, Progress, StateChanged, TaskFinished
 from federated.training import Checkpoint
@@ -54,6 +53,9 @@ def test_three_contributors_train_five_versions(
         board = coordinator.leaderboard()["contributors"]
         assert {r["display_name"] for r in board} == {"cli-volunteer", "inproc-0", "inproc-1"}
         assert all(r["credit"] > 0 and r["updates_accepted"] > 0 for r in board)
+        ranks = {r["rank"] for r in board}
+        for c in controllers:  # the engine learned its place from /me (refreshed every 30 s)
+            assert c.snapshot()["projects"][0]["rank"] in ranks
 
         status = barnraise("status", "--json", env=env)
         assert status.returncode == 0, status.stderr
