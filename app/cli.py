@@ -303,7 +303,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             log.warning("cannot list projects: %s", exc)
         snapshot = {"state": "not running", "projects": []}
         for ref in refs:
-            t = ledger.totals(ref.project)
+            t = ledger.totals(ref.key)
             snapshot["projects"].append(
                 {
                     "key": ref.key,

@@ -497,7 +497,7 @@ class Controller:
         except Exception:
             known = [p.ref for p in projects]
         for ref in known:
-            totals = self.ledger.totals(ref.project)
+            totals = self.ledger.totals(ref.key)
             loaded = refs.get(ref.key)
             listed.append(
                 {
@@ -1154,7 +1154,7 @@ class Controller:
         credit = float(receipt.get("credit", 0.0))
         self.ledger.record(
             Contribution(
-                project=name,
+                project=project.ref.key,  # server and project: two servers may reuse a name
                 task_id=task.task_id,
                 examples=outcome.num_examples,
                 compute_seconds=metrics["seconds"],
@@ -1174,7 +1174,7 @@ class Controller:
                 metrics=metrics,
             )
         )
-        totals = self.ledger.totals(name)
+        totals = self.ledger.totals(project.ref.key)
         self._refresh_rank(project)
         self._publish(
             CreditUpdated(

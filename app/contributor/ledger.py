@@ -1,4 +1,5 @@
-"""The local record of contributions: per project, every finished task and its credit.
+"""The local record of contributions: per project (keyed by server and project, since two
+coordinators may both host a "digits"), every finished task and its credit.
 
 One SQLite file in the data folder (WAL, so a reader never blocks the engine). Recording a
 task is idempotent: the same task id twice (an upload retried after a restart) is one row.
