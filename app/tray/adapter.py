@@ -1,10 +1,8 @@
 """Fit the contributor engine to the tray's ``EnginePort``.
 
-``StandaloneEngine`` implements the port with the engine's own parts (client, credentials,
-settings, events) and no training: it previews and joins projects on a real coordinator,
-leaves them, keeps pause/snooze state and publishes the same typed events. It is what the
-tray runs until the engine's controller is importable, and what the UI tests drive against a
-real coordinator on loopback. ``make_engine`` picks the controller when it exists.
+``ControllerEngine`` adapts the contributor controller (previews, joins, leaves, pause and
+snooze, settings, typed events) and runs its control channel inside the tray;
+``make_engine`` builds it.
 
 Nothing here imports Qt or torch.
 """
@@ -13,18 +11,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from app.contributor.events import (
-    CreditUpdated,
     EngineState,
-    Error,
     Event,
-    EventBus,
-    StateChanged,
 )
 from app.contributor.invites import JoinTarget
 from app.contributor.settings import Settings, load_settings
@@ -37,7 +29,7 @@ from app.tray.engine_port import (
     ProjectPreview,
 )
 
-__all__ = ["StandaloneEngine", "check_local_csv", "make_engine"]
+__all__ = ["ControllerEngine", "check_local_csv", "make_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -106,187 +98,6 @@ def check_local_csv(path: Path, columns: dict[str, object] | None) -> str:
     if rows == 0:
         raise ValueError(f"{path}: there are no data rows, only a header")
     return f"{rows} rows in {len(files)} file(s), {len(features)} feature column(s)"
-
-
-class StandaloneEngine:
-    """The port over the engine's parts, without a trainer (see module docstring)."""
-
-    def __init__(
-        self,
-        *,
-        settings_path: Path | None = None,
-        credentials_file: Path | None = None,
-        insecure: bool = False,
-    ) -> None:
-        self._settings_path = settings_path
-        self._credentials_file = credentials_file
-        self._insecure = insecure
-        self._bus = EventBus()
-        self._lock = threading.Lock()
-        self._settings = load_settings(settings_path)
-        self._state = EngineState.STOPPED
-        self._paused = False
-        self._snoozed_until: float | None = None
-        self._projects: dict[str, JoinedProject] = {}
-        self._store_loaded = False
-
-    # --- events ----------------------------------------------------------------------------
-    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        return self._bus.subscribe(callback)
-
-    def _set_state(self, state: EngineState, reasons: tuple[str, ...] = ()) -> None:
-        with self._lock:
-            previous, self._state = self._state, state
-            project = next(iter(self._projects), None)
-        self._bus.publish(
-            StateChanged(state=state, previous=previous, project=project, reasons=reasons)
-        )
-
-    def _running_state(self) -> tuple[EngineState, tuple[str, ...]]:
-        with self._lock:
-            if self._paused:
-                return EngineState.PAUSED, ("paused",)
-            if self._snoozed_until is not None and self._snoozed_until > time.time():
-                return EngineState.WAITING, ("snoozed",)
-            if not self._projects:
-                return EngineState.IDLE, ("no project joined",)
-            return EngineState.WAITING, ("no trainer in this build",)
-
-    # --- state -----------------------------------------------------------------------------
-    def snapshot(self) -> EngineSnapshot:
-        with self._lock:
-            return EngineSnapshot(
-                state=self._state,
-                project=next(iter(self._projects), None),
-                paused=self._paused,
-                snoozed_until=self._snoozed_until,
-                projects=tuple(self._projects.values()),
-            )
-
-    def settings(self) -> Settings:
-        with self._lock:
-            return self._settings
-
-    def _store(self):  # type: ignore[no-untyped-def]
-        from app.contributor.credentials import open_credential_store
-
-        return open_credential_store(self._credentials_file)
-
-    def start(self) -> None:
-        with self._lock:
-            if self._state is not EngineState.STOPPED:
-                return
-        try:
-            refs = self._store().list_projects()
-        except Exception as exc:  # a missing keychain must not stop the tray from opening
-            refs = []
-            self._bus.publish(Error(message=str(exc), code="credentials"))
-        with self._lock:
-            for ref in refs:
-                self._projects[ref.project] = JoinedProject(
-                    name=ref.project,
-                    server_url=ref.server_url,
-                    page_url=f"{ref.server_url}/p/{ref.project}",
-                )
-        self._set_state(*self._running_state())
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._state is EngineState.STOPPED:
-                return
-        self._set_state(EngineState.STOPPED)
-
-    # --- commands --------------------------------------------------------------------------
-    def pause(self) -> None:
-        with self._lock:
-            self._paused = True
-        self._set_state(*self._running_state())
-
-    def resume(self) -> None:
-        with self._lock:
-            self._paused = False
-            self._snoozed_until = None
-        self._set_state(*self._running_state())
-
-    def snooze(self, until: float) -> None:
-        with self._lock:
-            self._snoozed_until = until
-        self._set_state(*self._running_state())
-
-    def apply_settings(self, settings: Settings) -> None:
-        with self._lock:
-            self._settings = settings
-
-    def preview(self, target: JoinTarget) -> ProjectPreview:
-        from app.contributor.client import CoordinatorClient
-
-        client = CoordinatorClient(target.server_url, target.project, insecure=self._insecure)
-        try:
-            return ProjectPreview.from_project_view(target, client.get_project())
-        finally:
-            client.close()
-
-    def validate_data(self, preview: ProjectPreview, path: Path) -> str:
-        return check_local_csv(path, preview.data_columns)
-
-    def join(self, request: JoinRequest) -> JoinedProject:
-        from app.contributor.client import CoordinatorClient
-        from app.contributor.credentials import ProjectCredentials, project_key
-        from federated.signing import SigningKey
-
-        if not request.consented:
-            raise ValueError("joining needs your consent; tick the consent box first")
-        preview = request.preview
-        if preview.data_mode == DATA_LOCAL:
-            if request.data_path is None:
-                raise ValueError("this project trains on your own data; choose a folder or CSV")
-            self.validate_data(preview, request.data_path)
-        target = preview.target
-        client = CoordinatorClient(target.server_url, target.project, insecure=self._insecure)
-        try:
-            key = SigningKey.generate()
-            result = client.join(
-                key, display_name=request.display_name, team=request.team, invite=target.invite
-            )
-        finally:
-            client.close()
-        server_key = str(result.project.get("public_key", preview.public_key))
-        if server_key != preview.public_key:
-            raise ValueError(
-                "the project's key changed between showing it and joining; "
-                "close this window and join again to check the new fingerprint"
-            )
-        import base64
-
-        credentials = ProjectCredentials(
-            server_url=target.server_url,
-            project=target.project,
-            client_id=result.client_id,
-            token=result.token,
-            private_key_b64=base64.b64encode(key.private_bytes()).decode("ascii"),
-            project_public_key_b64=server_key,
-        )
-        self._store().save(project_key(target.server_url, target.project), credentials)
-        joined = JoinedProject(
-            name=target.project, server_url=target.server_url, page_url=target.page_url
-        )
-        with self._lock:
-            self._projects[joined.name] = joined
-        self._bus.publish(CreditUpdated(project=joined.name, credit=0.0))
-        self._set_state(*self._running_state())
-        return joined
-
-    def leave(self, project: str) -> None:
-        from app.contributor.credentials import project_key
-
-        with self._lock:
-            joined = self._projects.get(project)
-        if joined is None:
-            raise ValueError(f"you have not joined {project!r}")
-        self._store().delete(project_key(joined.server_url, project))
-        with self._lock:
-            self._projects.pop(project, None)
-        self._set_state(*self._running_state())
 
 
 class ControllerEngine:
@@ -478,14 +289,7 @@ def make_engine(
     credentials_file: Path | None = None,
     insecure: bool = False,
 ) -> EnginePort:
-    """The engine the tray runs: the controller when it is installed, else StandaloneEngine."""
-    try:
-        import app.contributor.controller  # noqa: F401
-    except ImportError:
-        log.warning("the engine's controller is not installed; running without training")
-        return StandaloneEngine(
-            settings_path=settings_path, credentials_file=credentials_file, insecure=insecure
-        )
+    """The engine the tray runs: the contributor controller, adapted to the tray's port."""
     return ControllerEngine(
         settings_path=settings_path, credentials_file=credentials_file, insecure=insecure
     )
