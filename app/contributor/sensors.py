@@ -116,14 +116,10 @@ def parse_gdbus_number(output: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class GnomeMutterIdle:
-    """GNOME (X11 and Wayland): org.gnome.Mutter.IdleMonitor.GetIdletime, milliseconds."""
+class _GdbusMillisecondsIdle:
+    """An idle-time D-Bus method answering milliseconds, called through ``gdbus``."""
 
-    ARGV: ClassVar[tuple[str, ...]] = (
-        "gdbus", "call", "--session", "--dest", "org.gnome.Mutter.IdleMonitor",
-        "--object-path", "/org/gnome/Mutter/IdleMonitor/Core",
-        "--method", "org.gnome.Mutter.IdleMonitor.GetIdletime",
-    )  # fmt: skip
+    ARGV: ClassVar[tuple[str, ...]]
 
     def __init__(self, run: Runner = run_tool) -> None:
         self._run = run
@@ -133,7 +129,17 @@ class GnomeMutterIdle:
         return None if ms is None else ms / 1000.0
 
 
-class FreedesktopScreenSaverIdle:
+class GnomeMutterIdle(_GdbusMillisecondsIdle):
+    """GNOME (X11 and Wayland): org.gnome.Mutter.IdleMonitor.GetIdletime, milliseconds."""
+
+    ARGV: ClassVar[tuple[str, ...]] = (
+        "gdbus", "call", "--session", "--dest", "org.gnome.Mutter.IdleMonitor",
+        "--object-path", "/org/gnome/Mutter/IdleMonitor/Core",
+        "--method", "org.gnome.Mutter.IdleMonitor.GetIdletime",
+    )  # fmt: skip
+
+
+class FreedesktopScreenSaverIdle(_GdbusMillisecondsIdle):
     """KDE and others: org.freedesktop.ScreenSaver.GetSessionIdleTime.
 
     KDE's implementation answers in milliseconds (KIdleTime); GNOME does not implement it.
@@ -144,13 +150,6 @@ class FreedesktopScreenSaverIdle:
         "--object-path", "/org/freedesktop/ScreenSaver",
         "--method", "org.freedesktop.ScreenSaver.GetSessionIdleTime",
     )  # fmt: skip
-
-    def __init__(self, run: Runner = run_tool) -> None:
-        self._run = run
-
-    def idle_seconds(self) -> float | None:
-        ms = parse_gdbus_number(self._run(list(self.ARGV)))
-        return None if ms is None else ms / 1000.0
 
 
 class TerminalIdle:
