@@ -285,6 +285,8 @@ class _Project:
     rank: int | None = None
     rank_checked_at: float = float("-inf")
     resume_task: LeasedTask | None = None  # a task carried over from before a restart
+    # A trained update the coordinator could not take yet (network, 5xx): sent before leasing.
+    pending_upload: tuple[LeasedTask, Any] | None = None
     give_back: bool = False  # the task in hand was stopped to be given back
 
 
@@ -963,6 +965,11 @@ class Controller:
 
     def _work_on(self, project: _Project, *, wait: float) -> None:
         name = project.ref.project
+        if project.pending_upload is not None:
+            unsent, outcome = project.pending_upload
+            project.pending_upload = None
+            self._upload_keeping_on_failure(project, unsent, outcome)
+            return
         task, project.resume_task = project.resume_task, None
         if task is None:
             self._set_state(EngineState.LEASING, project=name)
@@ -995,7 +1002,18 @@ class Controller:
         if outcome is None:  # stopped: give the task back (a clean quit)
             self._drop_task_files(project, release=True)
             return
-        self._upload(project, task, outcome)
+        self._upload_keeping_on_failure(project, task, outcome)
+
+    def _upload_keeping_on_failure(self, project: _Project, task: LeasedTask, outcome: Any) -> None:
+        """Upload; if the coordinator cannot be reached (after the client's own retries), keep
+        the trained update and send it again after the backoff instead of training anew.
+        Retrying is safe: uploads are idempotent, and a lease that expired meanwhile is
+        answered with lease_expired, which drops the update."""
+        try:
+            self._upload(project, task, outcome)
+        except ClientError:
+            project.pending_upload = (task, outcome)
+            raise
 
     def _train(self, project: _Project, task: LeasedTask, model_path: Path) -> Any:
         manifest = task.manifest
