@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 from packaging_paths import APP_ID, DEB, ROOT, TARBALL, VERSION
 
+from backend.demo_headless import DEMO_CONTRIBUTOR_SETTINGS
+
 pytestmark = pytest.mark.package
 
 BUNDLE_BUDGET_BYTES = 729_000_000
@@ -101,14 +103,7 @@ def make_env(tmp_path: Path, root: Path) -> Callable[[str], dict[str, str]]:
         config = home / "barnraise-config"
         config.mkdir(parents=True, exist_ok=True)
         # The engine's policy: compute at once, whatever else the CI machine is doing.
-        settings = {
-            "idle_minutes_before_start": 0,
-            "run_on_battery": True,
-            "other_cpu_suspend_percent": 100,
-            "other_cpu_resume_percent": 99,
-            "idle": {"cpu_cores": 1, "cpu_percent": 100},
-        }
-        (config / "settings.json").write_text(json.dumps(settings))
+        (config / "settings.json").write_text(json.dumps(DEMO_CONTRIBUTOR_SETTINGS))
         os.chmod(config / "settings.json", 0o600)
         env = {
             key: value
@@ -162,6 +157,29 @@ class Output:
     def text(self) -> str:
         with self.cond:
             return "\n".join(self.lines[-60:])
+
+
+def _start_tray(
+    program: Path, args: list[str], env: dict[str, str], home: Path
+) -> tuple[subprocess.Popen[str], Output, Path]:
+    """Start the installed program offscreen and wait (up to 60 s) until the tray reports
+    ready through its ready file; the caller asserts the file exists and stops the process."""
+    ready = home / "tray-ready.json"
+    env = {**env, "QT_QPA_PLATFORM": "offscreen", "BARNRAISE_TRAY_READY_FILE": str(ready)}
+    credentials = ["--credentials", str(home / "credentials.json")]
+    proc = subprocess.Popen(
+        [str(program), *args, *credentials],
+        env=env,
+        cwd=home.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = Output(proc)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return proc, out, ready
 
 
 def _stop(proc: subprocess.Popen[str], timeout: float = 60) -> int:
@@ -398,22 +416,8 @@ def test_headless_delivers_an_accepted_signed_update(
 def test_tray_starts_offscreen_and_quits_on_request(
     program: Path, make_env: Callable[[str], dict[str, str]], tmp_path: Path
 ) -> None:
-    env = make_env("tray")
-    ready = tmp_path / "tray-ready.json"
-    env.update({"QT_QPA_PLATFORM": "offscreen", "BARNRAISE_TRAY_READY_FILE": str(ready)})
-    proc = subprocess.Popen(
-        [str(program), "--credentials", str(tmp_path / "tray" / "credentials.json")],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    out = Output(proc)
+    proc, out, ready = _start_tray(program, [], make_env("tray"), tmp_path / "tray")
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
         assert ready.exists(), f"the tray never reported ready:\n{out.text()}"
         state = json.loads(ready.read_text())
         # No tray host offscreen: the app must say so by opening its window, never run invisibly.
@@ -482,23 +486,8 @@ def test_desktop_launches_reach_the_tray(
     args: list[str], program: Path, make_env: Callable[[str], dict[str, str]], tmp_path: Path
 ) -> None:
     """What the menu entry's URL handler and the autostart entry run must start the tray."""
-    env = make_env("launch")
-    ready = tmp_path / "launch-ready.json"
-    env.update({"QT_QPA_PLATFORM": "offscreen", "BARNRAISE_TRAY_READY_FILE": str(ready)})
-    credentials = ["--credentials", str(tmp_path / "launch" / "credentials.json")]
-    proc = subprocess.Popen(
-        [str(program), *args, *credentials],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    out = Output(proc)
+    proc, out, ready = _start_tray(program, args, make_env("launch"), tmp_path / "launch")
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
         assert ready.exists(), f"{args} did not start the tray:\n{out.text()}"
     finally:
         _stop(proc, timeout=30)

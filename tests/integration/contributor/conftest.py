@@ -12,6 +12,7 @@ import pytest
 from engine_e2e_helpers import Coordinator
 
 from backend.cli import DEMO_HPARAMS
+from backend.demo_headless import DEMO_CONTRIBUTOR_SETTINGS
 from backend.server import bound_port, make_server, start_in_thread
 from backend.wsgi import create_app
 
@@ -55,14 +56,7 @@ def cli_env(tmp_path: Path) -> Any:
         root = tmp_path / name
         config = root / "config"
         config.mkdir(parents=True, exist_ok=True)
-        settings = {
-            "idle_minutes_before_start": 0,
-            "run_on_battery": True,
-            "other_cpu_suspend_percent": 100,
-            "other_cpu_resume_percent": 99,
-            "idle": {"cpu_cores": 1, "cpu_percent": 100},
-        }
-        (config / "settings.json").write_text(json.dumps(settings))
+        (config / "settings.json").write_text(json.dumps(DEMO_CONTRIBUTOR_SETTINGS))
         os.chmod(config / "settings.json", 0o600)
         env = dict(os.environ)
         env.update(
