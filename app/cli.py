@@ -5,6 +5,8 @@
     barnraise --headless                 run until stopped (Ctrl-C / SIGTERM: clean stop)
     barnraise status [--json]
     barnraise pause | resume | snooze [DURATION]
+    barnraise retry                      ask for work now (after "can't reach the server")
+    barnraise trust PROJECT --fingerprint FP   accept a project's new key (after checking it)
     barnraise --version
     barnraise                            the tray app (when installed)
 
@@ -129,7 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     _common(status, defaults=False)
 
-    for name, text in (("pause", "pause computing"), ("resume", "resume computing")):
+    trust = sub.add_parser(
+        "trust", help="accept the new key of a project whose organiser changed it"
+    )
+    trust.add_argument("project", help="the project name (or its page URL)")
+    trust.add_argument(
+        "--fingerprint",
+        required=True,
+        help="the new key's fingerprint, as the organiser gave it to you (checked, not trusted)",
+    )
+    _common(trust, defaults=False)
+
+    for name, text in (
+        ("pause", "pause computing"),
+        ("resume", "resume computing"),
+        ("retry", "ask the coordinators for work now instead of after the backoff"),
+    ):
         _common(sub.add_parser(name, help=text), defaults=False)
     snooze = sub.add_parser("snooze", help="pause for a while (default 1h)")
     snooze.add_argument("duration", nargs="?", default="1h", help="e.g. 30m, 2h, 45s (default 1h)")
@@ -139,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _apply_dirs(args: argparse.Namespace) -> None:
     # Environment variables so every module (settings, credentials index) sees the same folders.
-    from app.contributor.controller import DATA_DIR_ENV
+    from app.contributor.paths import DATA_DIR_ENV
     from app.contributor.settings import CONFIG_DIR_ENV
 
     if args.data_dir is not None:
@@ -151,7 +168,7 @@ def _apply_dirs(args: argparse.Namespace) -> None:
 
 
 def _paths() -> Any:
-    from app.contributor.controller import EnginePaths
+    from app.contributor.paths import EnginePaths
 
     return EnginePaths.default()
 
@@ -167,7 +184,12 @@ def _store(args: argparse.Namespace) -> Any:
 
 def cmd_join(args: argparse.Namespace, out: TextIO) -> int:
     from app.contributor.control import ControlError, send_command
-    from app.contributor.controller import complete_join, preview_join, save_project_data_path
+    from app.contributor.joining import (
+        already_joined,
+        complete_join,
+        preview_join,
+        save_project_data_path,
+    )
 
     if not args.yes:
         # An invite link clicked while the tray runs: let its join dialog ask for consent.
@@ -195,6 +217,14 @@ def cmd_join(args: argparse.Namespace, out: TextIO) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    existing = already_joined(preview, _store(args))
+    if existing is not None:
+        print(
+            f"This computer already joined {preview.target.project} (client {existing.client_id}). "
+            "Joining again keeps that identity and its credit; only the display name and team "
+            "are updated. To start afresh instead, `barnraise leave` the project first.",
+            file=out,
+        )
     for line in preview.disclosure(display_name=name, team=args.team, data_path=data_path):
         print(line, file=out)
     if not args.yes:
@@ -321,6 +351,34 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         print(json.dumps(snapshot, indent=2, sort_keys=True, default=str), file=out)
     else:
         print(_format_status(snapshot), file=out)
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace, out: TextIO) -> int:
+    from app.contributor.control import NotRunning, send_command
+    from app.contributor.joining import accept_new_key, detect_key_change
+
+    store = _store(args)
+    ref = _find_project(store, args.project)
+    try:
+        send_command(
+            _paths().runtime_dir, "trust", {"key": ref.key, "fingerprint": args.fingerprint}
+        )
+    except NotRunning:
+        creds = store.load(ref.key)
+        change = detect_key_change(creds, insecure=args.insecure) if creds else None
+        if change is None:
+            print(f"{ref.project}: the coordinator still signs with the pinned key", file=out)
+            return 0
+        if change.new_fingerprint != args.fingerprint.strip():
+            print(
+                f"barnraise: {ref.project} now signs with {change.new_fingerprint}, not "
+                f"{args.fingerprint!r}; nothing was changed",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        accept_new_key(store, creds, change)
+    print(f"{ref.project}: the new key is pinned; your identity and credit are kept", file=out)
     return 0
 
 
@@ -456,6 +514,10 @@ def run_headless(args: argparse.Namespace, out: TextIO) -> int:
             signal.signal(sig, handler)
         unsubscribe()
         control.close()
+    if controller.failure is not None:
+        # Stopped by an error, not asked to: non-zero, so a service manager restarts us.
+        print(f"barnraise: the engine stopped: {controller.failure}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -544,6 +606,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     from app.contributor.control import ControlError
     from app.contributor.credentials import CredentialsError
     from app.contributor.invites import InviteError
+    from app.contributor.ledger import LedgerError
     from app.contributor.settings import SettingsError
 
     commands = {
@@ -553,6 +616,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         "pause": cmd_remote,
         "resume": cmd_remote,
         "snooze": cmd_remote,
+        "retry": cmd_remote,
+        "trust": cmd_trust,
     }
     try:
         if args.command is not None:
@@ -565,6 +630,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         ControlError,
         CredentialsError,
         InviteError,
+        LedgerError,
         SettingsError,
         ValueError,
     ) as exc:

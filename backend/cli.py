@@ -94,8 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         if isinstance(default, bool):
-            create.add_argument(
-                flag, dest=f.name, action="store_true", default=None, help=SETTING_HELP[f.name]
+            create.add_argument(  # --flag / --no-flag: some default to on (fit_tasks)
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{SETTING_HELP[f.name]} (default {'on' if default else 'off'})",
             )
         else:
             create.add_argument(

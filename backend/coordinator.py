@@ -32,7 +32,9 @@ from typing import Any
 import torch
 
 from backend import credit as credit_math
+from backend import pacing
 from backend.errors import (
+    FINAL_UPLOAD_CODES,
     PAYLOAD_CODES,
     BadRequest,
     HTTPError,
@@ -94,6 +96,16 @@ class ProjectRuntime:
                 self._test = self.recipe.load_test(self.hparams)
                 self._test_loaded = True
             return self._test
+
+
+@dataclass
+class _UploadAttempt:
+    """What an upload established before it was refused: whether the caller owns the task
+    (then a final refusal may end it) and the signed example count (then the turnaround
+    is a pace sample, even for an update that came too late)."""
+
+    task: TaskRecord | None = None
+    num_examples: int | None = None
 
 
 class Notifier:
@@ -404,24 +416,25 @@ class Coordinator:
             verify(public_key, statement, signature)
         except SignatureError as exc:
             raise api_error("bad_signature", f"the join signature does not verify: {exc}") from None
-        if settings.invite_required and not invite:
-            raise api_error("invite_required", f"project {name!r} needs an invite code to join")
         token_secret = secrets.token_urlsafe(32)
         with self.store.write() as tx:
-            if (
-                invite_hash is not None
-                and settings.invite_required
-                and not tx.consume_invite(project.id, invite_hash)
-            ):
-                raise api_error(
-                    "bad_invite",
-                    "the invite code is unknown or used up; ask the organiser for a new one",
-                )
+            # A key that already joined (a retry whose answer was lost, a rename) proved
+            # possession above and keeps its identity; its invite was used the first time.
+            existing = tx.client_by_key(project.id, public_key)
+            if existing is None and settings.invite_required:
+                if invite_hash is None:
+                    raise api_error(
+                        "invite_required", f"project {name!r} needs an invite code to join"
+                    )
+                if not tx.consume_invite(project.id, invite_hash):
+                    raise api_error(
+                        "bad_invite",
+                        "the invite code is unknown or used up; ask the organiser for a new one",
+                    )
             if not tx.consume_challenge(project.id, challenge, now):
                 raise api_error(
                     "bad_challenge", "the challenge was used meanwhile; ask for a new one"
                 )
-            existing = tx.client_by_key(project.id, public_key)
             if existing is not None:
                 client_id = existing.id
                 tx.rejoin_client(client_id, display_name, team, hash_token(token_secret), now)
@@ -530,8 +543,8 @@ class Coordinator:
         def release_in_tx(tx: WriteTx) -> bool:
             task = tx.task(task_id)
             assert task is not None
-            if task.status == "released":
-                return False
+            if task.status in ("released", "rejected"):
+                return False  # already over: giving it back again changes nothing
             _check_live(task, now)
             tx.set_task_status(task_id, "released")
             return True
@@ -544,18 +557,51 @@ class Coordinator:
     def upload(
         self, project: ProjectRecord, client: ClientRecord, task_id: str, request: Request
     ) -> tuple[int, dict[str, Any]]:
-        """Verify and store one update; (201, receipt) or (200, the first receipt) on retry."""
+        """Verify and store one update; (201, receipt) or (200, the first receipt) on retry.
+
+        A final refusal (``FINAL_UPLOAD_CODES``) of an update for a task the caller holds
+        ends the task for good, in the same durable write that counts the rejection."""
+        attempt = _UploadAttempt()
         try:
-            return self._upload(project, client, task_id, request)
+            return self._upload(project, client, task_id, request, attempt)
         except HTTPError as exc:
             self.metrics_rejected(project.name, exc.code)
             if exc.status not in (401, 404):
-                with contextlib.suppress(Exception), self.store.write(durable=False) as tx:
-                    tx.count_rejection(client.id, self.clock())
+                self._record_rejection(project, client, task_id, exc.code, attempt)
             raise
 
+    def _record_rejection(
+        self,
+        project: ProjectRecord,
+        client: ClientRecord,
+        task_id: str,
+        code: str,
+        attempt: _UploadAttempt,
+    ) -> None:
+        final = code in FINAL_UPLOAD_CODES
+        now = self.clock()
+        ended = False
+        try:
+            # Durable when it ends the task: after a crash it must not be leased again.
+            with self.store.write(durable=final) as tx:
+                tx.count_rejection(client.id, now)
+                if final:
+                    ended = tx.reject_task(task_id, project.id, client.id, code, now)
+                if ended and attempt.task is not None and attempt.num_examples is not None:
+                    _record_pace(tx, client.id, attempt.task, attempt.num_examples, now)
+        except Exception:
+            log.exception("could not record the rejection (%s) of task %s", code, task_id)
+            return
+        if ended:
+            self.notifier.notify(project.name)  # its lease capacity is free again
+
     def _upload(
-        self, project: ProjectRecord, client: ClientRecord, task_id: str, request: Request
+        self,
+        project: ProjectRecord,
+        client: ClientRecord,
+        task_id: str,
+        request: Request,
+        attempt: _UploadAttempt,
     ) -> tuple[int, dict[str, Any]]:
         check_server_id(task_id, "task id")
         settings = self.runtime(project).settings
@@ -596,6 +642,7 @@ class Coordinator:
             with self.store.read() as tx:
                 task = self._owned_task(project, client, task_id)
                 previous = tx.update_for_task(task_id)
+            attempt.task = task
             if previous is not None:
                 if previous.payload_digest == digest:
                     self.store.wait_durable()  # the first upload may still be in its fsync
@@ -604,13 +651,10 @@ class Coordinator:
                     "task_already_answered", f"task {task_id!r} already has an accepted update"
                 )
             now = self.clock()
-            if task.status == "cancelled":
-                raise api_error(
-                    "wrong_base", "the round of this task has been aggregated; lease a new task"
-                )
-            _check_live(task, now)
+            _check_live(task, now)  # rejected, cancelled (wrong_base) or expired
             # 4. manifest fields match the task
             self._check_manifest(manifest, task, project, client, settings)
+            attempt.num_examples = int(manifest["num_examples"])
             # 5. payload digest
             if manifest["payload_digest"] != digest:
                 raise api_error(
@@ -755,6 +799,7 @@ class Coordinator:
                 fresh_client.recent_sum, fresh_client.recent_time, gflop, now
             )
             tx.credit_client(client.id, gflop, recent, now)
+            _record_pace(tx, client.id, fresh, update.num_examples, now, fresh_client)
         self.metrics.updates_accepted.labels(project=project.name).inc()
         self.worker.wake()
         return 201, self.receipt(update)
@@ -841,6 +886,9 @@ class Coordinator:
             clients = tx.clients(project.id)
             live = tx.live_leases(project.id, now)
             pending = tx.pending_updates(project.id)
+            rejected_tasks = tx.rejected_tasks(project.id)
+            aggregated = tx.updates_with_status(project.id, "aggregated")
+            dropped = tx.updates_with_status(project.id, "dropped")
         return {
             "project": project.name,
             "current_version": project.current_version,
@@ -862,6 +910,9 @@ class Coordinator:
             "credit_unit": CREDIT_UNIT,
             "live_leases": live,
             "pending_updates": pending,
+            "updates_aggregated": aggregated,
+            "updates_dropped": dropped,
+            "tasks_rejected": rejected_tasks,
         }
 
     def me(self, project: ProjectRecord, client: ClientRecord) -> dict[str, Any]:
@@ -889,7 +940,39 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+def _record_pace(
+    tx: WriteTx,
+    client_id: str,
+    task: TaskRecord,
+    num_examples: int,
+    now: float,
+    client: ClientRecord | None = None,
+) -> None:
+    """Add this upload's turnaround (lease to now) to the client's pace (``backend.pacing``)."""
+    from backend.rounds import full_task_steps
+
+    hparams = task.manifest.get("hparams")
+    steps = full_task_steps(hparams, num_examples) if isinstance(hparams, dict) else None
+    client = client or tx.client(client_id)
+    if steps is None or client is None:
+        return
+    pace = pacing.next_pace(
+        pacing.pace_of(client),
+        seconds=now - task.issued_at,
+        steps=steps,
+        examples=num_examples,
+        now=now,
+    )
+    tx.set_client_pace(client_id, pace.s_per_step, pace.dev, pace.samples, pace.at, pace.examples)
+
+
 def _check_live(task: TaskRecord, now: float) -> None:
+    if task.status == "rejected":
+        raise api_error(
+            "task_rejected",
+            f"task {task.id!r} was refused for good ({task.rejected_code}); its update cannot "
+            "be used, lease a new task",
+        )
     if task.status == "cancelled":
         raise api_error(
             "wrong_base", "the round of this task has been aggregated; lease a new task"

@@ -1,13 +1,13 @@
 """Errors the coordinator answers with; each carries its HTTP status and a stable code.
 
     HTTPError                      500 internal_error
-    ├── BadRequest                 400 bad_request (bad_id, bad_json, bad_challenge)
+    ├── BadRequest                 400 bad_request (bad_id, bad_json, bad_challenge, incomplete_body)
     ├── Unauthorized               401 missing_token, bad_token
     ├── Forbidden                  403 invite_required, bad_invite, bad_signature, not_your_task
     ├── NotFound                   404 not_found, unknown_project, unknown_task
     ├── MethodNotAllowed           405 method_not_allowed
     ├── Conflict                   409 wrong_base, task_already_answered
-    ├── Gone                       410 project_closed, lease_expired
+    ├── Gone                       410 project_closed, lease_expired, task_rejected
     ├── PayloadTooLarge            413 payload_too_large
     ├── UnsupportedMediaType       415 unsupported_media_type
     ├── RangeNotSatisfiable        416 range_not_satisfiable
@@ -127,6 +127,7 @@ ERROR_STATUS: dict[str, int] = {
     "bad_json": 400,
     "bad_request": 400,
     "bad_challenge": 400,
+    "incomplete_body": 400,
     "missing_token": 401,
     "bad_token": 401,
     "invite_required": 403,
@@ -141,6 +142,7 @@ ERROR_STATUS: dict[str, int] = {
     "task_already_answered": 409,
     "project_closed": 410,
     "lease_expired": 410,
+    "task_rejected": 410,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "range_not_satisfiable": 416,
@@ -153,6 +155,27 @@ ERROR_STATUS: dict[str, int] = {
     "internal_error": 500,
 }
 """Every stable error code and its status: the table in docs/protocol.md, as data."""
+
+FINAL_UPLOAD_CODES: frozenset[str] = frozenset(
+    {
+        "bad_request",
+        "bad_json",
+        "bad_signature",
+        "payload_too_large",
+        "unsupported_media_type",
+        "wrong_base",
+        "manifest_mismatch",
+        "digest_mismatch",
+        *PAYLOAD_CODES,
+    }
+)
+"""Upload refusals that end the task for good (status ``rejected``): sending the same
+update again would be refused again, so the task is never leased again and later uploads
+and heartbeats for it answer 410 ``task_rejected``. Everything else leaves the task as it
+was: server errors and 429 (try again), 401 and ``unknown_task``/``not_your_task`` (the
+caller does not own the task, so it must not be able to end it), ``incomplete_body`` (a
+connection cut mid-upload: send it again), ``lease_expired``, ``task_already_answered``
+and ``project_closed`` (the task is over already)."""
 
 _BY_STATUS: dict[int, type[HTTPError]] = {
     cls.status: cls

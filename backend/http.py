@@ -132,7 +132,11 @@ class Request:
                 if remaining is not None:
                     remaining -= len(chunk)
         if remaining:
-            raise BadRequest(f"the body ended {remaining} bytes short of its Content-Length")
+            raise BadRequest(
+                f"the body ended {remaining} bytes short of its Content-Length (the "
+                "connection was cut?); send it again",
+                code="incomplete_body",
+            )
         return h.hexdigest(), size
 
 

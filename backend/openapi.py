@@ -55,6 +55,8 @@ ERROR_CODES = (
     "unknown_task",
     "not_your_task",
     "lease_expired",
+    "task_rejected",
+    "incomplete_body",
     "wrong_base",
     "manifest_mismatch",
     "digest_mismatch",
@@ -252,7 +254,16 @@ def _schemas() -> dict[str, Schema]:
                 "max_update_norm": {"type": "number", "exclusiveMinimum": 0},
                 "max_payload_bytes": {"type": "integer", "minimum": 1},
                 "issued_at": _UNIX,
-                "deadline": _UNIX,
+                "deadline": {
+                    **_UNIX,
+                    "description": "Unix seconds: the lease ends unless a heartbeat extends it.",
+                },
+                "useful_until": {
+                    **_UNIX,
+                    "description": "Unix seconds: until then the update is expected to be "
+                    "used (aggregated); one arriving later is likely refused as wrong_base. "
+                    "A contributor that cannot finish by then should give the task back.",
+                },
             },
             [
                 "task_id",
@@ -270,6 +281,7 @@ def _schemas() -> dict[str, Schema]:
                 "max_payload_bytes",
                 "issued_at",
                 "deadline",
+                "useful_until",
             ],
         ),
         "SignedTask": _obj(
@@ -386,7 +398,26 @@ def _schemas() -> dict[str, Schema]:
             },
             ["version", "digest", "created_at", "metrics"],
         ),
-        "Stats": _obj({"versions": {"type": "array", "items": _ref("VersionStats")}}, ["versions"]),
+        "Stats": _obj(
+            {
+                "versions": {"type": "array", "items": _ref("VersionStats")},
+                "live_leases": _INT,
+                "pending_updates": _INT,
+                "updates_aggregated": {
+                    **_INT,
+                    "description": "Accepted updates that went into a published version.",
+                },
+                "updates_dropped": {
+                    **_INT,
+                    "description": "Accepted updates dropped as too stale before aggregation.",
+                },
+                "tasks_rejected": {
+                    **_INT,
+                    "description": "Tasks ended for good by a final refusal of their update.",
+                },
+            },
+            ["versions"],
+        ),
         "Me": _obj(
             {
                 "client_id": _ref("Id"),
@@ -435,12 +466,18 @@ def _error(description: str, *, retry_after: bool = False) -> Schema:
 
 def _responses() -> dict[str, Schema]:
     return {
-        "BadRequest": _error("bad_id, bad_json, bad_request or bad_challenge."),
+        "BadRequest": _error(
+            "bad_id, bad_json, bad_request, bad_challenge, or incomplete_body (an upload "
+            "cut short: send it again)."
+        ),
         "Unauthorized": _error("missing_token or bad_token: join again to get a token."),
         "Forbidden": _error("invite_required, bad_invite, bad_signature or not_your_task."),
         "NotFound": _error("not_found, unknown_project or unknown_task."),
         "Conflict": _error("wrong_base or task_already_answered."),
-        "Gone": _error("project_closed or lease_expired."),
+        "Gone": _error(
+            "project_closed, lease_expired, or task_rejected (the task's update was refused "
+            "for good: lease a new task)."
+        ),
         "PayloadTooLarge": _error("payload_too_large: the body is over the cap."),
         "UnsupportedMediaType": _error("unsupported_media_type."),
         "Unprocessable": _error(
@@ -647,7 +684,8 @@ def _paths() -> dict[str, Schema]:
             "parameters": [_PROJECT_PARAM, _TASK_PARAM],
             "post": {
                 "operationId": "release",
-                "summary": "Give a leased task back to the pool.",
+                "summary": "Give a leased task back to the pool (a task already released "
+                "or rejected: 204, nothing changes).",
                 "tags": ["tasks"],
                 "security": _BEARER,
                 "responses": _with_errors(
@@ -671,7 +709,11 @@ def _paths() -> dict[str, Schema]:
                 "Checks, in order, committing nothing on failure: manifest parse, signature, "
                 "live lease owned by the caller, manifest matches the task, payload digest, "
                 "payload validation. The same payload again answers 200 with the first "
-                "receipt; another payload for an answered task is 409.",
+                "receipt; another payload for an answered task is 409. A final refusal "
+                "(400 bad_request/bad_json, 403 bad_signature, 409 wrong_base, 413, 415, 422) "
+                "ends the task for good: it is never leased again, and later uploads and "
+                "heartbeats for it answer 410 task_rejected. 400 incomplete_body (the body "
+                "was cut short) does not: send it again.",
                 "tags": ["updates"],
                 "security": _BEARER,
                 "parameters": [

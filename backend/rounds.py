@@ -11,6 +11,12 @@ version; every ``buffer_size`` accepted updates are aggregated, each weighted by
 ``staleness_factor(current - base)``; updates more than ``max_staleness`` versions behind
 are dropped (and refused at upload).
 
+Both modes size each task to the contributor (``backend.pacing``): the full task, half or
+a quarter of its steps, whichever its measured pace brings back while the update is still
+useful, or none (the lease answers as if no work were available); each manifest says until
+when its update is useful (``useful_until``). A task refused for good at upload is
+``rejected``: never leased again, never a live lease (see ``backend.errors.FINAL_UPLOAD_CODES``).
+
 Aggregation runs in one background thread per process. It is claimed in the database
 (at most one running aggregation per project, enforced by a unique index), so it never
 runs twice even with several processes; a claim whose owner died is released on restart
@@ -30,6 +36,7 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from backend import pacing
 from backend.errors import api_error
 from backend.ids import new_id
 from backend.settings import (
@@ -49,6 +56,7 @@ from backend.store import (
 from federated.codec import decode_model, decode_update, encode_model
 from federated.strategies import build_strategy, staleness_factor
 from federated.tensors import ClientUpdate
+from federated.training import total_steps_for
 
 if TYPE_CHECKING:
     from backend.coordinator import Coordinator
@@ -69,18 +77,82 @@ def sign_task_manifest(coordinator: Coordinator, project: str, manifest: dict[st
     return coordinator.keys.load(project).sign(manifest)
 
 
+class _Withheld(Exception):
+    """No size of task would come back in time; raised inside the lease transaction so
+    that its savepoint is rolled back (the shard counter included): withholding changes
+    nothing."""
+
+
 def try_lease(coordinator: Coordinator, project_name: str, client_id: str) -> dict[str, Any] | None:
-    """A signed task for the client now, or None. Raises project_paused / project_closed.
+    """A signed task for the client now, or None (none available, or none it could return
+    in time). Raises project_paused / project_closed.
 
     Runs as a batched write (``Store.write_batched``): under load, leases arriving
     together share one transaction instead of queueing for the writer one by one."""
     now = coordinator.clock()
-    signed, expired = coordinator.store.write_batched(
-        functools.partial(_lease_in_tx, coordinator, project_name, client_id, now)
-    )
+    try:
+        signed, expired = coordinator.store.write_batched(
+            functools.partial(_lease_in_tx, coordinator, project_name, client_id, now)
+        )
+    except _Withheld:
+        coordinator.metrics.leases.labels(project=project_name, outcome="withheld").inc()
+        return None
     if expired:
         _notify_projects(coordinator, expired)
     return signed
+
+
+def full_task_steps(hparams: dict[str, Any], examples: int | None) -> int | None:
+    """Training steps of a full task on ``examples`` local examples (None if unknown)."""
+    if int(hparams.get("max_steps", 0) or 0) > 0:
+        return int(hparams["max_steps"])
+    if not examples:
+        return None
+    return total_steps_for(hparams, examples)
+
+
+def _fit_task(
+    tx: WriteTx,
+    project: ProjectRecord,
+    settings: ProjectSettings,
+    base: VersionRecord,
+    client_id: str,
+    examples: int | None,
+    now: float,
+    round_needs_it: bool,
+    round_waits_for_it: bool,
+) -> tuple[dict[str, Any], float]:
+    """(the task's hyperparameters, its useful_until); raises _Withheld."""
+    interval = pacing.version_interval(tx.version_times(project.id, pacing.VERSION_HISTORY + 1))
+    useful = max(
+        now,
+        pacing.useful_until(
+            mode=settings.mode,
+            version_created_at=base.created_at,
+            interval=interval,
+            now=now,
+            max_staleness=settings.max_staleness,
+            round_deadline_s=settings.round_deadline_s,
+            lease_s=settings.lease_s,
+            round_needs_it=round_needs_it,
+            round_waits_for_it=round_waits_for_it,
+        ),
+    )
+    if not settings.fit_tasks:
+        return project.hparams, useful
+    client = tx.client(client_id)
+    pace = pacing.pace_of(client) if client is not None else None
+    if examples is None and pace is not None:
+        examples = pace.examples  # local data: the size it reported last
+    full = full_task_steps(project.hparams, examples)
+    if full is None:
+        return project.hparams, useful  # nothing known to size by: the full task
+    steps = pacing.fit_steps(full_steps=full, pace=pace, now=now, useful_until=useful)
+    if steps is None:
+        raise _Withheld
+    if steps < full:
+        return {**project.hparams, "max_steps": steps}, useful
+    return project.hparams, useful
 
 
 def _lease_in_tx(
@@ -103,6 +175,7 @@ def _lease_in_tx(
     if existing is not None:
         return {"manifest": existing.manifest, "signature": existing.signature}, expired
     version = project.current_version
+    round_needs_it, round_waits_for_it = True, False
     if settings.mode == "sync":
         if tx.aggregation_running(project.id) or tx.client_has_task(project.id, client_id, version):
             return None, expired
@@ -111,6 +184,8 @@ def _lease_in_tx(
             return None, expired
         if counts.live_leases + counts.answered >= settings.leases_per_round:
             return None, expired
+        round_needs_it = counts.live_leases + counts.answered < settings.clients_per_round
+        round_waits_for_it = counts.live_leases + counts.answered < settings.min_updates
     elif tx.live_leases(project.id, now) >= settings.max_concurrent_leases:
         return None, expired
     base = tx.version(project.id, version)
@@ -118,6 +193,17 @@ def _lease_in_tx(
     num_shards = len(project.shard_sizes) if project.shard_sizes else 1
     shard = tx.next_shard(project.id, num_shards)
     max_examples = project.shard_sizes[shard] if project.shard_sizes else 1_000_000_000
+    hparams, useful_until = _fit_task(
+        tx,
+        project,
+        settings,
+        base,
+        client_id,
+        project.shard_sizes[shard] if project.shard_sizes else None,
+        now,
+        round_needs_it,
+        round_waits_for_it,
+    )
     task_id = new_id()
     deadline = int(now + settings.lease_s)
     manifest = {
@@ -128,7 +214,7 @@ def _lease_in_tx(
         "base_digest": base.digest,
         "recipe": project.recipe,
         "recipe_version": project.recipe_version,
-        "hparams": project.hparams,
+        "hparams": hparams,
         "shard_index": shard,
         "max_examples": int(max_examples),
         "codec": settings.codec,
@@ -136,6 +222,7 @@ def _lease_in_tx(
         "max_payload_bytes": settings.max_payload_bytes,
         "issued_at": int(now),
         "deadline": deadline,
+        "useful_until": round(useful_until),  # nearest second: windows can be seconds long
     }
     signature = sign_task_manifest(coordinator, project.name, manifest)
     tx.insert_task(

@@ -63,6 +63,7 @@ class ProjectSettings:
     max_update_norm: float = 100.0
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     invite_required: bool = False
+    fit_tasks: bool = True
 
     def validate(self) -> ProjectSettings:
         """Return self, or raise ValueError naming the first bad setting."""
@@ -132,5 +133,6 @@ SETTING_HELP: dict[str, str] = {
     "max_update_norm": "updates with a larger global L2 norm are rejected (norm_too_large)",
     "max_payload_bytes": "largest update body accepted (413 payload_too_large)",
     "invite_required": "joining needs an invite code (barnraise-backend invite create)",
+    "fit_tasks": "size each task (full, 1/2 or 1/4 of its steps) to the contributor's measured pace so its update arrives while still useful, and withhold it when even 1/4 would not",
 }
 """One line per ProjectSettings field: shown by the CLI, checked against the docs."""

@@ -6,14 +6,22 @@ Exceptions::
     ├── InsecureTransportError     http:// to a host that is not loopback, without insecure=True
     ├── ServerError                the coordinator answered with a JSON error (.status, .code)
     │   ├── AuthError              401/403: the token or key is not (or no longer) accepted
-    │   └── LeaseLostError         the task is gone: expired, answered, not ours (409/410/404)
+    │   └── LeaseLostError         the task is gone: expired, answered, rejected, not ours
     ├── UnavailableError           no usable answer after the retries (connection, 5xx, 429)
     ├── IntegrityError             a download does not match its digest
     └── UntrustedError             a task or model is not signed by the pinned project key
 
-Every request has a timeout. Connection errors, 5xx and 429 are retried with exponential
-backoff and full jitter, honouring ``Retry-After``; other errors are not retried. A
-``cancel`` event cuts backoff sleeps and long polls short (``Cancelled``).
+Every request has a timeout. Network errors, 5xx, 429 and ``incomplete_body`` are retried
+with exponential backoff and full jitter, honouring ``Retry-After``; other errors are not
+retried. A network error is anything that leaves us without a whole answer: a refused or
+reset connection, a timeout, or a response cut short (after its headers or midway through
+its body, or a JSON body that does not parse). JSON answers are read and parsed inside the
+retry loop, so every call below that returns one is retried as a whole. A ``cancel`` event
+cuts backoff sleeps and long polls short (``Cancelled``).
+
+Retrying is safe for every call: a lease retried returns the client's live task, an upload
+retried returns the first receipt, a release or heartbeat retried does it once. Join is
+retried as a pair with a fresh challenge (see ``join``).
 
 The client never imports torch: model bytes go to the cache, the trainer child decodes them.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import http.client
 import ipaddress
 import json
 import logging
@@ -33,11 +42,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
+import urllib3.exceptions
 
+from app.contributor.cache import touch as touch_cached_model
 from federated.errors import SignatureError
 from federated.signing import SigningKey, canonical_json, verify
 
@@ -70,13 +81,42 @@ DEFAULT_LEASE_WAIT_S = 25
 DEFAULT_TIMEOUT_S = (5.0, 30.0)
 DOWNLOAD_CHUNK = 256 * 1024
 UPLOAD_CHUNK = 16 * 1024
-_CUT_SHORT = (
+_CUT_SHORT: tuple[type[BaseException], ...] = (
+    # What requests raises: refused, reset, RemoteDisconnected (ConnectionError), timeouts,
+    # and a body cut midway (ChunkedEncodingError wraps urllib3's ProtocolError/IncompleteRead).
     requests.ConnectionError,
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
+    # The same faults unwrapped, as another transport (or a body read outside requests'
+    # own wrappers) raises them.
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.TimeoutError,
+    http.client.IncompleteRead,
+    http.client.HTTPException,
+    ConnectionError,  # the built-in one: reset, aborted, broken pipe
+    TimeoutError,
 )
-_TASK_ID_LOST = {"lease_expired", "unknown_task", "not_your_task", "task_already_answered"}
+"""Exceptions that mean "no whole answer arrived": retried like a refused connection."""
+
+_TASK_ID_LOST = {
+    "lease_expired",
+    "unknown_task",
+    "not_your_task",
+    "task_already_answered",
+    # The coordinator ended the task for good after a final rejection of its update; it is
+    # never handed out again, so the engine must drop it (issue 9, section 2).
+    "task_rejected",
+}
+"""Error codes that mean "this task is gone": LeaseLostError, whatever the status."""
+
+_RETRIED_CODES = {
+    # The coordinator got our request body cut short (a connection broken mid-upload that
+    # it noticed first): a network error, sent again like a refused connection.
+    "incomplete_body",
+}
+
+_T = TypeVar("_T")
 
 
 class ClientError(Exception):
@@ -117,6 +157,13 @@ class UntrustedError(ClientError):
 
 class Cancelled(ClientError):
     """The caller's cancel event was set while waiting."""
+
+
+class _CutShort(Exception):
+    """A response arrived but not whole (a JSON body that does not parse): retried."""
+
+
+_RETRIED: tuple[type[BaseException], ...] = (_CutShort, *_CUT_SHORT)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -231,13 +278,26 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
+def _declares_json(response: requests.Response) -> bool:
+    ctype = response.headers.get("Content-Type", "")
+    return ctype.split(";")[0].strip().lower() == "application/json"
+
+
 def _error_of(response: requests.Response) -> ServerError:
+    """The coordinator's JSON error as an exception. An error body that says it is JSON but
+    does not parse was cut short (``_CutShort``: retried); any other body (a proxy's HTML
+    page) gives a ServerError with code ``http_error``."""
     code, message = "http_error", response.reason or "error"
     try:
-        body = response.json()
+        body = json.loads(response.content)
+    except ValueError:
+        if _declares_json(response) and response.content:
+            raise _CutShort(f"HTTP {response.status_code} with a cut JSON body") from None
+        body = None
+    try:
         code = str(body["error"]["code"])
         message = str(body["error"]["message"])
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         pass
     status = response.status_code
     if status in (401, 403) and code not in _TASK_ID_LOST:
@@ -245,6 +305,24 @@ def _error_of(response: requests.Response) -> ServerError:
     if code in _TASK_ID_LOST or status == 410:
         return LeaseLostError(status, code, message)
     return ServerError(status, code, message)
+
+
+def _json_of(response: requests.Response) -> Any:
+    """The parsed body of a 2xx answer; None for 204 No Content. A body that does not parse
+    was cut short (a proxy or the network ended it early): ``_CutShort``, retried."""
+    if response.status_code == 204:
+        return None
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        raise _CutShort(
+            f"HTTP {response.status_code} with a body that is not whole JSON "
+            f"({len(response.content)} bytes)"
+        ) from None
+
+
+def _whole_response(response: requests.Response) -> requests.Response:
+    return response
 
 
 class CoordinatorClient:
@@ -311,13 +389,74 @@ class CoordinatorClient:
         stream: bool = False,
     ) -> requests.Response:
         """Send with retries; return a 2xx/3xx response or raise. ``body_factory`` makes a
-        fresh body per attempt (a streamed body cannot be replayed)."""
+        fresh body per attempt (a streamed body cannot be replayed). Without ``stream`` the
+        whole body has arrived when this returns (a body cut short was retried); with
+        ``stream`` only the headers have, and the caller handles a body cut short."""
+        return self._attempts(
+            method,
+            url,
+            read=_whole_response,
+            auth=auth,
+            json_body=json_body,
+            body_factory=body_factory,
+            headers=headers,
+            params=params,
+            read_timeout=read_timeout,
+            stream=stream,
+        )
+
+    def request_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        auth: bool = False,
+        json_body: Any = None,
+        body_factory: Callable[[], Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        read_timeout: float | None = None,
+    ) -> Any:
+        """Send with retries and return the parsed JSON body (None for 204). The body is
+        read and parsed inside the retry loop: an answer cut short, or JSON that does not
+        parse, is retried like a refused connection, then UnavailableError."""
+        return self._attempts(
+            method,
+            url,
+            read=_json_of,
+            auth=auth,
+            json_body=json_body,
+            body_factory=body_factory,
+            headers=headers,
+            params=params,
+            read_timeout=read_timeout,
+        )
+
+    def _attempts(
+        self,
+        method: str,
+        url: str,
+        *,
+        read: Callable[[requests.Response], _T],
+        auth: bool = False,
+        json_body: Any = None,
+        body_factory: Callable[[], Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        read_timeout: float | None = None,
+        stream: bool = False,
+        attempts: int | None = None,
+    ) -> _T:
+        """The retry loop: send, check the status, and ``read`` the answer, all per attempt."""
         all_headers = {**self._headers(auth), **(headers or {})}
         timeout = (self.timeout[0], read_timeout or self.timeout[1])
-        last: Exception | None = None
-        for attempt in range(self.retry.attempts):
+        tries = attempts or self.retry.attempts
+        last: BaseException | None = None
+        for attempt in range(tries):
             if self.cancel.is_set():
                 raise Cancelled("cancelled")
+            retry_after: float | None = None
+            response: requests.Response | None = None
             try:
                 response = self._session.request(
                     method,
@@ -329,31 +468,42 @@ class CoordinatorClient:
                     timeout=timeout,
                     stream=stream,
                 )
-            except (requests.ConnectionError, requests.Timeout) as exc:
+                if response.status_code == 429 or response.status_code >= 500:
+                    last = _error_of(response)
+                    retry_after = _retry_after(response)
+                elif response.status_code >= 400:
+                    error = _error_of(response)
+                    if error.code not in _RETRIED_CODES:
+                        raise error
+                    last = error
+                else:
+                    result = read(response)
+                    response = None  # handed over: a streamed response is the caller's
+                    return result
+            except _RETRIED as exc:
                 last = exc
-                log.info("%s %s: %s (attempt %d)", method, url, exc, attempt + 1)
-                self._sleep(self.retry.delay(attempt))
-                continue
-            if response.status_code == 429 or response.status_code >= 500:
-                last = _error_of(response)
-                delay = self.retry.delay(attempt, _retry_after(response))
-                response.close()
-                log.info("%s %s: %s; retrying in %.2fs", method, url, last, delay)
+            finally:
+                if response is not None:
+                    response.close()
+            if attempt + 1 < tries:
+                delay = self.retry.delay(attempt, retry_after)
+                log.info(
+                    "%s %s: %s (attempt %d); retrying in %.2fs",
+                    method,
+                    url,
+                    last,
+                    attempt + 1,
+                    delay,
+                )
                 self._sleep(delay)
-                continue
-            if response.status_code >= 400:
-                error = _error_of(response)
-                response.close()
-                raise error
-            return response
         raise UnavailableError(
             f"the coordinator at {self.server_url} did not answer usefully after "
-            f"{self.retry.attempts} tries ({last}); check the network, it will be retried later"
+            f"{tries} tries ({last}); check the network, it will be retried later"
         )
 
     # --- projects and joining --------------------------------------------------------------
     def get_project(self) -> dict[str, Any]:
-        return dict(self.request("GET", self.api).json())
+        return dict(self.request_json("GET", self.api))
 
     def join(
         self,
@@ -363,30 +513,50 @@ class CoordinatorClient:
         team: str | None = None,
         invite: str | None = None,
     ) -> JoinResult:
-        """Prove possession of ``signing_key`` with a fresh challenge and register it."""
-        challenge = self.request("POST", f"{self.api}/challenge").json()["challenge"]
+        """Prove possession of ``signing_key`` with a fresh challenge and register it.
+
+        A challenge is single use, so the challenge and the join are retried as a pair: when
+        the join's answer is lost (the coordinator may have registered us), a new challenge
+        is signed with the same key and sent again. The coordinator answers a known key with
+        the same client id (and a new token), so a retry never makes a second identity."""
         public_key = signing_key.public_key_b64
-        signature = signing_key.sign(
-            {
-                "challenge": challenge,
-                "project": self.project,
+        last: Exception | None = None
+        for attempt in range(self.retry.attempts):
+            challenge = self.request_json("POST", f"{self.api}/challenge")["challenge"]
+            signature = signing_key.sign(
+                {
+                    "challenge": challenge,
+                    "project": self.project,
+                    "public_key": public_key,
+                    "purpose": "join",
+                }
+            )
+            body = {
+                "display_name": display_name,
+                "team": team,
                 "public_key": public_key,
-                "purpose": "join",
+                "challenge": challenge,
+                "signature": signature,
+                "invite": invite,
             }
-        )
-        body = {
-            "display_name": display_name,
-            "team": team,
-            "public_key": public_key,
-            "challenge": challenge,
-            "signature": signature,
-            "invite": invite,
-        }
-        answer = self.request("POST", f"{self.api}/join", json_body=body).json()
-        return JoinResult(
-            client_id=str(answer["client_id"]),
-            token=str(answer["token"]),
-            project=answer["project"],
+            try:
+                # One attempt: sending the same consumed challenge again would be refused.
+                answer = self._attempts(
+                    "POST", f"{self.api}/join", read=_json_of, json_body=body, attempts=1
+                )
+            except UnavailableError as exc:
+                last = exc
+                if attempt + 1 < self.retry.attempts:
+                    self._sleep(self.retry.delay(attempt))
+                continue
+            return JoinResult(
+                client_id=str(answer["client_id"]),
+                token=str(answer["token"]),
+                project=answer["project"],
+            )
+        raise UnavailableError(
+            f"could not join {self.project!r} at {self.server_url} after "
+            f"{self.retry.attempts} tries ({last}); check the network and try again"
         )
 
     # --- signatures ------------------------------------------------------------------------
@@ -409,23 +579,23 @@ class CoordinatorClient:
     # --- tasks -----------------------------------------------------------------------------
     def lease(self, *, wait: float = DEFAULT_LEASE_WAIT_S) -> LeasedTask | None:
         """Lease a task, waiting up to ``wait`` seconds for one; None when there is none."""
-        response = self.request(
+        body = self.request_json(
             "POST",
             f"{self.api}/tasks/lease",
             auth=True,
             params={"wait": int(wait)},
             read_timeout=wait + self.timeout[1],
         )
-        if response.status_code == 204:
+        if body is None:  # 204: no task now
             return None
-        body = response.json()
         manifest, signature = body["manifest"], str(body["signature"])
         self._verify("task", manifest, signature)
         return LeasedTask(manifest=dict(manifest), signature=signature)
 
     def heartbeat(self, task_id: str) -> float:
-        response = self.request("POST", f"{self.api}/tasks/{task_id}/heartbeat", auth=True)
-        return float(response.json()["deadline"])
+        """Extend the lease; returns the new deadline (epoch seconds)."""
+        body = self.request_json("POST", f"{self.api}/tasks/{task_id}/heartbeat", auth=True)
+        return float(body["deadline"])
 
     def release(self, task_id: str) -> None:
         self.request("POST", f"{self.api}/tasks/{task_id}/release", auth=True).close()
@@ -433,32 +603,33 @@ class CoordinatorClient:
     def upload_update(
         self, task_id: str, payload: bytes, manifest: Mapping[str, Any], signing_key: SigningKey
     ) -> dict[str, Any]:
-        """PUT the update; the same payload again returns the first receipt (idempotent)."""
+        """PUT the update and return the receipt. Retried as a whole when the answer is
+        lost: the same payload again returns the first receipt (idempotent)."""
         canonical = canonical_json(manifest)
         headers = {
             "Content-Type": "application/octet-stream",
             "X-Barnraise-Manifest": base64.b64encode(canonical).decode("ascii"),
             "X-Barnraise-Signature": signing_key.sign_bytes(canonical),
         }
-        response = self.request(
+        receipt = self.request_json(
             "PUT",
             f"{self.api}/tasks/{task_id}/update",
             auth=True,
             headers=headers,
             body_factory=lambda: ThrottledBody(payload, self.upload_kbps_cap, cancel=self.cancel),
         )
-        return dict(response.json())
+        return dict(receipt)
 
     def me(self) -> dict[str, Any]:
-        return dict(self.request("GET", f"{self.api}/me", auth=True).json())
+        return dict(self.request_json("GET", f"{self.api}/me", auth=True))
 
     def leaderboard(self) -> dict[str, Any]:
-        return dict(self.request("GET", f"{self.api}/leaderboard").json())
+        return dict(self.request_json("GET", f"{self.api}/leaderboard"))
 
     # --- models ----------------------------------------------------------------------------
     def current_model(self) -> dict[str, Any]:
         """The verified manifest of the current model (project, version, digest, created_at)."""
-        body = self.request("GET", f"{self.api}/models/current").json()
+        body = self.request_json("GET", f"{self.api}/models/current")
         self._verify("model", body["manifest"], str(body["signature"]))
         return dict(body["manifest"])
 
@@ -469,12 +640,14 @@ class CoordinatorClient:
 
     def download_model(self, digest: str) -> Path:
         """Fetch the model with ``digest`` into the cache (resuming a partial download with
-        Range) and return its path; the file is checked against the digest before use."""
+        Range) and return its path; the file is checked against the digest before use. The
+        file is marked used now, so ``ModelCache.enforce`` evicts it last."""
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise IntegrityError(f"{digest!r} is not a sha256 digest")
         final = self.model_path(digest)
         if final.exists():
             if _file_sha256(final) == digest:
+                touch_cached_model(final)
                 return final
             final.unlink()
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -484,6 +657,7 @@ class CoordinatorClient:
             have = partial.stat().st_size if partial.exists() else 0
             if have and _file_sha256(partial) == digest:
                 os.replace(partial, final)
+                touch_cached_model(final)
                 return final
             headers = {"Range": f"bytes={have}-", "If-Range": f'"{digest}"'} if have else {}
             try:
@@ -511,6 +685,7 @@ class CoordinatorClient:
                     "it was discarded and will be fetched again"
                 )
             os.replace(partial, final)
+            touch_cached_model(final)
             return final
         raise UnavailableError(f"could not download model {digest[:12]}… from {self.server_url}")
 

@@ -24,21 +24,21 @@ pauses the trainer (it checkpoints and blocks), a THROTTLE hands it new limits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
-import json
 import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from app.contributor import policy
+from app.contributor.cache import ModelCache
 from app.contributor.client import (
     AuthError,
     Cancelled,
@@ -50,10 +50,9 @@ from app.contributor.client import (
     ServerError,
     UnavailableError,
     UntrustedError,
-    remove_quietly,
-    save_json_atomic,
 )
-from app.contributor.credentials import CredentialStore, ProjectCredentials, ProjectRef, project_key
+from app.contributor.credentials import CredentialStore, ProjectCredentials, ProjectRef
+from app.contributor.deadline import GIVE_BACK_REASON, UPLOAD_MARGIN_S, estimate_finish
 from app.contributor.events import (
     CreditUpdated,
     EngineState,
@@ -66,14 +65,26 @@ from app.contributor.events import (
     Subscriber,
     TaskFinished,
 )
-from app.contributor.invites import JoinTarget, parse_join_target
+from app.contributor.joining import (
+    JoinPreview,
+    KeyChange,
+    accept_new_key,
+    complete_join,
+    detect_key_change,
+    preview_join,
+    project_data_path,
+    save_project_data_path,
+)
 from app.contributor.ledger import Contribution, Ledger
 from app.contributor.limits import Limits
+from app.contributor.paths import DATA_DIR_ENV, EnginePaths
 from app.contributor.schedule import ScheduleWatcher
 from app.contributor.sensors import SensorReadings, Sensors, SystemSensors
 from app.contributor.settings import Settings, default_settings
+from app.contributor.task_files import TaskFiles
 from app.contributor.trainer import TrainerCrashed, TrainerError, TrainerHandle, TrainJob
-from federated.signing import SigningKey, fingerprint
+from federated.errors import UPDATE_REJECTION_CODES
+from federated.signing import SigningKey
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -87,55 +98,28 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DATA_DIR_ENV = "BARNRAISE_DATA_DIR"
 # A task crashed the trainer this many times: give it back rather than loop.
 MAX_CRASHES_PER_TASK = 3
 # Hold a leased task this long while suspended/paused, then give it back to the project.
 MAX_HOLD_SUSPENDED_S = 300.0
-# Backoff when the coordinator is unreachable: doubles from MIN to MAX.
+# Backoff when the coordinator is unreachable or failing: doubles from MIN to MAX.
 MIN_BACKOFF_S = 2.0
 MAX_BACKOFF_S = 300.0
+# After a task ends without an accepted update: doubles from MIN to MAX, per project.
+MIN_REJECTION_BACKOFF_S = 5.0
+MAX_REJECTION_BACKOFF_S = 600.0
+# While a task is in hand, its deadline is judged at least this often (also while paused).
+DEADLINE_CHECK_S = 5.0
+# A project its organiser closed is asked again this rarely (it may be reopened).
+CLOSED_RECHECK_S = 3600.0
+# Refusals the trainer finds before sending (the coordinator would answer the same).
+UNSENDABLE_CODES = frozenset(UPDATE_REJECTION_CODES) | {"payload_too_large"}
 # Ask the coordinator for our leaderboard rank at most this often (after accepted updates).
 RANK_REFRESH_S = 30.0
 
 
 def _local_now() -> datetime:
     return datetime.now().astimezone()
-
-
-@dataclass(frozen=True)
-class EnginePaths:
-    """Where the engine keeps its files; everything below ``data_dir``."""
-
-    data_dir: Path
-
-    @classmethod
-    def default(cls, data_dir: Path | None = None) -> EnginePaths:
-        if data_dir is None:
-            env = os.environ.get(DATA_DIR_ENV)
-            data_dir = (
-                Path(env) if env else Path(platformdirs.user_data_dir("barnraise", appauthor=False))
-            )
-        return cls(data_dir=data_dir)
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.data_dir / "state"
-
-    @property
-    def runtime_dir(self) -> Path:
-        return self.data_dir / "run"
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.data_dir / "ledger.sqlite"
-
-    def project_dir(self, key: str, project: str) -> Path:
-        return self.state_dir / f"{project}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)
@@ -149,126 +133,6 @@ class EngineOptions:
     start_trainer_eagerly: bool = True
 
 
-# --------------------------------------------------------------------------- joining
-
-
-@dataclass(frozen=True)
-class JoinPreview:
-    """What the volunteer consents to: the project as the coordinator describes it."""
-
-    target: JoinTarget
-    project: dict[str, Any]
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(str(self.project["public_key"]))
-
-    @property
-    def data_mode(self) -> str:
-        return str(self.project.get("data_mode", "builtin"))
-
-    def disclosure(
-        self, *, display_name: str, team: str | None, data_path: str | None = None
-    ) -> list[str]:
-        """Each thing that will leave this machine, and what stays, as lines for the user."""
-        codec = self.project.get("codec", "?")
-        lines = [
-            f"Project {self.project['name']!r} at {self.target.server_url}: {self.project.get('description', '')}",
-            f"Recipe: {self.project.get('recipe')} v{self.project.get('recipe_version')} "
-            "(a built-in training recipe; the server cannot send code)",
-            f"Project key fingerprint: {self.fingerprint} (pinned now; tasks signed by any other key are refused)",
-        ]
-        if self.data_mode == "local":
-            lines.append(
-                f"Training data: your file {data_path or '(choose with --data PATH)'}; it is read "
-                "here and never leaves this machine"
-            )
-        else:
-            lines.append(
-                "Training data: a shard of the project's built-in data set (none of your files are read)"
-            )
-        lines += [
-            "What leaves this machine:",
-            f"  - your display name {display_name!r}"
-            + (f" and team {team!r}" if team else "")
-            + ", shown publicly on the project's leaderboard",
-            "  - a public key made for this project (the private key stays in your keychain)",
-            f"  - per task: the model update (the change to the shared model, codec {codec}), "
-            "the number of examples trained on, and loss before/after, seconds and examples/s",
-            "  - your IP address, as with any connection to the server",
-        ]
-        return lines
-
-
-def preview_join(text: str, *, insecure: bool = False) -> JoinPreview:
-    """Parse ``text`` (page URL, invite link) and fetch the project; raises InviteError,
-    ClientError."""
-    target = parse_join_target(text)
-    client = CoordinatorClient(target.server_url, target.project, insecure=insecure)
-    try:
-        info = client.get_project()
-    finally:
-        client.close()
-    if info.get("name") != target.project or "public_key" not in info:
-        raise ClientError(f"{target.page_url} did not describe project {target.project!r}")
-    return JoinPreview(target=target, project=info)
-
-
-def complete_join(
-    preview: JoinPreview,
-    credentials: CredentialStore,
-    *,
-    display_name: str,
-    team: str | None = None,
-    insecure: bool = False,
-) -> ProjectCredentials:
-    """Make a key pair, register it, and store key, token and the pinned project key."""
-    key = SigningKey.generate()
-    target = preview.target
-    client = CoordinatorClient(
-        target.server_url,
-        target.project,
-        insecure=insecure,
-        project_public_key_b64=str(preview.project["public_key"]),
-    )
-    try:
-        answer = client.join(key, display_name=display_name, team=team, invite=target.invite)
-    finally:
-        client.close()
-    if answer.project.get("public_key") != preview.project["public_key"]:
-        raise UntrustedError(
-            "the project key changed between showing it to you and joining; nothing was saved, try again"
-        )
-    import base64
-
-    creds = ProjectCredentials(
-        server_url=target.server_url,
-        project=target.project,
-        client_id=answer.client_id,
-        token=answer.token,
-        private_key_b64=base64.b64encode(key.private_bytes()).decode("ascii"),
-        project_public_key_b64=str(preview.project["public_key"]),
-    )
-    credentials.save(creds.key, creds)
-    return creds
-
-
-def save_project_data_path(
-    paths: EnginePaths, key: str, project: str, data_path: str | None
-) -> None:
-    """Remember the local data file of a local-data project (it never leaves the machine)."""
-    save_json_atomic(paths.project_dir(key, project) / "config.json", {"data_path": data_path})
-
-
-def project_data_path(paths: EnginePaths, key: str, project: str) -> str | None:
-    try:
-        config = json.loads((paths.project_dir(key, project) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    value = config.get("data_path")
-    return str(value) if value else None
-
-
 # --------------------------------------------------------------------------- engine
 
 
@@ -279,15 +143,22 @@ class _Project:
     client: CoordinatorClient
     signing_key: SigningKey
     dir: Path
+    files: TaskFiles
     disabled_reason: str | None = None
     backoff_s: float = 0.0
     not_before: float = 0.0
+    offline: bool = False  # the last try could not reach the coordinator
+    closed: bool = False  # the organiser closed the project: asked again only rarely
+    rejections: int = 0  # tasks in a row that ended without an accepted update
+    ended: deque[str] = field(default_factory=lambda: deque(maxlen=64))  # refused task ids
+    key_change: KeyChange | None = None  # the coordinator signs with an unpinned key
     rank: int | None = None
     rank_checked_at: float = float("-inf")
     resume_task: LeasedTask | None = None  # a task carried over from before a restart
-    # A trained update the coordinator could not take yet (network, 5xx): sent before leasing.
-    pending_upload: tuple[LeasedTask, Any] | None = None
+    # A trained update the coordinator has not acknowledged yet, with its manifest.
+    pending_upload: tuple[LeasedTask, dict[str, Any]] | None = None
     give_back: bool = False  # the task in hand was stopped to be given back
+    late: str | None = None  # ... because it could not be finished in time (the numbers)
 
 
 class _TaskLost(Exception):
@@ -336,6 +207,9 @@ class Controller:
         self._watcher: ScheduleWatcher | None = None
         self._suspended_since: float | None = None
         self._last_error: str | None = None
+        # Why the engine stopped on its own (an unexpected error), else None: the headless
+        # command exits non-zero on it, so a service manager restarts the engine.
+        self.failure: str | None = None
         limits = self._limits_for(self._decide_locked())
         self.trainer = TrainerHandle(limits, on_message=self._on_trainer_message)
 
@@ -419,6 +293,38 @@ class Controller:
         self._reconsider()
         return end
 
+    def retry_now(self) -> None:
+        """Ask every waiting project for work now instead of at the end of its backoff
+        (the "Retry now" of "Can't reach the server")."""
+        with self._lock:
+            for project in self._projects.values():
+                project.not_before = 0.0
+                project.backoff_s = 0.0
+            self._wake.notify_all()
+
+    def accept_new_key(self, key: str, fingerprint: str) -> ProjectCredentials:
+        """Pin the key the project's coordinator signs with now, keeping this machine's
+        identity and credit. Only on the volunteer's explicit say-so, naming the new
+        ``fingerprint`` they checked; refusing (doing nothing) leaves the project stopped."""
+        with self._lock:
+            project = self._projects.get(key)
+        change = project.key_change if project is not None else None
+        if project is None or change is None:
+            raise ClientError("no key change is waiting to be accepted for this project")
+        if fingerprint.strip() != change.new_fingerprint:
+            raise ClientError(
+                f"the project now signs with {change.new_fingerprint}, not {fingerprint!r}; "
+                "nothing was changed"
+            )
+        accept_new_key(self.credentials, project.creds, change)
+        with self._lock:
+            self._projects.pop(key, None)
+            self._projects_dirty = True
+            self._wake.notify_all()
+        updated = self.credentials.load(key)
+        assert updated is not None
+        return updated
+
     def apply_settings(self, settings: Settings) -> None:
         """Use ``settings`` from now on (limits change between steps, without losing work)."""
         with self._lock:
@@ -462,6 +368,12 @@ class Controller:
         if data_path is not None:
             save_project_data_path(self.paths, creds.key, creds.project, data_path)
         with self._lock:
+            known = self._projects.get(creds.key)
+            if known is not None:
+                # A re-join (same key, same identity) got a new token; the old one no longer
+                # works. Swapped in place so that a task in hand carries on with it.
+                known.creds, known.client.token = creds, creds.token
+                known.disabled_reason = None
             self._projects_dirty = True
             self._wake.notify_all()
         return creds
@@ -514,6 +426,12 @@ class Controller:
                     "last_update": totals.last_at,
                     "rank": loaded.rank if loaded else None,
                     "disabled": loaded.disabled_reason if loaded else None,
+                    "closed": loaded.closed if loaded else False,
+                    "offline": loaded.offline if loaded else False,
+                    "rejected": totals.rejected,
+                    "key_change": dataclasses.asdict(loaded.key_change)
+                    if loaded and loaded.key_change
+                    else None,
                 }
             )
         return {
@@ -539,10 +457,11 @@ class Controller:
             },
             "projects": listed,
             "last_error": self._last_error,
+            "failure": self.failure,
         }
 
     def handle_command(self, command: str, args: Mapping[str, Any]) -> Any:
-        """The control channel's dispatcher (ping, status, pause, resume, snooze, stop)."""
+        """The control channel's dispatcher (ping, status, pause, resume, snooze, retry, stop)."""
         if command == "ping":
             return {"pid": os.getpid()}
         if command == "status":
@@ -556,11 +475,20 @@ class Controller:
         if command == "snooze":
             end = self.snooze(float(args.get("seconds", 3600)))
             return {"until": end.isoformat()}
+        from app.contributor.control import ControlError
+
+        if command == "trust":
+            try:
+                self.accept_new_key(str(args.get("key", "")), str(args.get("fingerprint", "")))
+            except ClientError as exc:
+                raise ControlError(str(exc)) from None
+            return self.snapshot()
+        if command == "retry":
+            self.retry_now()
+            return self.snapshot()
         if command == "stop":
             self.stop()
             return {"stopping": True}
-        from app.contributor.control import ControlError
-
         raise ControlError(f"unknown command {command!r}")
 
     # ======================================================================= events
@@ -605,6 +533,8 @@ class Controller:
         if kind == "progress":
             current["step"], current["total_steps"] = message["step"], message["total_steps"]
             current["loss"] = message["loss"]
+            current["compute_s"] = float(message.get("elapsed_s", 0.0))
+            self._give_back_if_late(current)
             self._publish(
                 Progress(
                     project=project,
@@ -617,6 +547,7 @@ class Controller:
                 )
             )
         elif kind == "paused":
+            current["paused_at"] = time.time()
             self._set_state(
                 self._paused_state(),
                 project=project,
@@ -624,6 +555,10 @@ class Controller:
                 reasons=self._reasons(),
             )
         elif kind == "resumed":
+            paused_at = current.get("paused_at")
+            if paused_at is not None:
+                current["paused_s"] += time.time() - paused_at
+                current["paused_at"] = None
             self._set_state(EngineState.TRAINING, project=project, task_id=current["task_id"])
 
     # ======================================================================= policy
@@ -761,12 +696,14 @@ class Controller:
             cancel=self._cancel,
         )
         key = SigningKey.from_private_bytes(base64.b64decode(creds.private_key_b64))
+        folder = self.paths.project_dir(ref.key, ref.project)
         return _Project(
             ref=ref,
             creds=creds,
             client=client,
             signing_key=key,
-            dir=self.paths.project_dir(ref.key, ref.project),
+            dir=folder,
+            files=TaskFiles(folder),
         )
 
     def _quiet_client(self, project: _Project) -> CoordinatorClient:
@@ -802,6 +739,7 @@ class Controller:
                 self._step()
         except Exception as exc:  # the engine must report, not vanish
             log.exception("engine failed")
+            self.failure = f"{type(exc).__name__}: {exc}"
             self._error(
                 f"the engine stopped after an unexpected error: {exc}", code="internal", fatal=True
             )
@@ -836,98 +774,123 @@ class Controller:
         now = time.monotonic()
         ready = [p for p in projects if p.not_before <= now]
         if not ready:
-            self._set_state(EngineState.BACKOFF)
+            waiting = [p for p in projects if not p.closed]
+            offline = bool(waiting) and all(p.offline for p in waiting)
+            self._set_state(EngineState.OFFLINE if offline else EngineState.BACKOFF)
             self._wait(min(p.not_before for p in projects) - now)
             return
         self._round_robin = (self._round_robin + 1) % len(ready)
         project = ready[self._round_robin]
+        name = project.ref.project
         try:
             self._work_on(project, wait=self.options.lease_wait_s if len(ready) == 1 else 0.0)
             project.backoff_s = 0.0
+            project.offline = False
         except Cancelled:
             pass
         except UntrustedError as exc:
             project.disabled_reason = str(exc)
-            self._error(str(exc), project=project.ref.project, code="untrusted", fatal=True)
+            project.key_change = self._key_change_of(project)
+            message = project.key_change.describe() if project.key_change else str(exc)
+            code = "key_changed" if project.key_change else "untrusted"
+            self._error(f"{name}: {message}", project=name, code=code, fatal=True)
         except AuthError as exc:
+            if self._token_was_replaced(project):
+                self._back_off(project, exc)  # a re-join swapped the token mid-request
+                return
             project.disabled_reason = str(exc)
             self._error(
-                f"{project.ref.project}: the coordinator no longer accepts this machine ({exc.message}); "
+                f"{name}: the coordinator no longer accepts this machine ({exc.message}); "
                 "leave the project and join it again",
-                project=project.ref.project,
+                project=name,
                 code=exc.code,
                 fatal=True,
             )
         except (UnavailableError, ServerError, TrainerError, OSError) as exc:
-            project.backoff_s = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, project.backoff_s * 2))
-            project.not_before = time.monotonic() + project.backoff_s
-            code = getattr(exc, "code", "unavailable")
+            self._back_off(project, exc)
+
+    def _token_was_replaced(self, project: _Project) -> bool:
+        """After a 401: does the token we hold now work? (A join while this request was
+        under way replaced it; the request carried the old one.)"""
+        try:
+            stored = self.credentials.load(project.ref.key)
+        except Exception:
+            return False
+        if stored is not None and stored.token != project.client.token:
+            project.creds, project.client.token = stored, stored.token
+        try:
+            project.client.me()
+        except ClientError:
+            return False
+        return True
+
+    def _back_off(self, project: _Project, exc: Exception) -> None:
+        """One project failed: it waits (doubling, capped) while the others go on."""
+        name = project.ref.project
+        if isinstance(exc, ServerError) and exc.code == "project_closed":
+            project.closed = True
+            project.not_before = time.monotonic() + CLOSED_RECHECK_S
             self._error(
-                f"{project.ref.project}: {exc}; retrying in {project.backoff_s:.0f}s",
-                project=project.ref.project,
-                code=code,
+                f"{name} is closed by its organiser; it no longer needs work from you",
+                project=name,
+                code="project_closed",
             )
+            return
+        project.offline = isinstance(exc, UnavailableError)
+        project.backoff_s = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, project.backoff_s * 2))
+        project.not_before = time.monotonic() + project.backoff_s
+        if project.offline:
+            self._set_state(EngineState.OFFLINE, project=name)
+            message = f"can't reach the server of {name}; retrying in {project.backoff_s:.0f}s"
+        else:
+            message = f"{name}: {exc}; retrying in {project.backoff_s:.0f}s"
+        self._error(message, project=name, code=getattr(exc, "code", "unavailable"))
+
+    def _key_change_of(self, project: _Project) -> KeyChange | None:
+        try:
+            return detect_key_change(project.creds, insecure=self.options.insecure)
+        except ClientError as exc:
+            log.info("could not ask %s for its key: %s", project.ref.project, exc)
+            return None
 
     # --- one task ----------------------------------------------------------------------
-    def _task_file(self, project: _Project) -> Path:
-        return project.dir / "task.json"
-
-    def _checkpoint_path(self, project: _Project, task_id: str) -> Path:
-        return project.dir / f"{task_id}.ckpt"
-
-    def _payload_path(self, project: _Project, task_id: str) -> Path:
-        return project.dir / f"{task_id}.update"
-
     def _drop_task_files(self, project: _Project, *, release: bool) -> None:
-        path = self._task_file(project)
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return
-        task_id = str(saved.get("manifest", {}).get("task_id", ""))
+        """Forget the task in hand (giving its lease back first if ``release``)."""
+        task_id = project.files.saved_task_id()
         if release and task_id:
-            client = self._quiet_client(project)
-            try:
-                client.release(task_id)
-                log.info("gave back task %s of %s", task_id, project.ref.project)
-            except ClientError as exc:
-                log.info(
-                    "could not give back task %s (%s); it will expire on the server", task_id, exc
-                )
-            finally:
-                client.close()
-        if task_id:
-            remove_quietly(self._checkpoint_path(project, task_id))
-            remove_quietly(self._payload_path(project, task_id))
-        remove_quietly(path)
+            self._give_back_id(project, task_id)
+        project.files.drop()
 
     def _restore(self) -> None:
-        """After a restart: carry on with a task whose lease is still live, else forget it."""
+        """After a restart: send an update that was trained but not acknowledged, carry on
+        with a task whose lease may still be live, and forget the rest."""
         for project in self._load_projects():
-            path = self._task_file(project)
-            if not path.exists():
+            files = project.files
+            try:
+                task = files.saved_task()
+                if task is not None:
+                    project.client._verify("task", task.manifest, task.signature)
+            except (ValueError, UntrustedError) as exc:
+                log.info("forgetting the saved task of %s: %s", project.ref.project, exc)
+                files.drop()
+                continue
+            if task is None:
+                files.drop()  # leftovers of a crash between two tasks
+                continue
+            manifest = files.saved_upload(task.task_id)
+            if manifest is not None:
+                # Answered with the first receipt if it did arrive before the restart.
+                log.info("sending the trained update of task %s again", task.task_id)
+                project.pending_upload = (task, manifest)
                 continue
             try:
-                saved = json.loads(path.read_text())
-                task = LeasedTask(manifest=saved["manifest"], signature=saved["signature"])
-                project.client._verify("task", task.manifest, task.signature)
                 project.client.heartbeat(task.task_id)
             except LeaseLostError as exc:
-                log.info(
-                    "the saved task of %s is gone (%s); forgetting it",
-                    project.ref.project,
-                    exc.code,
-                )
-                self._drop_task_files(project, release=False)
+                log.info("the saved task of %s is gone (%s)", project.ref.project, exc.code)
+                files.drop()
                 continue
-            except (ClientError, ValueError, KeyError) as exc:
-                log.info(
-                    "cannot resume the saved task of %s (%s); giving it back",
-                    project.ref.project,
-                    exc,
-                )
-                self._drop_task_files(project, release=True)
-                continue
+            except Exception as exc:  # unreachable now: keep the work; heartbeats will tell
+                log.info("could not check the saved task of %s: %s", project.ref.project, exc)
             log.info("carrying on with task %s of %s", task.task_id, project.ref.project)
             project.resume_task = task
 
@@ -943,7 +906,7 @@ class Controller:
                 result["error"] = exc
             done.set()
             if self._stop.is_set() and result.get("task") is not None:
-                self._give_back(project, result["task"])
+                self._give_back_id(project, result["task"].task_id)
 
         threading.Thread(target=call, name="barnraise-lease", daemon=True).start()
         while not done.wait(0.1):
@@ -954,36 +917,53 @@ class Controller:
         task: LeasedTask | None = result.get("task")
         return task
 
-    def _give_back(self, project: _Project, task: LeasedTask) -> None:
+    def _give_back_id(self, project: _Project, task_id: str) -> None:
         client = self._quiet_client(project)
         try:
-            client.release(task.task_id)
+            client.release(task_id)
+            log.info("gave back task %s of %s", task_id, project.ref.project)
         except ClientError as exc:
-            log.info("could not give back task %s: %s", task.task_id, exc)
+            log.info("could not give back task %s (%s); it will expire on the server", task_id, exc)
         finally:
             client.close()
 
     def _work_on(self, project: _Project, *, wait: float) -> None:
         name = project.ref.project
         if project.pending_upload is not None:
-            unsent, outcome = project.pending_upload
+            unsent, manifest = project.pending_upload
             project.pending_upload = None
-            self._upload_keeping_on_failure(project, unsent, outcome)
+            self._send_update(project, unsent, manifest)
             return
         task, project.resume_task = project.resume_task, None
         if task is None:
             self._set_state(EngineState.LEASING, project=name)
             task = self._lease(project, wait)
+            project.closed = False
             if task is None:
                 return
-            save_json_atomic(self._task_file(project), task.to_json())
+            if task.task_id in project.ended:
+                # A coordinator that hands out a task it refused: never train it twice.
+                self._give_back_id(project, task.task_id)
+                self._rejected(
+                    project, task, "task_ended", "handed out again", examples=0, seconds=0.0
+                )
+                return
+            project.files.save_task(task)
         manifest = task.manifest
         if self._stop.is_set():
             self._drop_task_files(project, release=True)
             return
+        useful_until = manifest.get("useful_until")
+        if isinstance(useful_until, int | float) and time.time() + UPLOAD_MARGIN_S > useful_until:
+            self._drop_task_files(project, release=True)
+            self._rejected(
+                project, task, "gave_back_late", GIVE_BACK_REASON, examples=0, seconds=0.0
+            )
+            return
         self._set_state(EngineState.DOWNLOADING, project=name, task_id=task.task_id)
         try:
             model_path = project.client.download_model(str(manifest["base_digest"]))
+            self._trim_cache(keep=str(manifest["base_digest"]))
             outcome = self._train(project, task, model_path)
         except _TaskLost as exc:
             self._error(
@@ -993,32 +973,49 @@ class Controller:
             )
             self._drop_task_files(project, release=False)
             return
-        except (TrainerError, UntrustedError) as exc:
+        except TrainerError as exc:
             self._drop_task_files(project, release=True)
-            raise exc
-        except Cancelled:
+            if exc.code in UNSENDABLE_CODES:
+                # The coordinator would refuse it: say why, and do not send or retrain it.
+                self._rejected(project, task, exc.code, str(exc), examples=0, seconds=0.0)
+                return
+            raise
+        except (UntrustedError, Cancelled):
             self._drop_task_files(project, release=True)
             raise
-        if outcome is None:  # stopped: give the task back (a clean quit)
+        if outcome is None:  # stopped: give the task back (a clean quit, or too late)
             self._drop_task_files(project, release=True)
+            late, project.late = project.late, None
+            if late is not None:
+                self._rejected(
+                    project,
+                    task,
+                    "gave_back_late",
+                    f"{GIVE_BACK_REASON} ({late})",
+                    examples=0,
+                    seconds=0.0,
+                )
             return
-        self._upload_keeping_on_failure(project, task, outcome)
+        upload = self._update_manifest(project, task, outcome)
+        project.files.save_upload(task.task_id, upload)
+        self._send_update(project, task, upload)
 
-    def _upload_keeping_on_failure(self, project: _Project, task: LeasedTask, outcome: Any) -> None:
-        """Upload; if the coordinator cannot be reached (after the client's own retries), keep
-        the trained update and send it again after the backoff instead of training anew.
-        Retrying is safe: uploads are idempotent, and a lease that expired meanwhile is
-        answered with lease_expired, which drops the update."""
+    def _trim_cache(self, *, keep: str) -> None:
+        """Hold the model cache to the volunteer's ``cache_size_mb``, least recently used
+        first, never the model about to be trained."""
+        limit = int(self._settings.cache_size_mb) * 1024 * 1024
         try:
-            self._upload(project, task, outcome)
-        except ClientError:
-            project.pending_upload = (task, outcome)
-            raise
+            ModelCache(self.paths.cache_dir).enforce(limit, keep={keep})
+        except OSError as exc:
+            log.warning("could not trim the model cache: %s", exc)
 
     def _train(self, project: _Project, task: LeasedTask, model_path: Path) -> Any:
         manifest = task.manifest
         name = project.ref.project
         interval = self.options.checkpoint_interval_s or float(self._settings.checkpoint_interval_s)
+        project.give_back, project.late = False, None
+        max_norm = manifest.get("max_update_norm")
+        max_bytes = manifest.get("max_payload_bytes")
         job = TrainJob(
             task_id=task.task_id,
             project=name,
@@ -1027,14 +1024,16 @@ class Controller:
             shard_index=int(manifest["shard_index"]),
             base_model_path=str(model_path),
             base_digest=str(manifest["base_digest"]),
-            checkpoint_path=str(self._checkpoint_path(project, task.task_id)),
-            payload_path=str(self._payload_path(project, task.task_id)),
+            checkpoint_path=str(project.files.checkpoint(task.task_id)),
+            payload_path=str(project.files.payload(task.task_id)),
             codec=str(manifest.get("codec", "f32")),
             checkpoint_interval_s=interval,
             max_examples=int(manifest["max_examples"]) if manifest.get("max_examples") else None,
             feedback_path=str(project.dir / "error-feedback.safetensors"),
             data_path=self.project_data_path(project.ref.key, name),
             seed=int(hashlib.sha256(task.task_id.encode()).hexdigest()[:8], 16) % (2**31),
+            max_update_norm=float(max_norm) if isinstance(max_norm, int | float) else None,
+            max_payload_bytes=int(max_bytes) if isinstance(max_bytes, int) else None,
         )
         with self._lock:
             self._current = {
@@ -1043,6 +1042,11 @@ class Controller:
                 "task_id": task.task_id,
                 "step": 0,
                 "total_steps": 0,
+                "useful_until": manifest.get("useful_until"),
+                "issued_at": manifest.get("issued_at"),
+                "started_at": time.time(),
+                "paused_s": 0.0,  # wall time the trainer sat paused, for the running time
+                "paused_at": None,
             }
         lost = threading.Event()
         heartbeat_done = threading.Event()
@@ -1093,15 +1097,65 @@ class Controller:
             with self._lock:
                 self._current = None
 
+    def _computing_share(self) -> tuple[float, float | None]:
+        """(share of wall time training may use now, when a snooze ends if snoozed)."""
+        with self._lock:
+            decision = self._decision
+            snoozed = self._policy_state.snoozed_until
+        if decision is None or not decision.computing or self.trainer.paused:
+            return 0.0, snoozed.timestamp() if snoozed else None
+        return min(1.0, self.trainer.limits.cpu_percent / 100.0), None
+
+    def _give_back_if_late(self, current: Mapping[str, Any]) -> None:
+        """Stop the task in hand when its update could no longer be used when it arrives
+        (paused, throttled, too slow): the work left is given back, not wasted."""
+        with self._lock:
+            project = self._projects.get(str(current["key"]))
+        useful_until = current.get("useful_until")
+        if project is None or project.give_back or not isinstance(useful_until, int | float):
+            return
+        share, resumes_at = self._computing_share()
+        now = time.time()
+        paused_at = current.get("paused_at")
+        paused_s = float(current.get("paused_s", 0.0)) + (now - paused_at if paused_at else 0.0)
+        issued_at = current.get("issued_at")
+        estimate = estimate_finish(
+            now=now,
+            useful_until=float(useful_until),
+            steps_done=int(current.get("step", 0)),
+            total_steps=max(1, int(current.get("total_steps", 0) or 1)),
+            compute_s=float(current.get("compute_s", 0.0)),
+            computing_share=share,
+            resumes_at=resumes_at,
+            issued_at=float(issued_at) if isinstance(issued_at, int | float) else None,
+            running_s=max(0.0, now - float(current["started_at"]) - paused_s),
+        )
+        if estimate.in_time:
+            return
+        log.info(
+            "giving task %s back: %s (%s)", current["task_id"], estimate.reason, estimate.detail
+        )
+        project.give_back = True
+        project.late = estimate.detail
+        self.trainer.stop_task()
+
     def _heartbeat_loop(
         self, project: _Project, task: LeasedTask, lost: threading.Event, done: threading.Event
     ) -> None:
+        """Keep the lease alive until ``done``. Survives any single failure: a cut answer
+        or an unreachable coordinator is tried again sooner, while the lease may still live."""
         deadline = task.deadline
         issued = float(task.manifest.get("issued_at", time.time()))
-        lease_s = max(10.0, deadline - issued)
-        while not done.wait(max(1.0, min(lease_s / 3, deadline - time.time() - 5))):
+        interval = max(10.0, deadline - issued) / 3
+        next_beat = time.monotonic() + interval
+        while not done.wait(max(0.0, min(DEADLINE_CHECK_S, next_beat - time.monotonic()))):
             with self._lock:
                 suspended_since = self._suspended_since
+                current = dict(self._current) if self._current else None
+            if current is not None and current.get("task_id") == task.task_id:
+                self._give_back_if_late(current)  # progress reports stop while paused
+            if time.monotonic() < next_beat:
+                continue
             if (
                 suspended_since is not None
                 and time.monotonic() - suspended_since > self.options.max_hold_suspended_s
@@ -1112,23 +1166,28 @@ class Controller:
                 return
             try:
                 deadline = project.client.heartbeat(task.task_id)
+                wait = max(1.0, min(interval, deadline - time.time() - 5))
             except LeaseLostError:
                 lost.set()
                 self.trainer.stop_task()
                 return
-            except ClientError as exc:
-                log.info("heartbeat failed: %s", exc)
+            except Cancelled:
+                return
+            except Exception as exc:
+                wait = max(1.0, min(interval / 3, deadline - time.time() - 2))
+                log.info(
+                    "heartbeat of task %s failed (%s); again in %.0fs", task.task_id, exc, wait
+                )
+            next_beat = time.monotonic() + wait
 
-    def _upload(self, project: _Project, task: LeasedTask, outcome: Any) -> None:
-        name = project.ref.project
-        self._set_state(EngineState.UPLOADING, project=name, task_id=task.task_id)
-        payload = Path(outcome.payload_path).read_bytes()
+    def _update_manifest(self, project: _Project, task: LeasedTask, outcome: Any) -> dict[str, Any]:
+        """The manifest to sign and send with the trained update (kept until acknowledged)."""
         metrics = {
             k: float(outcome.metrics[k])
             for k in ("loss_before", "loss_after", "seconds", "examples_per_second")
         }
-        manifest = {
-            "project": name,
+        return {
+            "project": project.ref.project,
             "task_id": task.task_id,
             "client_id": project.creds.client_id,
             "base_digest": task.manifest["base_digest"],
@@ -1137,45 +1196,47 @@ class Controller:
             "num_examples": outcome.num_examples,
             "metrics": metrics,
         }
+
+    def _send_update(self, project: _Project, task: LeasedTask, manifest: dict[str, Any]) -> None:
+        """Upload; a final refusal is recorded and the task dropped (never sent again); when
+        the coordinator cannot take it now, the update is kept and sent after the backoff.
+        Re-sending is safe: the coordinator answers the same update with its first receipt."""
+        name = project.ref.project
+        self._set_state(EngineState.UPLOADING, project=name, task_id=task.task_id)
+        try:
+            payload = project.files.payload(task.task_id).read_bytes()
+        except OSError as exc:
+            self._error(f"{name}: the trained update is gone ({exc})", project=name, code="lost")
+            self._drop_task_files(project, release=True)
+            return
+        examples = int(manifest["num_examples"])
+        seconds = float(manifest["metrics"]["seconds"])
         try:
             receipt = project.client.upload_update(
                 task.task_id, payload, manifest, project.signing_key
             )
-        except LeaseLostError as exc:
-            self._error(
-                f"{name}: the update for task {task.task_id} came too late ({exc.code})",
-                project=name,
-                code=exc.code,
-            )
-            self._drop_task_files(project, release=False)
-            return
+        except AuthError:
+            project.pending_upload = (task, manifest)
+            raise
         except ServerError as exc:
             if exc.status >= 500 or exc.status == 429:
+                project.pending_upload = (task, manifest)
                 raise
-            self._error(
-                f"{name}: the coordinator rejected the update: {exc}", project=name, code=exc.code
-            )
-            self._drop_task_files(project, release=False)
-            self._publish(
-                TaskFinished(
-                    project=name,
-                    task_id=task.task_id,
-                    num_examples=outcome.num_examples,
-                    compute_seconds=metrics["seconds"],
-                    credit=0.0,
-                    accepted=False,
-                    metrics=metrics,
-                )
-            )
+            project.files.drop()
+            self._rejected(project, task, exc.code, exc.message, examples=examples, seconds=seconds)
             return
-        self._drop_task_files(project, release=False)
+        except ClientError:
+            project.pending_upload = (task, manifest)
+            raise
+        project.files.drop()
+        project.rejections = 0
         credit = float(receipt.get("credit", 0.0))
         self.ledger.record(
             Contribution(
                 project=project.ref.key,  # server and project: two servers may reuse a name
                 task_id=task.task_id,
-                examples=outcome.num_examples,
-                compute_seconds=metrics["seconds"],
+                examples=examples,
+                compute_seconds=seconds,
                 credit=credit,
                 credit_unit=str(receipt.get("credit_unit", "")),
                 update_id=str(receipt.get("update_id", "")),
@@ -1185,11 +1246,11 @@ class Controller:
             TaskFinished(
                 project=name,
                 task_id=task.task_id,
-                num_examples=outcome.num_examples,
-                compute_seconds=metrics["seconds"],
+                num_examples=examples,
+                compute_seconds=seconds,
                 credit=credit,
                 accepted=True,
-                metrics=metrics,
+                metrics=dict(manifest["metrics"]),
             )
         )
         totals = self.ledger.totals(project.ref.key)
@@ -1201,6 +1262,56 @@ class Controller:
                 credit_unit=totals.credit_unit,
                 rank=project.rank,
                 tasks=totals.tasks,
+            )
+        )
+
+    def _rejected(
+        self,
+        project: _Project,
+        task: LeasedTask,
+        code: str,
+        message: str,
+        *,
+        examples: int,
+        seconds: float,
+    ) -> None:
+        """A task that ended without an accepted update: recorded in the ledger with its
+        reason, reported once, and the project backs off (doubling, capped) before it asks
+        for work again, so a refusal can never turn into a retraining loop."""
+        name = project.ref.project
+        project.ended.append(task.task_id)
+        project.rejections += 1
+        delay = min(
+            MAX_REJECTION_BACKOFF_S, MIN_REJECTION_BACKOFF_S * 2 ** (project.rejections - 1)
+        )
+        project.not_before = time.monotonic() + delay
+        self.ledger.record(
+            Contribution(
+                project=project.ref.key,
+                task_id=task.task_id,
+                examples=examples,
+                compute_seconds=seconds,
+                credit=0.0,
+                accepted=False,
+                reason=code,
+            )
+        )
+        self._error(
+            f"{name}: task {task.task_id} was not accepted ({code}: {message}); "
+            f"asking for new work in {delay:.0f}s",
+            project=name,
+            code=code,
+        )
+        self._publish(
+            TaskFinished(
+                project=name,
+                task_id=task.task_id,
+                num_examples=examples,
+                compute_seconds=seconds,
+                credit=0.0,
+                accepted=False,
+                metrics={},
+                reason=code,
             )
         )
 
@@ -1218,11 +1329,3 @@ class Controller:
             return
         if isinstance(rank, int):
             project.rank = rank
-
-
-def project_key_of(target: JoinTarget) -> str:
-    return project_key(target.server_url, target.project)
-
-
-def snapshot_to_json(snapshot: dict[str, Any]) -> str:
-    return json.dumps(snapshot, indent=2, sort_keys=True, default=str)

@@ -45,7 +45,8 @@ class EngineState(enum.StrEnum):
     UPLOADING = "uploading"
     PAUSED = "paused"  # the user paused
     SUSPENDED = "suspended"  # the policy suspended a running task
-    BACKOFF = "backoff"  # the coordinator is unreachable; retrying later
+    OFFLINE = "offline"  # the coordinator cannot be reached; retrying with backoff
+    BACKOFF = "backoff"  # every project is waiting out a backoff (errors, rejections)
     STOPPING = "stopping"
 
 
@@ -103,6 +104,7 @@ class TaskFinished(_EventBase):
     credit: float
     accepted: bool
     metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""  # why it was not accepted (a coordinator or local rejection code)
 
 
 @dataclass(frozen=True)

@@ -314,7 +314,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "cache_size_mb",
         "int",
         1024,
-        "Disk space for cached models and checkpoints, in MiB (≥ 64).",
+        "Disk space for downloaded model versions, in MiB (≥ 64); the least recently used go first, never the one in use.",
         _int_range(64),
     ),
     SettingSpec(

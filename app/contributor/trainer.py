@@ -104,6 +104,10 @@ class TrainJob:
     data_path: str | None = None
     feedback_path: str | None = None  # error-feedback residual of this project (lossy codecs)
     seed: int | None = None
+    # The task's bounds, checked here as the coordinator will check them, so that an update
+    # it would refuse is never sent (the engine gives the task back with the reason).
+    max_update_norm: float | None = None
+    max_payload_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -543,10 +547,16 @@ class _ChildWorker:
 
     def run(self, message: Message) -> None:
         job = TrainJob(**{k: v for k, v in message.items() if k != "type"})
+        from federated.errors import UpdateRejected
+
         try:
             self._train(job)
         except _StopTask:
             pass
+        except UpdateRejected as exc:  # the update is over the task's bounds: not a failure
+            self.state.send(
+                {"type": "error", "task_id": job.task_id, "message": str(exc), "code": exc.code}
+            )
         except Exception as exc:
             log.exception("task %s failed", job.task_id)
             self.state.send(
@@ -621,6 +631,7 @@ class _ChildWorker:
                 raise
             feedback.reset()  # the model changed shape under us: start the residual afresh
             encoded = encode_update(result.delta, job.codec, feedback=feedback)
+        _check_within_task_bounds(encoded.payload, job, recipe.tensor_spec(hparams))
         _write_atomic(Path(job.payload_path), encoded.payload)
         if feedback is not None and job.feedback_path is not None:
             _write_atomic(Path(job.feedback_path), feedback.to_bytes())
@@ -636,6 +647,21 @@ class _ChildWorker:
                 "metrics": result.metrics(),
             }
         )
+
+
+def _check_within_task_bounds(payload: bytes, job: TrainJob, spec: Any) -> None:
+    """Raise UpdateRejected (its code reaches the engine) when the coordinator would refuse
+    ``payload`` for this task: too large, or an update norm over the task's bound."""
+    from federated.codec import decode_update
+    from federated.errors import UpdateRejected
+
+    if job.max_payload_bytes is not None and len(payload) > job.max_payload_bytes:
+        raise UpdateRejected(
+            "payload_too_large",
+            f"the encoded update is {len(payload):,} bytes; the task allows "
+            f"{job.max_payload_bytes:,}",
+        )
+    decode_update(payload, spec, max_norm=job.max_update_norm, expected_codec=job.codec)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

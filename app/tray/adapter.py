@@ -24,14 +24,21 @@ from app.tray.engine_port import (
     DATA_LOCAL,
     EnginePort,
     EngineSnapshot,
+    ExistingIdentity,
     JoinedProject,
     JoinRequest,
+    KeyChangeNotice,
     ProjectPreview,
 )
 
 __all__ = ["ControllerEngine", "check_local_csv", "make_engine"]
 
 log = logging.getLogger(__name__)
+
+# Asking the coordinator for the current name of an identity this machine already has is a
+# courtesy for the Join dialog: a short try, never the engine's patient retries.
+IDENTITY_TIMEOUT_S = (3.0, 5.0)
+IDENTITY_ATTEMPTS = 2
 
 # How many data rows the Join dialog's check reads: enough to catch a wrong file or a
 # wrong column, quick on a multi-gigabyte CSV. The trainer checks every row when it loads.
@@ -140,16 +147,26 @@ class ControllerEngine:
         projects = []
         for p in raw.get("projects", []):
             server = str(p.get("server_url", ""))
+            change = p.get("key_change")
             projects.append(
                 JoinedProject(
                     name=str(p["project"]),
                     server_url=server,
                     page_url=f"{server}/p/{p['project']}",
-                    state="disabled: " + str(p["disabled"]) if p.get("disabled") else "joined",
+                    state="stopped: " + str(p["disabled"]) if p.get("disabled") else "joined",
                     credit=float(p.get("credit") or 0.0),
                     credit_unit=str(p.get("credit_unit") or ""),
                     rank=p.get("rank"),
                     tasks=int(p.get("tasks") or 0),
+                    closed=bool(p.get("closed")),
+                    key_change=KeyChangeNotice(
+                        project=str(p["project"]),
+                        pinned_fingerprint=str(change["pinned_fingerprint"]),
+                        new_fingerprint=str(change["new_fingerprint"]),
+                        server_url=server,
+                    )
+                    if isinstance(change, dict)
+                    else None,
                 )
             )
         snoozed = raw.get("snoozed_until")
@@ -213,6 +230,9 @@ class ControllerEngine:
 
         self.controller.snooze(datetime.fromtimestamp(until).astimezone())
 
+    def retry_now(self) -> None:
+        self.controller.retry_now()
+
     def apply_settings(self, settings: Settings) -> None:
         self.controller.apply_settings(settings)
 
@@ -224,6 +244,34 @@ class ControllerEngine:
 
     def validate_data(self, preview: ProjectPreview, path: Path) -> str:
         return check_local_csv(path, preview.data_columns)
+
+    def existing_identity(self, preview: ProjectPreview) -> ExistingIdentity | None:
+        from app.contributor.client import ClientError, CoordinatorClient, RetryPolicy
+        from app.contributor.joining import JoinPreview, already_joined
+
+        creds = already_joined(JoinPreview(target=preview.target, project={}), self._store)
+        if creds is None:
+            return None
+        name = team = None
+        try:
+            client = CoordinatorClient(
+                creds.server_url,
+                creds.project,
+                token=creds.token,
+                insecure=self._insecure,
+                timeout=IDENTITY_TIMEOUT_S,
+                retry=RetryPolicy(attempts=IDENTITY_ATTEMPTS, base_s=0.2, cap_s=1.0),
+            )
+            try:
+                me = client.me()
+            finally:
+                client.close()
+            name = str(me.get("display_name") or "") or None
+            team = str(me.get("team") or "") or None
+        except ClientError as exc:
+            # The stored token may be stale (the join renews it); the identity is the key.
+            log.info("could not ask %s who client %s is: %s", creds.project, creds.client_id, exc)
+        return ExistingIdentity(client_id=creds.client_id, display_name=name, team=team)
 
     def join(self, request: JoinRequest) -> JoinedProject:
         from app.contributor.controller import JoinPreview, save_project_data_path
@@ -258,10 +306,15 @@ class ControllerEngine:
         )
 
     def leave(self, project: str) -> None:
+        self.controller.leave(self._key_of(project))
+
+    def accept_new_key(self, project: str, fingerprint: str) -> None:
+        self.controller.accept_new_key(self._key_of(project), fingerprint)
+
+    def _key_of(self, project: str) -> str:
         for ref in self._store.list_projects():
             if ref.project == project:
-                self.controller.leave(ref.key)
-                return
+                return ref.key
         raise ValueError(f"you have not joined {project!r}")
 
 

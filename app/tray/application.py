@@ -8,8 +8,15 @@ Options: ``--show`` opens the window at start; ``--minimized`` does not (autosta
 ``--credentials FILE`` keeps keys in a private file instead of the OS keychain;
 ``--insecure`` allows http:// to a non-loopback coordinator; ``--ready-file PATH`` writes a
 JSON line when the icon is on screen (the e2e test and bench/footprint.py wait for it);
+``--stats-file PATH`` rewrites a JSON object there every second with what the window shows
+(state, chart points and paints; the soak test and bench/footprint.py read it);
 ``--self-test`` prints whether a system tray is available, shows the icon, and quits after
 ``--quit-after`` seconds.
+
+When the engine cannot be made (unreadable settings or credentials, a damaged ledger) the
+tray never dies with a traceback: it prints the message, shows it in a window until the
+volunteer closes it (the message names the file and says what to do), writes it to the
+ready file as ``{"error": ...}``, and exits with ``EXIT_CANNOT_START``.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["EXIT_CANNOT_START", "main"]
 
 log = logging.getLogger("barnraise.tray")
 
@@ -34,6 +42,11 @@ CREDENTIALS_ENV = "BARNRAISE_CREDENTIALS"  # the same variable app/cli.py reads
 # --ready-file through the environment, for launches through `barnraise` (whose parser
 # does not know the tray's test options): the e2e test and bench/footprint.py use it.
 READY_FILE_ENV = "BARNRAISE_TRAY_READY_FILE"
+STATS_FILE_ENV = "BARNRAISE_TRAY_STATS_FILE"  # --stats-file through the environment
+STATS_INTERVAL_MS = 1000  # often enough for a soak test to see charts repaint, cheap at idle
+# Exit status when the engine cannot be made: non-zero, so a launcher or service manager
+# (and a test) sees that the tray did not start.
+EXIT_CANNOT_START = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="write a JSON line here when the icon is shown",
+    )
+    parser.add_argument(
+        "--stats-file",
+        type=Path,
+        metavar="PATH",
+        help="rewrite a JSON object here every second with what the window shows",
     )
     parser.add_argument(
         "--self-test",
@@ -79,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     if args.ready_file is None and os.environ.get(READY_FILE_ENV):
         args.ready_file = Path(os.environ[READY_FILE_ENV])
+    if args.stats_file is None and os.environ.get(STATS_FILE_ENV):
+        args.stats_file = Path(os.environ[STATS_FILE_ENV])
     if args.credentials is None and os.environ.get(CREDENTIALS_ENV):
         args.credentials = Path(os.environ[CREDENTIALS_ENV])
     logging.basicConfig(
@@ -89,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     # Qt is imported here, not at module level, so `barnraise --help` and the headless CLI
     # never load it.
     from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
+    from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
     from app.contributor.credentials import CredentialsError
+    from app.contributor.ledger import LedgerError
     from app.contributor.settings import SettingsError, config_dir, settings_path
     from app.tray.adapter import make_engine
     from app.tray.icons import app_icon
@@ -119,17 +141,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
 
+    # Ctrl-C and SIGTERM quit from here on, also while a "cannot start" window is open.
+    signal.signal(signal.SIGINT, lambda *_: app.quit())
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, lambda *_: app.quit())
+    wake = QTimer()
+    wake.start(SIGNAL_POLL_MS)
+    wake.timeout.connect(lambda: None)
+
     try:
         engine = make_engine(
             settings_path=settings_path(), credentials_file=args.credentials, insecure=args.insecure
         )
-    except (SettingsError, CredentialsError) as exc:
+    except (SettingsError, CredentialsError, LedgerError) as exc:
         # Never fail invisibly: the volunteer started an app and must see why it stopped.
         instance.release()
-        print(f"barnraise: {exc}", file=sys.stderr)
-        if not args.self_test:
-            QMessageBox.critical(None, "Barnraise cannot start", f"{exc}".capitalize())
-        return 2
+        return _cannot_start(app, exc, args, started)
 
     tray_available = QSystemTrayIcon.isSystemTrayAvailable()
     log.info("system tray available: %s", tray_available)
@@ -158,17 +185,26 @@ def main(argv: list[str] | None = None) -> int:
     # Written after the event loop has run once, so the icon has really been mapped.
     tray.icon_shown.connect(lambda: QTimer.singleShot(0, write_ready))
 
+    def write_stats(path: Path) -> None:
+        line = {"pid": os.getpid(), "at": time.time(), **tray.stats()}
+        partial = path.with_name(path.name + ".partial")
+        try:
+            partial.write_text(json.dumps(line) + "\n", encoding="utf-8")
+            os.replace(partial, path)  # a reader never sees half a file
+        except OSError as exc:  # a diagnostics file must never stop the tray
+            log.warning("could not write %s: %s", path, exc)
+
+    stats_timer = QTimer()
+    if args.stats_file is not None:
+        stats_file = args.stats_file
+        stats_timer.timeout.connect(lambda: write_stats(stats_file))
+        stats_timer.start(STATS_INTERVAL_MS)
+
     def clean_up() -> None:
         tray.shutdown()
         instance.release()
 
     app.aboutToQuit.connect(clean_up)
-    signal.signal(signal.SIGINT, lambda *_: app.quit())
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, lambda *_: app.quit())
-    wake = QTimer()
-    wake.start(SIGNAL_POLL_MS)
-    wake.timeout.connect(lambda: None)
 
     tray.start(show_window=(args.show or bool(args.join)) and not args.minimized)
     if args.join:
@@ -179,3 +215,54 @@ def main(argv: list[str] | None = None) -> int:
         return int(app.exec())
     finally:
         clean_up()
+
+
+def _cannot_start(app: Any, exc: Exception, args: argparse.Namespace, started: float) -> int:
+    """Say why the tray cannot start, in a window the volunteer closes, and return
+    EXIT_CANNOT_START. The message already names the file and what to do about it."""
+    from PySide6.QtCore import Qt, QTimer
+    from PySide6.QtWidgets import QMessageBox
+
+    message = str(exc)
+    text = message[:1].upper() + message[1:]
+    print(f"barnraise: {message}", file=sys.stderr, flush=True)
+    if args.self_test:
+        _write_ready(args.ready_file, {"error": message, "dialog": None})
+        return EXIT_CANNOT_START
+    box = QMessageBox(QMessageBox.Icon.Critical, "Barnraise cannot start", text)
+    box.setObjectName("cannotStart")
+    box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # copy the path
+    box.setStandardButtons(QMessageBox.StandardButton.Close)
+    box.finished.connect(lambda _: app.quit())
+
+    def shown() -> None:
+        _write_ready(
+            args.ready_file,
+            {
+                "error": message,
+                "seconds_to_error": round(time.monotonic() - started, 3),
+                "dialog": {
+                    "title": box.windowTitle(),
+                    "text": box.text(),
+                    "visible": box.isVisible(),
+                },
+            },
+        )
+
+    box.show()
+    QTimer.singleShot(0, shown)  # after the event loop has run once: the box is mapped
+    if args.quit_after:
+        QTimer.singleShot(int(args.quit_after * 1000), app.quit)
+    app.exec()
+    return EXIT_CANNOT_START
+
+
+def _write_ready(path: Path | None, line: dict[str, Any]) -> None:
+    if path is None:
+        return
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_text(json.dumps({"pid": os.getpid(), **line}) + "\n", encoding="utf-8")
+        os.replace(partial, path)  # a reader never sees half a line
+    except OSError as exc:  # a diagnostics file must never hide the real problem
+        log.warning("could not write %s: %s", path, exc)

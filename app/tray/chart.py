@@ -6,11 +6,15 @@ import math
 import time
 from collections.abc import Sequence
 
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt, QTimer
 from PySide6.QtGui import QColor, QFont, QPainter, QPainterPath, QPaintEvent, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-__all__ = ["LineChart"]
+__all__ = ["REPAINT_INTERVAL_MS", "LineChart"]
+
+# A chart of minutes of history gains nothing from more frames than this: repainting on every
+# engine event (several a second with short tasks) kept a whole core busy in the tray.
+REPAINT_INTERVAL_MS = 500
 
 
 def _nice_number(value: float) -> str:
@@ -41,6 +45,15 @@ class LineChart(QWidget):
         self.colour = QColor(colour)
         self.empty_text = empty_text
         self._points: list[tuple[float, float]] = []
+        # How often the chart was drawn and with how many points the last time: the soak
+        # test and bench/footprint.py read these (through --stats-file) to know the charts
+        # really repaint while the engine trains.
+        self.paints = 0
+        self.painted_points = 0
+        self._repaint = QTimer(self)
+        self._repaint.setSingleShot(True)
+        self._repaint.setInterval(REPAINT_INTERVAL_MS)
+        self._repaint.timeout.connect(self.update)
         self.setMinimumSize(220, 140)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
@@ -52,10 +65,15 @@ class LineChart(QWidget):
         return list(self._points)
 
     def set_points(self, points: Sequence[tuple[float, float]]) -> None:
+        """Show these points from the next frame on (at most one frame per
+        REPAINT_INTERVAL_MS, however often the points change)."""
         self._points = [(x, y) for x, y in points if math.isfinite(y)]
-        self.update()
+        if not self._repaint.isActive():
+            self._repaint.start()
 
     def paintEvent(self, event: QPaintEvent) -> None:
+        self.paints += 1
+        self.painted_points = len(self._points)
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         palette = self.palette()

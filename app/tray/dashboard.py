@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QCloseEvent, QFont
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QCloseEvent, QFont, QGuiApplication, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFrame,
@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -37,11 +38,15 @@ from app.contributor.events import (
 )
 from app.tray.chart import LineChart
 from app.tray.icons import app_icon, tray_icon
-from app.tray.status import StatusModel
+from app.tray.status import STATE_WORDS, StatusModel, TrayLook, plain_reasons
 
-__all__ = ["Dashboard", "describe_event"]
+__all__ = ["Dashboard", "ElidedLabel", "describe_event"]
 
 LOG_LINES = 500  # the activity log keeps this many lines
+# Engine events come dozens a second while short tasks run; redrawing the window on each
+# (status, log, table, progress bar, charts) kept the GUI thread a fifth to all of a core
+# busy. Four times a second reads as live.
+REFRESH_MS = 250
 COLUMNS = ("Project", "Server", "State", "Your credit", "Rank", "Last update")
 
 
@@ -61,9 +66,10 @@ def _ago(at: float | None) -> str:
 def describe_event(event: Event) -> str | None:
     """One line for the activity log; None for events too frequent to log (progress)."""
     if isinstance(event, StateChanged):
-        why = f" ({', '.join(event.reasons)})" if event.reasons else ""
+        reasons = plain_reasons(event.reasons)
+        why = f": {', '.join(reasons)}" if reasons else ""
         where = f" — {event.project}" if event.project else ""
-        return f"{event.state.value.capitalize()}{where}{why}"
+        return f"{STATE_WORDS.get(event.state, event.state.value.capitalize())}{where}{why}"
     if isinstance(event, TaskFinished):
         verdict = "accepted" if event.accepted else "rejected"
         return (
@@ -83,14 +89,59 @@ def describe_event(event: Event) -> str | None:
     return None
 
 
+class ElidedLabel(QLabel):
+    """A one-line label that elides to its width (full text in the tooltip) instead of
+    widening its window: a plain QLabel asks for its whole text's width, so one long error
+    once made the main window 4,303 px wide on a 1,280 px screen."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._full_text = ""
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setText(text)
+
+    def text(self) -> str:
+        """The whole text, as set (``shown_text()`` is what fits)."""
+        return self._full_text
+
+    def shown_text(self) -> str:
+        return super().text()
+
+    def setText(self, text: str) -> None:
+        if text == self._full_text:
+            return  # unchanged: no relayout
+        self._full_text = text
+        self._elide()
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(0, super().minimumSizeHint().height())
+
+    def sizeHint(self) -> QSize:
+        width = self.fontMetrics().horizontalAdvance(self._full_text) + 2
+        return QSize(width, super().sizeHint().height())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        shown = self.fontMetrics().elidedText(
+            self._full_text, Qt.TextElideMode.ElideRight, max(0, self.width())
+        )
+        super().setText(shown)
+        self.setToolTip(self._full_text if shown != self._full_text else "")
+
+
 class Dashboard(QMainWindow):
     """Shows what the engine does; its buttons ask the TrayApp, which asks the engine."""
 
     pause_requested = Signal()
     resume_requested = Signal()
+    retry_requested = Signal()  # "Retry now" while the server cannot be reached
     join_requested = Signal()
     preferences_requested = Signal()
     leave_requested = Signal(str)  # project name, after the volunteer confirmed
+    key_review_requested = Signal(str)  # project name whose key changed: show the decision
     open_page_requested = Signal(str)  # project page URL
     quit_requested = Signal()
 
@@ -99,6 +150,14 @@ class Dashboard(QMainWindow):
         self.model = model
         self.tray_available = True
         self.leave_box: QMessageBox | None = None
+        self._shown_rows: list[tuple[str, ...]] | None = None  # the project table's cells
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(REFRESH_MS)
+        self._refresh_timer.timeout.connect(self._refresh_later)
+        self._pending_log: list[str] = []  # event lines for the next refresh
+        self._shown_buttons: tuple[bool, bool] | None = None  # (paused, offline) shown
+        self._shown_look: TrayLook | None = None
         self.setWindowTitle("Barnraise")
         self.setWindowIcon(app_icon())
         self.setObjectName("dashboard")
@@ -127,17 +186,22 @@ class Dashboard(QMainWindow):
         header.addWidget(self.state_icon)
         titles = QVBoxLayout()
         titles.setSpacing(0)
-        self.status_label = QLabel()
+        self.status_label = ElidedLabel()
         font = QFont(self.font())
         font.setPointSizeF(font.pointSizeF() * 1.35)
         font.setBold(True)
         self.status_label.setFont(font)
         self.status_label.setObjectName("statusLabel")
-        self.substatus_label = QLabel()
+        self.substatus_label = ElidedLabel()
         self.substatus_label.setStyleSheet("color: palette(mid);")
         titles.addWidget(self.status_label)
         titles.addWidget(self.substatus_label)
         header.addLayout(titles, 1)
+        self.retry_button = QPushButton("Retry now")
+        self.retry_button.setObjectName("retryButton")
+        self.retry_button.setToolTip("Try to reach the server again now")
+        self.retry_button.clicked.connect(self.retry_requested)
+        self.retry_button.hide()
         self.pause_button = QPushButton("Pause")
         self.pause_button.setObjectName("pauseButton")
         self.pause_button.clicked.connect(self._toggle_pause)
@@ -146,7 +210,7 @@ class Dashboard(QMainWindow):
         self.join_button.clicked.connect(self.join_requested)
         self.prefs_button = QPushButton("Preferences…")
         self.prefs_button.clicked.connect(self.preferences_requested)
-        for button in (self.pause_button, self.join_button, self.prefs_button):
+        for button in (self.retry_button, self.pause_button, self.join_button, self.prefs_button):
             button.setMinimumHeight(32)
             header.addWidget(button)
         self.join_button.setDefault(True)
@@ -180,11 +244,19 @@ class Dashboard(QMainWindow):
         projects_layout.addWidget(self.empty_projects)
         row_buttons = QHBoxLayout()
         row_buttons.addStretch(1)
+        self.review_key_button = QPushButton("Review key change…")
+        self.review_key_button.setObjectName("reviewKeyButton")
+        self.review_key_button.setToolTip(
+            "This project's server signs with a new key: decide whether to trust it"
+        )
+        self.review_key_button.clicked.connect(self._review_selected_key)
+        self.review_key_button.hide()
         self.open_page_button = QPushButton("Open project page")
         self.open_page_button.clicked.connect(self._open_selected_page)
         self.leave_button = QPushButton("Leave project…")
         self.leave_button.setObjectName("leaveButton")
         self.leave_button.clicked.connect(self._confirm_leave)
+        row_buttons.addWidget(self.review_key_button)
         row_buttons.addWidget(self.open_page_button)
         row_buttons.addWidget(self.leave_button)
         projects_layout.addLayout(row_buttons)
@@ -192,14 +264,14 @@ class Dashboard(QMainWindow):
         # Current task.
         task_box = QGroupBox("Current task")
         task_layout = QGridLayout(task_box)
-        self.task_label = QLabel("No task running.")
+        self.task_label = ElidedLabel("No task running.")
         self.task_progress = QProgressBar()
         self.task_progress.setObjectName("taskProgress")
         self.task_progress.setRange(0, 1000)
         self.task_progress.setValue(0)
         self.task_progress.setTextVisible(True)
         self.task_progress.setFormat("%p%")
-        self.task_detail = QLabel("")
+        self.task_detail = ElidedLabel("")
         self.task_detail.setStyleSheet("color: palette(mid);")
         task_layout.addWidget(self.task_label, 0, 0)
         task_layout.addWidget(self.task_detail, 0, 1, Qt.AlignmentFlag.AlignRight)
@@ -256,9 +328,17 @@ class Dashboard(QMainWindow):
         self.no_tray_banner.setVisible(not available)
 
     def refresh(self) -> None:
+        """Redraw everything from the model, now."""
+        self._refresh_header()
+        self._refresh_body()
+
+    def _refresh_header(self) -> None:
+        # The status line and the buttons: what a click changes (Pause/Resume, Retry now).
         model = self.model
         self.status_label.setText(model.status_line())
-        self.state_icon.setPixmap(tray_icon(model.look).pixmap(40, 40))
+        if model.look is not self._shown_look:
+            self._shown_look = model.look
+            self.state_icon.setPixmap(tray_icon(model.look).pixmap(40, 40))
         joined = len(model.projects)
         total = sum(p.credit for p in model.projects.values())
         self.substatus_label.setText(
@@ -267,6 +347,11 @@ class Dashboard(QMainWindow):
             else "Not contributing yet"
         )
         self.pause_button.setText("Resume" if model.paused else "Pause")
+        self.retry_button.setVisible(model.offline)
+        self._shown_buttons = (model.paused, model.offline)
+
+    def _refresh_body(self) -> None:
+        model = self.model
         self._refresh_projects()
         self._refresh_task()
         project = model.project or next(iter(model.projects), None)
@@ -276,18 +361,24 @@ class Dashboard(QMainWindow):
 
     def _refresh_projects(self) -> None:
         table = self.projects_table
-        selected = self.selected_project()
         projects = sorted(self.model.projects.values(), key=lambda p: p.name)
-        table.setRowCount(len(projects))
-        for row, p in enumerate(projects):
-            cells = (
+        rows: list[tuple[str, ...]] = [
+            (
                 p.name,
                 p.server_url,
-                p.state[:1].upper() + p.state[1:],
+                p.shown_state,
                 f"{p.credit:g} {p.credit_unit}".strip(),
                 str(p.rank) if p.rank else "—",
                 _ago(p.last_update),
             )
+            for p in projects
+        ]
+        if rows == self._shown_rows:
+            return  # unchanged: rebuilding the cells on every engine event cost real CPU
+        self._shown_rows = rows
+        selected = self.selected_project()
+        table.setRowCount(len(rows))
+        for row, cells in enumerate(rows):
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if column in (3, 4):
@@ -295,12 +386,12 @@ class Dashboard(QMainWindow):
                         Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
                     )
                 table.setItem(row, column, item)
-            if p.name == selected:
+            if cells[0] == selected:
                 table.selectRow(row)
-        if table.currentRow() < 0 and projects:
+        if table.currentRow() < 0 and rows:
             table.selectRow(0)
-        table.setVisible(bool(projects))
-        self.empty_projects.setVisible(not projects)
+        table.setVisible(bool(rows))
+        self.empty_projects.setVisible(not rows)
         self._selection_changed()
 
     def _refresh_task(self) -> None:
@@ -317,22 +408,58 @@ class Dashboard(QMainWindow):
             f"step {progress.step}/{progress.total_steps} · loss {progress.loss:.4f} · "
             f"{progress.examples_per_second:.0f} examples/s"
         )
-        self.task_progress.setValue(round(progress.fraction * 1000))
+        value = round(progress.fraction * 1000)
+        if value != self.task_progress.value():  # setValue repaints at once, even unchanged
+            self.task_progress.setValue(value)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.fit_to_screen()
+
+    def fit_to_screen(self) -> None:
+        """Shrink (and move) the window into its screen's free area: the default size is for
+        a desktop, and a window wider than the screen hides its own buttons."""
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is None:
+            return
+        free = screen.availableGeometry()
+        frame = self.frameGeometry()
+        extra_w = frame.width() - self.width()
+        extra_h = frame.height() - self.height()
+        width = min(self.width(), free.width() - extra_w)
+        height = min(self.height(), free.height() - extra_h)
+        if (width, height) != (self.width(), self.height()):
+            self.resize(width, height)
+        frame = self.frameGeometry()
+        x = min(max(frame.x(), free.left()), free.right() - frame.width() + 1)
+        y = min(max(frame.y(), free.top()), free.bottom() - frame.height() + 1)
+        if (x, y) != (frame.x(), frame.y()):
+            self.move(x, y)
 
     def add_log(self, line: str) -> None:
-        stamp = time.strftime("%H:%M:%S")
-        self.activity_log.appendPlainText(f"{stamp}  {line}")
+        """Append a line to the activity log now (after any event lines still pending)."""
+        self._flush_log()
+        self.activity_log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {line}")
+
+    def _flush_log(self) -> None:
+        if self._pending_log:
+            lines, self._pending_log = self._pending_log, []
+            self.activity_log.appendPlainText("\n".join(lines))
 
     def on_event(self, event: Event) -> None:
+        """Take an engine event: what a button shows (Pause/Resume, Retry now) changes now;
+        the log and the rest of the window follow within REFRESH_MS, in one redraw."""
         line = describe_event(event)
         if line is not None:
-            self.add_log(line)
-        if isinstance(event, Progress):
-            self._refresh_task()
-            if event.project == (self.model.project or event.project):
-                self.loss_chart.set_points(self.model.loss_history.get(event.project, []))
-        else:
-            self.refresh()
+            self._pending_log.append(f"{time.strftime('%H:%M:%S')}  {line}")
+        if (self.model.paused, self.model.offline) != self._shown_buttons:
+            self._refresh_header()
+        if not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
+    def _refresh_later(self) -> None:
+        self._flush_log()
+        self.refresh()
 
     # --- actions ---------------------------------------------------------------------------
     def selected_project(self) -> str | None:
@@ -341,9 +468,17 @@ class Dashboard(QMainWindow):
         return item.text() if item is not None else None
 
     def _selection_changed(self) -> None:
-        has = self.selected_project() is not None and bool(self.model.projects)
+        name = self.selected_project()
+        has = name is not None and bool(self.model.projects)
         self.leave_button.setEnabled(has)
         self.open_page_button.setEnabled(has)
+        status = self.model.projects.get(name) if name else None
+        self.review_key_button.setVisible(status is not None and status.key_changed)
+
+    def _review_selected_key(self) -> None:
+        name = self.selected_project()
+        if name:
+            self.key_review_requested.emit(name)
 
     def _toggle_pause(self) -> None:
         if self.model.paused:
@@ -358,8 +493,11 @@ class Dashboard(QMainWindow):
 
     def _confirm_leave(self) -> None:
         name = self.selected_project()
-        if not name:
-            return
+        if name:
+            self.confirm_leave(name)
+
+    def confirm_leave(self, name: str) -> None:
+        """Ask before leaving ``name`` (its keys go); ``leave_requested`` only on yes."""
         box = QMessageBox(self)
         box.setObjectName("leaveConfirmation")
         box.setIcon(QMessageBox.Icon.Warning)

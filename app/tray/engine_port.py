@@ -26,8 +26,10 @@ __all__ = [
     "DATA_LOCAL",
     "EnginePort",
     "EngineSnapshot",
+    "ExistingIdentity",
     "JoinRequest",
     "JoinedProject",
+    "KeyChangeNotice",
     "ProjectPreview",
 ]
 
@@ -78,6 +80,29 @@ class ProjectPreview:
 
 
 @dataclass(frozen=True)
+class ExistingIdentity:
+    """This machine already joined the previewed project: who it is there. Joining again
+    keeps this identity (the same key, so the same client and its credit)."""
+
+    client_id: str
+    # As the coordinator lists them now; None when it could not be asked (the join still
+    # keeps the identity, the dialog just cannot say the name).
+    display_name: str | None = None
+    team: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyChangeNotice:
+    """A project's coordinator signs with another key than the one pinned at join (trust on
+    first use): its tasks are refused until the volunteer accepts ``new_fingerprint``."""
+
+    project: str
+    pinned_fingerprint: str
+    new_fingerprint: str
+    server_url: str = ""
+
+
+@dataclass(frozen=True)
 class JoinRequest:
     """The volunteer's answers in the Join dialog; ``consented`` must be True to join."""
 
@@ -101,6 +126,8 @@ class JoinedProject:
     rank: int | None = None
     tasks: int = 0
     last_update: float | None = None  # epoch seconds of the last accepted update
+    closed: bool = False  # its organiser closed it: it needs no work (asked again rarely)
+    key_change: KeyChangeNotice | None = None  # stopped until the volunteer decides
 
 
 @dataclass(frozen=True)
@@ -145,6 +172,11 @@ class EnginePort(Protocol):
         """Do not compute before ``until`` (epoch seconds)."""
         ...
 
+    def retry_now(self) -> None:
+        """The server could not be reached (``EngineState.OFFLINE``): try again now rather
+        than at the end of the backoff. Harmless in any other state."""
+        ...
+
     def apply_settings(self, settings: Settings) -> None:
         """Use these settings from now on (the caller has already saved them)."""
         ...
@@ -158,10 +190,23 @@ class EnginePort(Protocol):
         ("412 rows, 8 features") or raise ValueError saying what is wrong and where."""
         ...
 
+    def existing_identity(self, preview: ProjectPreview) -> ExistingIdentity | None:
+        """This machine's identity in the previewed project if it joined it before, else
+        None (keychain, then the coordinator for the current name: may block)."""
+        ...
+
     def join(self, request: JoinRequest) -> JoinedProject:
-        """Create keys, register with the coordinator, pin its key, store credentials."""
+        """Register with the coordinator, pin its key, store credentials. Idempotent: a
+        project this machine already joined keeps its key, client id and credit (only the
+        name and team change); otherwise a new key pair is made."""
         ...
 
     def leave(self, project: str) -> None:
         """Stop working for ``project`` and remove its keys from the keychain."""
+        ...
+
+    def accept_new_key(self, project: str, fingerprint: str) -> None:
+        """Pin the key ``project``'s coordinator signs with now (``KeyChangeNotice``),
+        keeping this machine's identity and credit. Only on the volunteer's explicit
+        say-so; raises (and changes nothing) when ``fingerprint`` is not the new one."""
         ...

@@ -2,14 +2,20 @@
 
 Pages: (1) paste a page URL or invite and say how you appear on the leaderboard;
 (2) the project as its coordinator describes it: description, recipe, data mode, strategy
-and the server key fingerprint, plus a data chooser that validates a local-data folder/CSV;
+and the server key fingerprint, plus a data chooser that validates a local-data folder/CSV,
+and, when this computer already joined the project, that it keeps that identity;
 (3) consent, which says exactly what leaves this machine and what never does;
 (4) joining, then done.
+
+The display name is published on a public leaderboard, so it is never taken from the
+computer: the field starts empty with a random suggestion ("volunteer-ab12") that is used
+when it stays empty, and the consent page shows the exact name that will be sent.
 """
 
 from __future__ import annotations
 
-import getpass
+import logging
+import secrets
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -29,12 +35,21 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.contributor.invites import InviteError, parse_join_target
+from app.contributor.invites import InviteError, JoinTarget, parse_join_target
 from app.tray.bridge import TaskRunner
-from app.tray.engine_port import DATA_LOCAL, EnginePort, JoinedProject, JoinRequest, ProjectPreview
+from app.tray.engine_port import (
+    DATA_LOCAL,
+    EnginePort,
+    ExistingIdentity,
+    JoinedProject,
+    JoinRequest,
+    ProjectPreview,
+)
 from app.tray.icons import app_icon
 
-__all__ = ["JoinDialog", "consent_text"]
+__all__ = ["JoinDialog", "already_joined_text", "consent_text", "suggest_display_name"]
+
+log = logging.getLogger(__name__)
 
 PAGE_PASTE, PAGE_PROJECT, PAGE_CONSENT, PAGE_DONE = range(4)
 ERROR_STYLE = "color:#B91C1C;"
@@ -45,12 +60,45 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def suggest_display_name() -> str:
+    """A leaderboard name that says nothing about the volunteer (the CLI suggests the same)."""
+    return f"volunteer-{secrets.token_hex(2)}"
+
+
+def already_joined_text(project: str, identity: ExistingIdentity) -> str:
+    """What the dialog says when this computer already joined ``project`` (plain text)."""
+    who = (
+        f"as {identity.display_name} / client {identity.client_id}"
+        if identity.display_name
+        else f"as client {identity.client_id}"
+    )
+    return (
+        f"You already joined {project} here {who}. Joining again keeps that identity and its "
+        "credit; only the name and team are updated. To start afresh as a new contributor "
+        "instead, leave the project first (Leave project… in the main window)."
+    )
+
+
 def consent_text(
-    preview: ProjectPreview, display_name: str, team: str | None, data_path: Path | None
+    preview: ProjectPreview,
+    display_name: str,
+    team: str | None,
+    data_path: Path | None,
+    identity: ExistingIdentity | None = None,
 ) -> str:
-    """The consent statement (HTML): what is sent, where, and what never leaves."""
+    """The consent statement (HTML): what is sent, where, and what never leaves.
+    ``display_name`` and ``team`` are exactly what the join will send."""
     host = _escape(preview.target.host or preview.target.server_url)
     who = _escape(display_name) + (f" (team {_escape(team)})" if team else "")
+    if identity is not None and identity.display_name and identity.display_name != display_name:
+        who += f", in place of {_escape(identity.display_name)}"
+    if identity is not None:
+        key = (
+            "<li>the public key this computer already uses in this project (client "
+            f"{_escape(identity.client_id)}): you keep that identity and its credit;</li>"
+        )
+    else:
+        key = "<li>a public key created now for this project (its private half stays in your keychain);</li>"
     if preview.data_mode == DATA_LOCAL:
         data = (
             f"the data in <b>{_escape(str(data_path))}</b>: it is read only by the training process "
@@ -62,7 +110,7 @@ def consent_text(
         f"<p>By joining <b>{_escape(preview.name)}</b>, this computer sends to <b>{host}</b>:</p>"
         "<ul>"
         f"<li>the name <b>{who}</b>, shown on the project's public leaderboard;</li>"
-        "<li>a public key created now for this project (its private half stays in your keychain);</li>"
+        f"{key}"
         "<li>for each task: the model update computed here (changes to the model's weights), "
         "the number of examples used, training metrics (loss, accuracy) and the compute time.</li>"
         "</ul>"
@@ -82,6 +130,8 @@ class JoinDialog(QDialog):
         self.engine = engine
         self.runner = runner
         self.preview: ProjectPreview | None = None
+        self.identity: ExistingIdentity | None = None  # this computer joined it before
+        self.suggested_name = suggest_display_name()
         self.data_checked: Path | None = None
         self.joined_project: JoinedProject | None = None
         self.setObjectName("joinDialog")
@@ -139,14 +189,25 @@ class JoinDialog(QDialog):
         self.url_edit.setObjectName("urlEdit")
         self.url_edit.setPlaceholderText("https://HOST/p/NAME or an invite link")
         self.url_edit.setClearButtonEnabled(True)
-        self.name_edit = QLineEdit(getpass.getuser())
+        # Empty on purpose: whatever is here is published (never the computer's login name).
+        self.name_edit = QLineEdit()
         self.name_edit.setObjectName("nameEdit")
         self.name_edit.setMaxLength(64)
+        self.name_edit.setPlaceholderText(self.suggested_name)
+        self.name_hint = QLabel(
+            "Shown publicly on the project's leaderboard. Leave it empty to appear as "
+            f"<b>{_escape(self.suggested_name)}</b>."
+        )
+        self.name_hint.setObjectName("nameHint")
+        self.name_hint.setWordWrap(True)
+        self.name_hint.setStyleSheet("color: palette(mid);")
         self.team_edit = QLineEdit()
+        self.team_edit.setObjectName("teamEdit")
         self.team_edit.setPlaceholderText("optional")
         self.team_edit.setMaxLength(64)
         form.addRow("Project address:", self.url_edit)
         form.addRow("Your name on the leaderboard:", self.name_edit)
+        form.addRow("", self.name_hint)
         form.addRow("Team:", self.team_edit)
         layout.addLayout(form)
         self.paste_error = QLabel()
@@ -164,6 +225,16 @@ class JoinDialog(QDialog):
         layout = QVBoxLayout(page)
         self.project_heading = self._heading("")
         layout.addWidget(self.project_heading)
+        self.identity_note = QLabel()
+        self.identity_note.setObjectName("identityNote")
+        self.identity_note.setWordWrap(True)
+        self.identity_note.setTextFormat(Qt.TextFormat.PlainText)  # names are not markup
+        self.identity_note.setStyleSheet(
+            "background:#EFF6FF; color:#1E3A8A; border:1px solid #93C5FD; border-radius:6px;"
+            " padding:8px;"
+        )
+        self.identity_note.hide()
+        layout.addWidget(self.identity_note)
         self.description_label = QLabel()
         self.description_label.setWordWrap(True)
         self.description_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -280,7 +351,7 @@ class JoinDialog(QDialog):
             self.next_button.setEnabled(False)
             return
         if page == PAGE_PASTE:
-            ok = bool(self.url_edit.text().strip() and self.name_edit.text().strip())
+            ok = bool(self.url_edit.text().strip())  # an empty name means the suggestion
         elif page == PAGE_PROJECT:
             ok = self.preview is not None and (
                 self.preview.data_mode != DATA_LOCAL or self.data_checked is not None
@@ -321,7 +392,36 @@ class JoinDialog(QDialog):
         self.paste_error.setText(f"Asking {target.host} about {target.project}…")
         self.paste_error.setStyleSheet("color: palette(mid);")
         self._update_buttons(busy=True)
-        self.runner.run(lambda: self.engine.preview(target), self._previewed, self._preview_failed)
+        self.runner.run(
+            lambda: self._look_up_on_worker(target), self._looked_up, self._preview_failed
+        )
+
+    def _look_up_on_worker(
+        self, target: JoinTarget
+    ) -> tuple[ProjectPreview, ExistingIdentity | None]:
+        # Runs on a worker thread: the project from its coordinator, then whether this
+        # computer already has an identity there (keychain, coordinator).
+        preview = self.engine.preview(target)
+        try:
+            identity = self.engine.existing_identity(preview)
+        except Exception as exc:  # the join itself will say what is wrong, if anything
+            log.warning("could not tell whether %s was joined before: %s", target.project, exc)
+            identity = None
+        return preview, identity
+
+    def _looked_up(self, found: tuple[ProjectPreview, ExistingIdentity | None]) -> None:
+        preview, identity = found
+        self.identity = identity
+        if identity is not None:
+            # Keep the published name and team unless the volunteer typed others: an empty
+            # field would otherwise rename them or drop their team.
+            if not self.name_edit.text().strip() and identity.display_name:
+                self.name_edit.setText(identity.display_name)
+            if not self.team_edit.text().strip() and identity.team:
+                self.team_edit.setText(identity.team)
+            self.identity_note.setText(already_joined_text(preview.name, identity))
+        self.identity_note.setVisible(identity is not None)
+        self._previewed(preview)
 
     def _previewed(self, preview: ProjectPreview) -> None:
         self.preview = preview
@@ -413,6 +513,10 @@ class JoinDialog(QDialog):
         self.runner.run(lambda: self.engine.validate_data(preview, path), checked, failed)
 
     # --- step 3: consent and join ----------------------------------------------------------
+    def display_name(self) -> str:
+        """The name the join publishes: the one typed, else the suggestion shown."""
+        return self.name_edit.text().strip() or self.suggested_name
+
     def _team(self) -> str | None:
         return self.team_edit.text().strip() or None
 
@@ -422,7 +526,7 @@ class JoinDialog(QDialog):
         self.join_error.setText("")
         self.consent_view.setHtml(
             consent_text(
-                self.preview, self.name_edit.text().strip(), self._team(), self.data_checked
+                self.preview, self.display_name(), self._team(), self.data_checked, self.identity
             )
         )
         self._show_page(PAGE_CONSENT)
@@ -431,7 +535,7 @@ class JoinDialog(QDialog):
         assert self.preview is not None
         request = JoinRequest(
             preview=self.preview,
-            display_name=self.name_edit.text().strip(),
+            display_name=self.display_name(),
             team=self._team(),
             data_path=self.data_checked,
             consented=self.consent_box.isChecked(),
@@ -445,10 +549,16 @@ class JoinDialog(QDialog):
 
     def _joined(self, joined: JoinedProject) -> None:
         self.joined_project = joined
-        self.done_heading.setText(f"You joined {joined.name}")
+        again = self.identity is not None
+        self.done_heading.setText(f"You {'rejoined' if again else 'joined'} {joined.name}")
+        kept = (
+            f"You kept your identity (client {self.identity.client_id}) and its credit. "
+            if self.identity is not None
+            else ""
+        )
         self.done_label.setText(
-            "Barnraise will train for this project whenever your limits and schedule allow. "
-            "You can follow it in the main window and on the project's page."
+            f"{kept}Barnraise will train for this project whenever your limits and schedule "
+            "allow. You can follow it in the main window and on the project's page."
         )
         self._show_page(PAGE_DONE)
         self.joined.emit(joined)

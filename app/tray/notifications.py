@@ -1,6 +1,7 @@
 """Desktop notifications that never spam: what matters, once, and not too often.
 
-Shown: a project joined, the first accepted update of a project, errors. An error with the
+Shown: a project joined, the first accepted update of a project, a project closed by its
+organiser (once per project: news, not a fault), errors. An error with the
 same code is shown at most once per ``ERROR_REPEAT_S``; no more than ``BURST`` notifications
 of any kind in ``BURST_WINDOW_S``. The volunteer's "notifications" setting turns them off.
 """
@@ -28,6 +29,7 @@ class Notifier:
         self._recent: deque[float] = deque()
         self._errors_shown: dict[str, float] = {}
         self._first_update_seen: set[str] = set()
+        self._closed_seen: set[str] = set()
         self.shown: list[tuple[str, str]] = []  # (title, message), for tests and the log
 
     def _allow(self) -> bool:
@@ -58,6 +60,16 @@ class Notifier:
         return self._notify(
             "First update accepted",
             f"Your computer's first contribution to {project} was accepted. Thank you!",
+            "info",
+        )
+
+    def project_closed(self, project: str) -> bool:
+        if project in self._closed_seen:
+            return False
+        self._closed_seen.add(project)
+        return self._notify(
+            f"{project} is closed",
+            f"Its organiser closed {project}: it needs no more work from you. Thank you!",
             "info",
         )
 

@@ -21,9 +21,21 @@ from app.contributor.events import (
     StateChanged,
     TaskFinished,
 )
-from app.tray.engine_port import EngineSnapshot
+from app.tray.engine_port import EngineSnapshot, KeyChangeNotice
 
-__all__ = ["TRAY_LOOKS", "StatusModel", "TrayLook", "look_for"]
+__all__ = [
+    "CLOSED_WORDS",
+    "KEY_CHANGED_WORDS",
+    "PLAIN_REASONS",
+    "STATE_WORDS",
+    "STATUS_MAX_CHARS",
+    "TRAY_LOOKS",
+    "StatusModel",
+    "TrayLook",
+    "look_for",
+    "plain_reasons",
+    "shorten",
+]
 
 
 class TrayLook(enum.StrEnum):
@@ -44,6 +56,8 @@ _WORKING = {
     EngineState.TRAINING,
     EngineState.UPLOADING,
 }
+# States a project reaches only with a task in hand.
+_GOT_WORK = _WORKING - {EngineState.LEASING}
 
 STATE_WORDS = {
     EngineState.STOPPED: "Stopped",
@@ -54,10 +68,63 @@ STATE_WORDS = {
     EngineState.TRAINING: "Training",
     EngineState.UPLOADING: "Uploading an update",
     EngineState.PAUSED: "Paused",
-    EngineState.SUSPENDED: "Held back",
-    EngineState.BACKOFF: "Coordinator unreachable, retrying",
+    # A task is held but the policy says not now: to the volunteer that is waiting too.
+    EngineState.SUSPENDED: "Waiting",
+    EngineState.OFFLINE: "Can't reach the server",
+    EngineState.BACKOFF: "Waiting to try again",
     EngineState.STOPPING: "Stopping",
 }
+
+# The policy's reasons (app/contributor/policy.py ``Reason``) in the volunteer's words. An
+# unknown reason (a newer engine) is shown as the engine wrote it.
+PLAIN_REASONS = {
+    "you are using the computer": "you're using the computer",
+    # The engine cannot tell, so it acts as if the volunteer were there: say that.
+    "idle time unknown (treated as in use)": "you're using the computer",
+    "outside the schedule": "outside your schedule",
+    "on battery": "on battery",
+    "power source unknown (treated as battery)": "on battery",
+    "other programs are busy": "other programs are busy",
+    "CPU too hot": "the computer is too hot",
+    "GPU too hot": "the graphics card is too hot",
+}
+# A project's row and menu entry while it cannot get work. A changed key stops it until the
+# volunteer decides; a closed project needs no work (the engine asks again only rarely).
+KEY_CHANGED_WORDS = "Key changed — check with the organiser"
+CLOSED_WORDS = "Closed by its organiser"
+# Error codes that describe a project's state rather than a problem to report as one.
+_KEY_CHANGED_CODE = "key_changed"
+_CLOSED_CODE = "project_closed"
+
+# Reasons the status line says otherwise (the pause is the state itself).
+_SILENT_REASONS = {"paused"}
+# The status line is a menu entry and a window title line: a long error message must not
+# make either wider than the screen. The whole message stays in the activity log.
+STATUS_MAX_CHARS = 72
+
+
+def plain_reasons(reasons: tuple[str, ...] | list[str]) -> list[str]:
+    """The reasons in short, plain words, each once, in the engine's order."""
+    plain: list[str] = []
+    for reason in reasons:
+        if reason in _SILENT_REASONS:
+            continue
+        text = PLAIN_REASONS.get(reason, reason)
+        if text not in plain:
+            plain.append(text)
+    return plain
+
+
+def shorten(text: str, limit: int = STATUS_MAX_CHARS) -> str:
+    """``text`` on one line, cut at a word with "…" when longer than ``limit``."""
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.") + "…"
 
 
 def look_for(state: EngineState, *, throttled: bool, snoozed: bool, error: bool) -> TrayLook:
@@ -65,7 +132,7 @@ def look_for(state: EngineState, *, throttled: bool, snoozed: bool, error: bool)
     a suspension by the policy, or a throttled run, looks throttled."""
     if state is EngineState.PAUSED or snoozed:
         return TrayLook.PAUSED
-    if error or state is EngineState.BACKOFF:
+    if error or state in (EngineState.BACKOFF, EngineState.OFFLINE):
         return TrayLook.ERROR
     if state is EngineState.SUSPENDED:
         return TrayLook.THROTTLED
@@ -85,6 +152,20 @@ class ProjectStatus:
     rank: int | None = None
     tasks: int = 0
     last_update: float | None = None
+    closed: bool = False
+    # The engine refuses this project's tasks because its key changed (from the Error event
+    # at once; the fingerprints in ``key_change`` follow from the engine's snapshot).
+    key_changed: bool = False
+    key_change: KeyChangeNotice | None = None
+
+    @property
+    def shown_state(self) -> str:
+        """What its row and menu entry say: a changed key or a closure before any state."""
+        if self.key_changed:
+            return KEY_CHANGED_WORDS
+        if self.closed:
+            return CLOSED_WORDS
+        return self.state[:1].upper() + self.state[1:]
 
 
 @dataclass
@@ -95,6 +176,9 @@ class StatusModel:
     project: str | None = None
     reasons: tuple[str, ...] = ()
     policy_action: str = "run"
+    # Why the policy throttles or suspends, kept apart from ``reasons``: each StateChanged
+    # brings its own, and the one that starts throttled training brings none.
+    policy_reasons: tuple[str, ...] = ()
     snoozed_until: float | None = None
     progress: Progress | None = None
     last_error: Error | None = None
@@ -123,9 +207,29 @@ class StatusModel:
                 rank=p.rank,
                 tasks=p.tasks,
                 last_update=p.last_update,
+                closed=p.closed,
+                key_changed=p.key_change is not None,
+                key_change=p.key_change,
             )
             for p in snapshot.projects
         }
+
+    def set_key_change(self, name: str, notice: KeyChangeNotice | None) -> None:
+        """The engine's answer about ``name``'s key: a notice to decide on, or None once the
+        new key is pinned (the project works again)."""
+        status = self._project(name)
+        status.key_change = notice
+        status.key_changed = notice is not None
+
+    @property
+    def key_changes(self) -> list[ProjectStatus]:
+        """Projects stopped because their key changed, by name."""
+        return sorted((p for p in self.projects.values() if p.key_changed), key=lambda p: p.name)
+
+    @property
+    def all_closed(self) -> bool:
+        """Every joined project is closed: nothing to do, and nothing wrong."""
+        return bool(self.projects) and all(p.closed for p in self.projects.values())
 
     def apply(self, event: Event) -> None:
         if isinstance(event, StateChanged):
@@ -142,7 +246,13 @@ class StatusModel:
             if event.state not in _WORKING:
                 self.progress = None
             if event.project in self.projects:
-                self.projects[event.project].state = STATE_WORDS.get(event.state, event.state)
+                status = self.projects[event.project]
+                if event.state in _GOT_WORK:
+                    # It handed out a task, signed by a trusted key: open, and trusted
+                    # (the new key may have been accepted elsewhere, `barnraise trust`).
+                    status.closed = False
+                    status.key_changed, status.key_change = False, None
+                status.state = STATE_WORDS.get(event.state, event.state)
         elif isinstance(event, Progress):
             self.progress = event
             self.project = event.project
@@ -163,10 +273,16 @@ class StatusModel:
             self._append(self.credit_history, event.project, event.at, event.credit)
         elif isinstance(event, PolicyChanged):
             self.policy_action = event.action
+            self.policy_reasons = event.reasons
             if event.action != "run":
                 self.reasons = event.reasons
         elif isinstance(event, Error):
-            self.last_error = event
+            if event.code == _CLOSED_CODE and event.project:
+                self._project(event.project).closed = True  # a state, not a problem
+            elif event.code == _KEY_CHANGED_CODE and event.project:
+                self._project(event.project).key_changed = True  # the status line says so
+            else:
+                self.last_error = event
 
     def _project(self, name: str) -> ProjectStatus:
         if name not in self.projects:
@@ -191,34 +307,61 @@ class StatusModel:
 
     @property
     def look(self) -> TrayLook:
-        return look_for(
+        waiting_on_volunteer = bool(self.key_changes) and self.state not in _WORKING
+        look = look_for(
             self.state,
             throttled=self.policy_action == "throttle",
             snoozed=self.snoozed,
-            error=self.last_error is not None,
+            error=self.last_error is not None or waiting_on_volunteer,
         )
+        if look is TrayLook.ERROR and self.all_closed and self.last_error is None:
+            return TrayLook.IDLE  # the engine backs off from closed projects: not a fault
+        return look
+
+    @property
+    def offline(self) -> bool:
+        """The coordinator cannot be reached: the tray offers "Retry now"."""
+        return self.state is EngineState.OFFLINE
 
     def status_line(self) -> str:
-        """One line for the menu and the window: what it does now and why."""
+        """One short, plain line for the menu and the window: what it does now and why."""
         if self.snoozed and self.snoozed_until is not None:
             return f"Snoozed until {time.strftime('%a %H:%M', time.localtime(self.snoozed_until))}"
+        if self.offline:
+            return STATE_WORDS[EngineState.OFFLINE]  # the network error itself is in the log
+        changed = self.key_changes
+        if changed and self.state not in _WORKING and self.state is not EngineState.PAUSED:
+            names = ", ".join(p.name for p in changed)
+            return shorten(f"{names}: {KEY_CHANGED_WORDS[:1].lower()}{KEY_CHANGED_WORDS[1:]}")
         if self.last_error is not None and self.state is not EngineState.PAUSED:
-            return f"Problem: {self.last_error.message}"
+            return shorten(f"Problem: {self.last_error.message}")
+        if self.all_closed and self.state in (EngineState.BACKOFF, EngineState.IDLE):
+            only = next(iter(self.projects)) if len(self.projects) == 1 else None
+            return shorten(
+                f"Nothing to do: {only} is closed"
+                if only
+                else "Nothing to do: your projects are closed"
+            )
         if self.starting and self.state is EngineState.STOPPED:
             return "Starting…"
         words = STATE_WORDS.get(self.state, str(self.state))
         if self.state in _WORKING and self.policy_action == "throttle":
-            words += " (throttled)"
+            words += " slowly" if self.state is EngineState.TRAINING else " (slowed down)"
         if self.state is EngineState.TRAINING and self.progress is not None:
             words += f" — {self.progress.fraction:.0%}"
-        reasons = [r for r in self.reasons if r not in ("paused",)]
+        reasons = plain_reasons(self.reasons)
         if reasons and self.state in (EngineState.WAITING, EngineState.SUSPENDED):
-            words += f" ({', '.join(reasons)})"
-        return words
+            words += f": {reasons[0]}"  # the first is enough; the tooltip lists them all
+        return shorten(words)
 
     def tooltip(self) -> str:
-        """Tray tooltip: state, project, progress (plain text: some trays show no markup)."""
+        """Tray tooltip: state, why, project, progress (plain text: some trays show no markup)."""
         lines = [f"Barnraise — {self.status_line()}"]
+        waiting = self.state in (EngineState.WAITING, EngineState.SUSPENDED)
+        throttled = self.state in _WORKING and self.policy_action == "throttle"
+        reasons = plain_reasons(self.reasons if waiting else self.policy_reasons)
+        if reasons and (waiting or throttled):
+            lines.append(f"Why: {', '.join(reasons)}")
         if self.project:
             lines.append(f"Project: {self.project}")
         if self.progress is not None:

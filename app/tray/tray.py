@@ -4,6 +4,9 @@
 state (icon, tooltip, a menu rebuilt from state by ``build_tray_menu``, the Dashboard),
 turns the volunteer's clicks into engine commands on a worker thread, and persists
 preferences. ``shutdown()`` is idempotent and runs on ``aboutToQuit``.
+
+A project whose coordinator signs with a new key stops until the volunteer decides: the
+tray opens a ``KeyChangeDialog`` once per new key (and again from the menu or the window).
 """
 
 from __future__ import annotations
@@ -18,18 +21,19 @@ from PySide6.QtCore import QObject, QUrl, Signal
 from PySide6.QtGui import QAction, QDesktopServices
 from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon, QWidget
 
-from app.contributor.events import CreditUpdated, Error, Event, StateChanged, TaskFinished
+from app.contributor.events import Error, Event, TaskFinished
 from app.contributor.settings import Settings, save_settings
 from app.tray.autostart import set_autostart
 from app.tray.bridge import EngineBridge, TaskRunner
 from app.tray.dashboard import Dashboard
-from app.tray.engine_port import EnginePort, JoinedProject
+from app.tray.engine_port import EnginePort, EngineSnapshot, JoinedProject
 from app.tray.gpus import GpuInfo, detect_gpus
 from app.tray.icons import tray_icon
 from app.tray.join_dialog import JoinDialog
+from app.tray.key_change import KeyChangeDialog
 from app.tray.notifications import Notifier
 from app.tray.preferences import PreferencesDialog
-from app.tray.status import StatusModel
+from app.tray.status import CLOSED_WORDS, KEY_CHANGED_WORDS, StatusModel
 
 __all__ = ["SNOOZE_HOUR_S", "TrayApp", "tomorrow_morning"]
 
@@ -81,19 +85,26 @@ class TrayApp(QObject):
         self.dashboard.set_tray_available(self.tray_available)
         self.dashboard.pause_requested.connect(self.pause)
         self.dashboard.resume_requested.connect(self.resume)
+        self.dashboard.retry_requested.connect(self.retry_now)
         self.dashboard.join_requested.connect(lambda: self.open_join())
         self.dashboard.preferences_requested.connect(self.open_preferences)
         self.dashboard.leave_requested.connect(self.leave)
+        self.dashboard.key_review_requested.connect(self.review_key_change)
         self.dashboard.open_page_requested.connect(self.open_url)
         self.dashboard.quit_requested.connect(self.quit)
         self.join_dialog: JoinDialog | None = None
         self.preferences: PreferencesDialog | None = None
+        self.key_dialogs: dict[str, KeyChangeDialog] = {}
+        # (project, new fingerprint) already put in front of the volunteer unasked: each new
+        # key opens its dialog once, after that it waits in the menu and the window.
+        self._offered_keys: set[tuple[str, str]] = set()
 
         self.tray = QSystemTrayIcon(self)
         self.tray.setIcon(tray_icon(self.model.look))
         self.menu = QMenu()
         self.menu.setObjectName("trayMenu")
         self.status_action: QAction | None = None
+        self._built_menu_key: tuple[object, ...] = ()
         self.snooze_menu = QMenu("Snooze", self.menu)
         self.leaderboard_menu = QMenu("Leaderboard", self.menu)
         self.tray.setContextMenu(self.menu)
@@ -137,18 +148,33 @@ class TrayApp(QObject):
             self.model.starting = False
         self.refresh()
         self.dashboard.add_log("Barnraise started")
+        self._offer_key_changes()
 
     # --- state → screen --------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
         self.model.apply(event)
         self.dashboard.on_event(event)
         if isinstance(event, Error):
-            self.notifier.error(event.message, event.code)
+            if event.code == "project_closed" and event.project:
+                self.notifier.project_closed(event.project)
+            else:
+                self.notifier.error(event.message, event.code)
+            if event.code == "key_changed" and event.project:
+                # The fingerprints are in the engine's snapshot; read it off the GUI thread.
+                self.runner.run(self.engine.snapshot, self._key_changes_found)
         elif isinstance(event, TaskFinished) and event.accepted:
             self.notifier.update_accepted(event.project)
-        if isinstance(event, StateChanged | CreditUpdated | Error | TaskFinished):
-            self.build_tray_menu()
+        if self._menu_key() != self._built_menu_key:
+            self.build_tray_menu()  # else only the status entry's text changes (below)
         self._refresh_icon()
+
+    def _menu_key(self) -> tuple[object, ...]:
+        """What the menu's entries depend on, besides the status line's text."""
+        model = self.model
+        pages = tuple(
+            sorted((p.name, p.page_url, p.closed, p.key_changed) for p in model.projects.values())
+        )
+        return (model.paused, model.offline, pages)
 
     def _refresh_icon(self) -> None:
         self.tray.setIcon(tray_icon(self.model.look))
@@ -166,8 +192,20 @@ class TrayApp(QObject):
         menu = self.menu
         menu.clear()
         model = self.model
+        self._built_menu_key = self._menu_key()
         self.status_action = menu.addAction(model.status_line())
         self.status_action.setEnabled(False)
+        if model.offline:
+            menu.addAction("Retry now", self.retry_now).setObjectName("retryAction")
+        projects = sorted(model.projects.values(), key=lambda p: p.name)
+        for p in projects:
+            # A stopped project says so in the menu too; a changed key is a decision to make.
+            if p.key_changed:
+                review = menu.addAction(f"{p.name}: {KEY_CHANGED_WORDS.lower()}…")
+                review.setObjectName("reviewKeyAction")
+                review.triggered.connect(functools.partial(self.review_key_change, p.name))
+            elif p.closed:
+                menu.addAction(f"{p.name}: {CLOSED_WORDS.lower()}").setEnabled(False)
         menu.addSeparator()
         if model.paused:
             menu.addAction("Resume", self.resume).setObjectName("resumeAction")
@@ -184,7 +222,6 @@ class TrayApp(QObject):
         menu.addSeparator()
         menu.addAction("Open Barnraise", self.show_dashboard)
         menu.addAction("Join project…", lambda: self.open_join())
-        projects = sorted(model.projects.values(), key=lambda p: p.name)
         self.leaderboard_menu.clear()
         if len(projects) > 1:
             for p in projects:
@@ -202,6 +239,25 @@ class TrayApp(QObject):
         menu.addSeparator()
         menu.addAction("Quit Barnraise", self.quit)
         self.menu_rebuilt.emit()
+
+    def stats(self) -> dict[str, object]:
+        """What the tray shows now, as plain data (for ``--stats-file``: the soak test and
+        bench/footprint.py check that the window is open and its charts repaint)."""
+        board = self.dashboard
+        return {
+            "state": self.model.state.value,
+            "status": self.model.status_line(),
+            "window_visible": board.isVisible(),
+            "accepted_updates": self.model.accepted_updates,
+            "charts": {
+                name: {
+                    "points": len(chart.points),
+                    "paints": chart.paints,
+                    "painted_points": chart.painted_points,
+                }
+                for name, chart in (("loss", board.loss_chart), ("credit", board.credit_chart))
+            },
+        }
 
     def menu_texts(self) -> list[str]:
         """The menu's entries as text (for tests and the self-test log)."""
@@ -229,6 +285,15 @@ class TrayApp(QObject):
             ordered=True,
         )
 
+    def retry_now(self) -> None:
+        """Ask the engine to try the server again now instead of after its backoff."""
+        self.runner.run(
+            self.engine.retry_now,
+            lambda _: self.dashboard.add_log("Trying to reach the server again"),
+            self._command_failed,
+            ordered=True,
+        )
+
     def snooze(self, until: float) -> None:
         self.model.snoozed_until = until
         self.refresh()
@@ -243,6 +308,9 @@ class TrayApp(QObject):
     def leave(self, project: str) -> None:
         def left(_: object) -> None:
             self.model.projects.pop(project, None)
+            dialog = self.key_dialogs.get(project)
+            if dialog is not None:
+                dialog.reject()
             self.dashboard.add_log(f"Left {project}; its keys were removed")
             self.refresh()
 
@@ -302,6 +370,81 @@ class TrayApp(QObject):
         self.notifier.project_joined(joined.name)
         self.refresh()
 
+    # --- a changed project key (trust on first use) -----------------------------------------
+    def _key_changes_found(self, snapshot: EngineSnapshot) -> None:
+        for project in snapshot.projects:
+            if project.key_change is not None or project.name in self.model.projects:
+                # None: accepted meanwhile (the engine sets the change before reporting it).
+                self.model.set_key_change(project.name, project.key_change)
+        self.refresh()
+        self._offer_key_changes()
+
+    def _offer_key_changes(self) -> None:
+        """Open the decision for each new key not yet shown unasked."""
+        for status in self.model.key_changes:
+            notice = status.key_change
+            if notice is None:
+                continue
+            seen = (status.name, notice.new_fingerprint)
+            if seen not in self._offered_keys:
+                self._offered_keys.add(seen)
+                self.review_key_change(status.name)
+
+    def review_key_change(self, project: str) -> KeyChangeDialog | None:
+        """Show the key-change decision for ``project`` (None: no change is waiting)."""
+        status = self.model.projects.get(project)
+        if status is None or not status.key_changed:
+            return None
+        notice = status.key_change
+        if notice is None:  # reported, fingerprints not read yet: read them, then show
+            self.runner.run(self.engine.snapshot, self._key_changes_found)
+            return None
+        dialog = self.key_dialogs.get(project)
+        if dialog is None:
+            dialog = KeyChangeDialog(notice, self.dashboard if self.dashboard.isVisible() else None)
+            dialog.accept_requested.connect(self.accept_new_key)
+            dialog.leave_requested.connect(self._leave_from_key_dialog)
+            dialog.finished.connect(lambda _: self.key_dialogs.pop(project, None))
+            self.key_dialogs[project] = dialog
+        else:
+            dialog.set_notice(notice)
+        self._raise(dialog)
+        return dialog
+
+    def accept_new_key(self, project: str, fingerprint: str) -> None:
+        """The volunteer checked ``fingerprint`` and accepts it (see KeyChangeDialog)."""
+
+        def pinned(_: object) -> None:
+            self.model.set_key_change(project, None)
+            if project in self.model.projects:
+                self.model.projects[project].state = "joined"
+            self.dashboard.add_log(
+                f"Trusted the new key of {project} ({fingerprint}); your identity and credit "
+                "are kept"
+            )
+            dialog = self.key_dialogs.get(project)
+            if dialog is not None:
+                dialog.accepted_key()
+            self.refresh()
+
+        def refused(exc: Exception) -> None:
+            dialog = self.key_dialogs.get(project)
+            if dialog is not None:
+                message = str(exc)
+                if "nothing was changed" not in message.lower():
+                    message = f"Nothing was changed: {message}"
+                dialog.failed(message[:1].upper() + message[1:])
+            else:
+                self._command_failed(exc)
+
+        self.runner.run(
+            lambda: self.engine.accept_new_key(project, fingerprint), pinned, refused, ordered=True
+        )
+
+    def _leave_from_key_dialog(self, project: str) -> None:
+        self.show_dashboard()
+        self.dashboard.confirm_leave(project)
+
     def open_preferences(self) -> PreferencesDialog:
         if self.preferences is None:
             if self._gpus is None:
@@ -355,6 +498,11 @@ class TrayApp(QObject):
         except Exception:
             log.exception("engine.stop() failed")
         self.tray.hide()
-        for window in (self.join_dialog, self.preferences, self.dashboard):
+        for window in (
+            self.join_dialog,
+            self.preferences,
+            *list(self.key_dialogs.values()),
+            self.dashboard,
+        ):
             if window is not None:
                 window.close()

@@ -65,6 +65,11 @@ class ClientRecord:
     recent_time: float = 0.0
     accepted: int = 0
     rejected: int = 0
+    pace_s_per_step: float | None = None  # see backend.pacing.Pace
+    pace_dev: float | None = None
+    pace_samples: int = 0
+    pace_at: float | None = None
+    pace_examples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,12 +79,14 @@ class TaskRecord:
     client_id: str
     base_version: int
     shard_index: int
-    status: str  # leased | answered | released | expired | cancelled
+    status: str  # leased | answered | released | expired | cancelled | rejected
     issued_at: float
     deadline: float
     max_examples: int
     manifest: dict[str, Any]
     signature: str
+    rejected_code: str | None = None  # status rejected: the error code of the refusal
+    rejected_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,12 @@ class ReadTx(Protocol):
         self, project_id: int, base_version: int | None, limit: int | None
     ) -> list[UpdateRecord]: ...
     def next_deadline(self, now: float) -> float | None: ...
+    def version_times(self, project_id: int, limit: int) -> list[float]:
+        """``created_at`` of the project's latest ``limit`` versions, oldest first."""
+        ...
+
+    def rejected_tasks(self, project_id: int) -> int: ...
+    def updates_with_status(self, project_id: int, status: str) -> int: ...
     def aggregation_running(self, project_id: int) -> bool: ...
     def invite_count(self, project_id: int) -> int: ...
     def challenge_valid(self, project_id: int, challenge: str, now: float) -> bool: ...
@@ -164,13 +177,33 @@ class WriteTx(ReadTx, Protocol):
     def live_task_for_client(
         self, project_id: int, client_id: str, now: float
     ) -> TaskRecord | None: ...
-    def client_has_task(self, project_id: int, client_id: str, base_version: int) -> bool: ...
+    def client_has_task(self, project_id: int, client_id: str, base_version: int) -> bool:
+        """Sync rounds: the client holds, answered or was refused a task of that version
+        (one attempt per contributor and round)."""
+        ...
+
     def next_shard(self, project_id: int, num_shards: int) -> int: ...
     def insert_task(self, task: TaskRecord) -> None: ...
     def set_task_lease(
         self, task_id: str, deadline: float, manifest: dict[str, Any], signature: str
     ) -> None: ...
     def set_task_status(self, task_id: str, status: str) -> None: ...
+    def reject_task(
+        self, task_id: str, project_id: int, client_id: str, code: str, now: float
+    ) -> bool:
+        """End a leased task for good (status ``rejected``, with ``code``); only the task of
+        that project leased to that client. True if it was leased and is now rejected."""
+        ...
+
+    def set_client_pace(
+        self,
+        client_id: str,
+        s_per_step: float,
+        dev: float,
+        samples: int,
+        at: float,
+        examples: int,
+    ) -> None: ...
     def insert_update(self, update: UpdateRecord) -> None: ...
     def drop_updates(self, update_ids: list[str]) -> None: ...
     def credit_client(

@@ -113,6 +113,22 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "CREATE INDEX updates_pending ON updates (project_id, status, base_version)",
         ),
     ),
+    (
+        2,
+        (
+            # A task refused for good (status 'rejected'): the refusal's code and time.
+            "ALTER TABLE tasks ADD COLUMN rejected_code TEXT",
+            "ALTER TABLE tasks ADD COLUMN rejected_at REAL",
+            # Each contributor's measured pace (backend.pacing): seconds from lease to
+            # upload per training step (a moving average) and its mean deviation, how
+            # many uploads it rests on, when the last one came, and that upload's examples.
+            "ALTER TABLE clients ADD COLUMN pace_s_per_step REAL",
+            "ALTER TABLE clients ADD COLUMN pace_dev REAL",
+            "ALTER TABLE clients ADD COLUMN pace_samples INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE clients ADD COLUMN pace_at REAL",
+            "ALTER TABLE clients ADD COLUMN pace_examples INTEGER",
+        ),
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

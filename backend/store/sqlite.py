@@ -327,6 +327,26 @@ class SQLiteTx:
         row = self._one("SELECT MIN(deadline) FROM tasks WHERE status = 'leased'")
         return float(row[0]) if row and row[0] is not None else None
 
+    def version_times(self, project_id: int, limit: int) -> list[float]:
+        rows = self._all(
+            "SELECT created_at FROM versions WHERE project_id = ? ORDER BY version DESC LIMIT ?",
+            project_id,
+            limit,
+        )
+        return [float(r[0]) for r in reversed(rows)]
+
+    def rejected_tasks(self, project_id: int) -> int:
+        row = self._one(  # the (status, deadline) index: only rejected rows are read
+            "SELECT COUNT(*) FROM tasks WHERE status = 'rejected' AND project_id = ?", project_id
+        )
+        return int(row[0]) if row else 0
+
+    def updates_with_status(self, project_id: int, status: str) -> int:
+        row = self._one(
+            "SELECT COUNT(*) FROM updates WHERE project_id = ? AND status = ?", project_id, status
+        )
+        return int(row[0]) if row else 0
+
     def aggregation_running(self, project_id: int) -> bool:
         row = self._one(
             "SELECT 1 FROM aggregations WHERE project_id = ? AND status = 'running'", project_id
@@ -485,7 +505,7 @@ class SQLiteTx:
     def client_has_task(self, project_id: int, client_id: str, base_version: int) -> bool:
         row = self._one(
             """SELECT 1 FROM tasks WHERE project_id = ? AND client_id = ? AND base_version = ?
-               AND status IN ('leased', 'answered') LIMIT 1""",
+               AND status IN ('leased', 'answered', 'rejected') LIMIT 1""",
             project_id,
             client_id,
             base_version,
@@ -533,6 +553,42 @@ class SQLiteTx:
 
     def set_task_status(self, task_id: str, status: str) -> None:
         self._run("UPDATE tasks SET status = ? WHERE id = ?", status, task_id)
+
+    def reject_task(
+        self, task_id: str, project_id: int, client_id: str, code: str, now: float
+    ) -> bool:
+        return (
+            self._run(
+                """UPDATE tasks SET status = 'rejected', rejected_code = ?, rejected_at = ?
+                   WHERE id = ? AND project_id = ? AND client_id = ? AND status = 'leased'""",
+                code,
+                now,
+                task_id,
+                project_id,
+                client_id,
+            )
+            == 1
+        )
+
+    def set_client_pace(
+        self,
+        client_id: str,
+        s_per_step: float,
+        dev: float,
+        samples: int,
+        at: float,
+        examples: int,
+    ) -> None:
+        self._run(
+            """UPDATE clients SET pace_s_per_step = ?, pace_dev = ?, pace_samples = ?,
+                 pace_at = ?, pace_examples = ? WHERE id = ?""",
+            s_per_step,
+            dev,
+            samples,
+            at,
+            examples,
+            client_id,
+        )
 
     def insert_update(self, update: UpdateRecord) -> None:
         self._run(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -9,14 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
-from app.contributor.events import EngineState, Event, EventBus, StateChanged
+from app.contributor.events import EngineState, Error, Event, EventBus, StateChanged
 from app.contributor.invites import JoinTarget
 from app.contributor.settings import Settings, default_settings
 from app.tray.adapter import check_local_csv
-from app.tray.engine_port import EngineSnapshot, JoinedProject, JoinRequest, ProjectPreview
+from app.tray.engine_port import (
+    EngineSnapshot,
+    ExistingIdentity,
+    JoinedProject,
+    JoinRequest,
+    KeyChangeNotice,
+    ProjectPreview,
+)
 
 FINGERPRINT = "3f2a:9c01:77be:0d4e:aa10:5b3c:e2f1:0c99"
+NEW_FINGERPRINT = "88d1:04ac:6e2b:f713:19c0:ab56:7d3e:2f08"
 
 
 class FakeEngine:
@@ -31,6 +44,10 @@ class FakeEngine:
         self.projects: dict[str, JoinedProject] = {}
         self.data_mode = data_mode
         self.preview_error: Exception | None = None
+        # Identities this machine has (project → identity), as the keychain would say.
+        self.identities: dict[str, ExistingIdentity] = {}
+        self.accept_error: Exception | None = None
+        self.snapshots = 0  # how often the tray read the snapshot
         self.threads: set[str] = set()
         self.lock = threading.Lock()
 
@@ -70,6 +87,8 @@ class FakeEngine:
         return self.bus.subscribe(callback)
 
     def snapshot(self) -> EngineSnapshot:
+        with self.lock:
+            self.snapshots += 1
         return EngineSnapshot(state=self.state, projects=tuple(self.projects.values()))
 
     def settings(self) -> Settings:
@@ -94,6 +113,10 @@ class FakeEngine:
     def snooze(self, until: float) -> None:
         self._record("snooze", until)
         self._set_state(EngineState.WAITING, ("snoozed",))
+
+    def retry_now(self) -> None:
+        self._record("retry_now")
+        self._set_state(EngineState.LEASING)
 
     def apply_settings(self, settings: Settings) -> None:
         self._record("apply_settings", settings)
@@ -124,6 +147,40 @@ class FakeEngine:
     def validate_data(self, preview: ProjectPreview, path: Path) -> str:
         self._record("validate_data", path)
         return check_local_csv(path, preview.data_columns)
+
+    def existing_identity(self, preview: ProjectPreview) -> ExistingIdentity | None:
+        self._record("existing_identity", preview.name)
+        return self.identities.get(preview.name)
+
+    def accept_new_key(self, project: str, fingerprint: str) -> None:
+        self._record("accept_new_key", (project, fingerprint))
+        joined = self.projects.get(project)
+        change = joined.key_change if joined is not None else None
+        if change is None or self.accept_error is not None:
+            raise self.accept_error or ValueError("no key change is waiting")
+        if fingerprint != change.new_fingerprint:
+            raise ValueError(f"the project now signs with {change.new_fingerprint}")
+        self.projects[project] = dataclasses.replace(joined, key_change=None, state="joined")
+
+    def change_key(self, project: str) -> KeyChangeNotice:
+        """As the real engine does when the coordinator signs with another key: the project
+        stops, the snapshot carries the change, and a fatal Error says so."""
+        notice = KeyChangeNotice(
+            project=project,
+            pinned_fingerprint=FINGERPRINT,
+            new_fingerprint=NEW_FINGERPRINT,
+            server_url=self.projects[project].server_url,
+        )
+        self.projects[project] = dataclasses.replace(self.projects[project], key_change=notice)
+        self.publish_from_thread(
+            Error(
+                message=f"{project}: the key of project {project!r} changed",
+                project=project,
+                code="key_changed",
+                fatal=True,
+            )
+        )
+        return notice
 
     def join(self, request: JoinRequest) -> JoinedProject:
         self._record("join", request)
@@ -164,3 +221,56 @@ def tray_app(qtbot: Any, engine: FakeEngine, config_dir: Path) -> Iterator[Any]:
     qtbot.waitUntil(lambda: engine.called("start") != [] and app.model.state is EngineState.IDLE)
     yield app
     app.shutdown()
+
+
+# --- the real coordinator on loopback ---------------------------------------------------
+BACKEND = shutil.which("barnraise-backend", path=str(Path(sys.executable).parent)) or shutil.which(
+    "barnraise-backend"
+)
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory):
+    if BACKEND is None:
+        pytest.skip("barnraise-backend is not installed (pip install -e '.[backend]')")
+    from backend.testing import free_port
+
+    data = tmp_path_factory.mktemp("coordinator")
+    subprocess.run(
+        [
+            BACKEND,
+            "project",
+            "create",
+            "digits",
+            "--recipe",
+            "digits-mlp",
+            "--strategy",
+            "fedavg",
+            "--data",
+            str(data),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [BACKEND, "serve", "--data", str(data), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/api/v1/projects/digits", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    else:
+        server.kill()
+        pytest.fail(
+            f"the coordinator did not answer on {url}: {server.stdout.read() if server.stdout else ''}"
+        )
+    yield url
+    server.terminate()
+    server.wait(10)

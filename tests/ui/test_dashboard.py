@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
-from app.contributor.events import CreditUpdated, EngineState, Progress, StateChanged, TaskFinished
+from app.contributor.events import (
+    CreditUpdated,
+    EngineState,
+    Error,
+    Progress,
+    StateChanged,
+    TaskFinished,
+)
 from app.tray.engine_port import JoinedProject
 
 
@@ -55,8 +65,11 @@ def test_dashboard_shows_projects_progress_charts_and_log(qtbot, tray_app, engin
             project="digits", credit=3.2, credit_unit="k-examples", rank=1, tasks=2, at=1200.0
         ),
     )
-    qtbot.waitUntil(lambda: tray_app.model.projects["digits"].credit == 3.2)
     table = board.projects_table
+    # The table and charts follow within a refresh interval (events come in bursts).
+    qtbot.waitUntil(
+        lambda: table.item(0, 3) is not None and table.item(0, 3).text() == "3.2 k-examples"
+    )
     assert table.rowCount() == 1
     row = [table.item(0, c).text() for c in range(table.columnCount())]
     assert row[0] == "digits" and row[1] == "http://127.0.0.1:8000"
@@ -141,3 +154,94 @@ def test_without_a_system_tray_the_window_opens_and_says_so(qtbot, engine, confi
         assert quits == [True]
     finally:
         app.shutdown()
+
+
+def test_retry_now_button_only_while_the_server_cannot_be_reached(qtbot, tray_app, engine):
+    _join(engine, tray_app)
+    tray_app.show_dashboard()
+    board = tray_app.dashboard
+    qtbot.waitUntil(board.isVisible)
+    assert not board.retry_button.isVisible()
+    engine.publish_from_thread(
+        StateChanged(state=EngineState.OFFLINE, previous=EngineState.LEASING, project="digits")
+    )
+    qtbot.waitUntil(board.retry_button.isVisible)
+    assert board.status_label.text() == "Can't reach the server"
+    qtbot.mouseClick(board.retry_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: engine.called("retry_now") == [None])
+    qtbot.waitUntil(lambda: not board.retry_button.isVisible())
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "the coordinator refused the update: " + "a very long explanation " * 200,
+        "could not reach https://example.org/" + "x" * 4000,  # one word: nothing to wrap at
+    ],
+)
+def test_a_long_error_never_makes_the_window_wider_than_the_screen(qtbot, tray_app, message):
+    from PySide6.QtWidgets import QApplication
+
+    tray_app.show_dashboard()
+    board = tray_app.dashboard
+    qtbot.waitUntil(board.isVisible)
+    free = board.screen().availableGeometry()
+    assert board.frameGeometry().width() <= free.width()  # already at start (offscreen: 800 px)
+    tray_app.engine.publish_from_thread(Error(message=message, code="rejected"))
+    qtbot.waitUntil(lambda: board.status_label.text().startswith("Problem: "))
+    for _ in range(5):  # let the layout settle and the window react to new size hints
+        QApplication.processEvents()
+    assert board.frameGeometry().width() <= free.width(), (
+        f"the window is {board.frameGeometry().width()} px wide on a {free.width()} px screen"
+    )
+    assert board.minimumSizeHint().width() <= free.width()
+    # The whole message is still there for the volunteer to read: in the log, wrapped.
+    qtbot.waitUntil(lambda: message in board.activity_log.toPlainText())
+    assert board.frameGeometry().width() <= free.width()
+    # The tray menu is a window too.
+    assert tray_app.menu.sizeHint().width() <= free.width()
+
+
+def test_charts_repaint_at_most_twice_a_second_however_often_points_come(qtbot, tray_app):
+    from PySide6.QtWidgets import QApplication
+
+    from app.tray.chart import REPAINT_INTERVAL_MS
+
+    tray_app.show_dashboard()
+    chart = tray_app.dashboard.loss_chart
+    qtbot.waitUntil(chart.isVisible)
+    qtbot.waitUntil(lambda: chart.paints > 0)  # the first frame, empty
+    before = chart.paints
+    for i in range(200):  # far more often than a frame: the last points win
+        chart.set_points([(1000.0 + j, 1.0 / (1 + j)) for j in range(i + 2)])
+        QApplication.processEvents()
+    assert chart.paints - before <= 1
+    qtbot.waitUntil(lambda: chart.painted_points == 201, timeout=REPAINT_INTERVAL_MS * 4)
+    assert chart.paints - before <= 2
+
+
+def test_stats_report_what_the_window_shows(qtbot, tray_app, engine):
+    _join(engine, tray_app)
+    tray_app.show_dashboard()
+    qtbot.waitUntil(tray_app.dashboard.isVisible)
+    engine.publish_from_thread(
+        *[
+            Progress(
+                project="digits",
+                task_id="t1",
+                step=s,
+                total_steps=10,
+                examples=16 * s,
+                loss=1.0 / s,
+                examples_per_second=100.0,
+                at=1000.0 + s,
+            )
+            for s in range(1, 11)
+        ]
+    )
+    qtbot.waitUntil(lambda: tray_app.stats()["charts"]["loss"]["painted_points"] == 10)
+    stats = tray_app.stats()
+    assert stats["window_visible"] is True and stats["state"] == "idle"
+    assert stats["charts"]["loss"]["points"] == 10 and stats["charts"]["loss"]["paints"] >= 1
+    assert stats["charts"]["credit"]["points"] == 0
+    json.dumps(stats)  # the tray writes it as JSON

@@ -153,3 +153,20 @@ def test_menu_action_objects_are_rebuilt_not_leaked(tray_app):
     for _ in range(20):
         tray_app.build_tray_menu()
     assert len([a for a in tray_app.menu.findChildren(QAction)]) < 40
+
+
+def test_offline_shows_cant_reach_the_server_and_retry_now(qtbot, tray_app, engine):
+    engine.publish_from_thread(
+        StateChanged(state=EngineState.OFFLINE, previous=EngineState.LEASING, project="digits"),
+        Error(message="can't reach the server of digits; retrying in 8s", code="unavailable"),
+    )
+    qtbot.waitUntil(lambda: "Retry now" in tray_app.menu_texts())
+    assert tray_app.menu_texts()[:2] == ["Can't reach the server", "Retry now"]
+    assert "Asking for work" not in tray_app.tray.toolTip()
+    assert tray_app.tray.toolTip().startswith("Barnraise — Can't reach the server")
+
+    click_menu_item(qtbot, tray_app.menu, "Retry now")
+    qtbot.waitUntil(lambda: engine.called("retry_now") == [None])
+    # The fake engine goes back to asking for work: the action goes with the state.
+    qtbot.waitUntil(lambda: "Retry now" not in tray_app.menu_texts())
+    assert tray_app.menu_texts()[0] == "Asking for work"

@@ -202,6 +202,74 @@ def test_the_tray_process_never_imports_torch(tmp_path):
     assert report == {"engine": "ControllerEngine", "torch": []}, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"PK\x03\x04 a zip file, not a database " * 40, "is not a Barnraise ledger"),
+        (b"", "is empty (0 bytes)"),
+    ],
+    ids=["not-sqlite", "zero-bytes"],
+)
+def test_a_damaged_ledger_is_shown_and_the_tray_exits_non_zero(tmp_path, content, problem):
+    """The real tray process, offscreen: no traceback, a window that names the file and
+    says what to do, staying until closed, then a non-zero exit; the file is left as is."""
+    import signal
+    import time
+
+    from app.tray.application import EXIT_CANNOT_START
+
+    data = tmp_path / "data"
+    data.mkdir()
+    ledger = data / "ledger.sqlite"
+    ledger.write_bytes(content)
+    ready = tmp_path / "ready.json"
+    env = dict(
+        os.environ,
+        QT_QPA_PLATFORM="offscreen",
+        BARNRAISE_CONFIG_DIR=str(tmp_path / "config"),
+        BARNRAISE_DATA_DIR=str(data),
+        XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app.tray",
+            "--credentials",
+            str(tmp_path / "creds.json"),
+            "--ready-file",
+            str(ready),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for the process to report, not for time to pass
+        assert ready.exists(), f"no report; rc={proc.poll()}"
+        report = json.loads(ready.read_text())
+        assert proc.poll() is None, "the message waits for the volunteer to read it"
+        proc.send_signal(signal.SIGTERM)  # as closing it would
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == EXIT_CANNOT_START != 0
+    assert "Traceback" not in stderr, stderr
+    assert f"barnraise: the contribution ledger {ledger} {problem}" in stderr
+    dialog = report["dialog"]
+    assert dialog["visible"] and dialog["title"] == "Barnraise cannot start"
+    assert dialog["text"].startswith(f"The contribution ledger {ledger} {problem}")
+    assert "Move it aside" in dialog["text"] and "start Barnraise again" in dialog["text"]
+    assert report["error"] in stderr
+    assert ledger.read_bytes() == content  # never wiped or replaced
+
+
 def test_status_model_text():
     from app.contributor.events import EngineState, Progress, StateChanged
     from app.tray.status import StatusModel, TrayLook
@@ -209,15 +277,16 @@ def test_status_model_text():
     model = StatusModel()
     model.apply(
         StateChanged(
-            state=EngineState.WAITING, previous=EngineState.IDLE, reasons=("outside schedule",)
+            state=EngineState.WAITING, previous=EngineState.IDLE, reasons=("outside the schedule",)
         )
     )
-    assert model.status_line() == "Waiting (outside schedule)" and model.look is TrayLook.IDLE
+    assert model.status_line() == "Waiting: outside your schedule" and model.look is TrayLook.IDLE
     model.apply(
         StateChanged(
-            state=EngineState.SUSPENDED, previous=EngineState.TRAINING, reasons=("too hot",)
+            state=EngineState.SUSPENDED, previous=EngineState.TRAINING, reasons=("CPU too hot",)
         )
     )
+    assert model.status_line() == "Waiting: the computer is too hot"
     assert model.look is TrayLook.THROTTLED
     model.apply(
         StateChanged(state=EngineState.TRAINING, previous=EngineState.SUSPENDED, project="digits")
@@ -236,6 +305,72 @@ def test_status_model_text():
     assert model.status_line() == "Training — 25%"
     model.apply(StateChanged(state=EngineState.BACKOFF, previous=EngineState.TRAINING))
     assert model.look is TrayLook.ERROR and model.progress is None
+    assert model.status_line() == "Waiting to try again"
+
+
+@pytest.mark.parametrize(
+    ("reasons", "line"),
+    [
+        # The engine's own words (app/contributor/policy.py), as the volunteer reads them.
+        (("idle time unknown (treated as in use)",), "Waiting: you're using the computer"),
+        (("you are using the computer",), "Waiting: you're using the computer"),
+        (("power source unknown (treated as battery)",), "Waiting: on battery"),
+        (("paused", "on battery"), "Waiting: on battery"),
+        (("outside the schedule", "on battery"), "Waiting: outside your schedule"),
+        (("a reason from a newer engine",), "Waiting: a reason from a newer engine"),
+        ((), "Waiting"),
+    ],
+)
+def test_status_line_is_plain_and_short(reasons, line):
+    from app.contributor.events import EngineState, StateChanged
+    from app.tray.status import STATUS_MAX_CHARS, StatusModel
+
+    model = StatusModel()
+    model.apply(StateChanged(state=EngineState.WAITING, previous=EngineState.IDLE, reasons=reasons))
+    assert model.status_line() == line
+    assert "(" not in model.status_line() and len(model.status_line()) <= STATUS_MAX_CHARS
+    if len(reasons) > 1 and "paused" not in reasons:
+        assert "Why: outside your schedule, on battery" in model.tooltip()
+
+
+def test_throttled_training_says_so_briefly_and_the_tooltip_says_why():
+    from app.contributor.events import EngineState, PolicyChanged, StateChanged
+    from app.tray.status import StatusModel
+
+    model = StatusModel()
+    model.apply(
+        PolicyChanged(action="throttle", reasons=("idle time unknown (treated as in use)",))
+    )
+    model.apply(StateChanged(state=EngineState.TRAINING, previous=EngineState.DOWNLOADING))
+    assert model.status_line() == "Training slowly"
+    assert "Why: you're using the computer" in model.tooltip()
+
+
+def test_offline_is_its_own_state_not_asking_for_work():
+    from app.contributor.events import EngineState, Error, StateChanged
+    from app.tray.status import StatusModel, TrayLook
+
+    model = StatusModel()
+    model.apply(StateChanged(state=EngineState.OFFLINE, previous=EngineState.LEASING))
+    # The engine reports the network error right after the state: the line stays plain.
+    model.apply(Error(message="can't reach the server of digits; retrying in 8s", code="x"))
+    assert model.offline and model.status_line() == "Can't reach the server"
+    assert model.look is TrayLook.ERROR
+    model.apply(StateChanged(state=EngineState.LEASING, previous=EngineState.OFFLINE))
+    assert not model.offline and model.status_line() == "Asking for work"
+
+
+def test_a_long_error_makes_a_short_status_line():
+    from app.contributor.events import Error
+    from app.tray.status import STATUS_MAX_CHARS, StatusModel
+
+    model = StatusModel()
+    model.apply(Error(message="the coordinator said: " + "very long words " * 300))
+    line = model.status_line()
+    assert line.startswith("Problem: the coordinator said: very long")
+    assert line.endswith("…") and len(line) <= STATUS_MAX_CHARS
+    model.apply(Error(message="x" * 5000))  # no space to cut at
+    assert len(model.status_line()) <= STATUS_MAX_CHARS
 
 
 @pytest.mark.slow
@@ -268,3 +403,41 @@ def test_the_running_engine_keeps_torch_out_of_the_tray(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"trainer": True, "torch": False}
+
+
+def test_the_adapter_reads_closed_projects_and_key_changes_from_the_engine(tmp_path, monkeypatch):
+    """ControllerEngine.snapshot() carries the engine's per-project closed flag and key
+    change (the fields the tray shows) into the port's JoinedProject."""
+    from app.tray.adapter import ControllerEngine
+    from app.tray.engine_port import KeyChangeNotice
+
+    monkeypatch.setenv("BARNRAISE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("BARNRAISE_CONFIG_DIR", str(tmp_path / "config"))
+    engine = ControllerEngine(credentials_file=tmp_path / "creds.json")
+    real = engine.controller.snapshot()
+    base = {"server_url": "https://barn.example.org", "credit": 0, "tasks": 0, "rank": None}
+    change = {
+        "project": "digits",
+        "pinned_fingerprint": "aa:bb",
+        "new_fingerprint": "cc:dd",
+        "new_public_key_b64": "x",
+    }
+    raw = {
+        **real,
+        "projects": [
+            {**base, "project": "digits", "disabled": "untrusted", "key_change": change},
+            {**base, "project": "done", "closed": True, "key_change": None},
+            {**base, "project": "busy"},
+        ],
+    }
+    monkeypatch.setattr(engine.controller, "snapshot", lambda: raw)
+    projects = {p.name: p for p in engine.snapshot().projects}
+    assert projects["digits"].key_change == KeyChangeNotice(
+        project="digits",
+        pinned_fingerprint="aa:bb",
+        new_fingerprint="cc:dd",
+        server_url="https://barn.example.org",
+    )
+    assert projects["digits"].state == "stopped: untrusted" and not projects["digits"].closed
+    assert projects["done"].closed and projects["done"].key_change is None
+    assert not projects["busy"].closed and projects["busy"].key_change is None
