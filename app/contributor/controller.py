@@ -52,7 +52,7 @@ from app.contributor.client import (
     UntrustedError,
 )
 from app.contributor.credentials import CredentialStore, ProjectCredentials, ProjectRef
-from app.contributor.deadline import GIVE_BACK_REASON, UPLOAD_MARGIN_S, estimate_finish
+from app.contributor.deadline import GIVE_BACK_REASON, estimate_finish
 from app.contributor.events import (
     CreditUpdated,
     EngineState,
@@ -954,12 +954,22 @@ class Controller:
             self._drop_task_files(project, release=True)
             return
         useful_until = manifest.get("useful_until")
-        if isinstance(useful_until, int | float) and time.time() + UPLOAD_MARGIN_S > useful_until:
-            self._drop_task_files(project, release=True)
-            self._rejected(
-                project, task, "gave_back_late", GIVE_BACK_REASON, examples=0, seconds=0.0
+        if isinstance(useful_until, int | float):
+            # Nothing trained yet: only a task already past its useful time is late.
+            arrived = estimate_finish(
+                now=time.time(),
+                useful_until=float(useful_until),
+                steps_done=0,
+                total_steps=1,
+                compute_s=0.0,
+                computing_share=1.0,
             )
-            return
+            if not arrived.in_time:
+                self._drop_task_files(project, release=True)
+                self._rejected(
+                    project, task, "gave_back_late", arrived.reason, examples=0, seconds=0.0
+                )
+                return
         self._set_state(EngineState.DOWNLOADING, project=name, task_id=task.task_id)
         try:
             model_path = project.client.download_model(str(manifest["base_digest"]))
