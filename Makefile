@@ -35,6 +35,7 @@ CODE := $(wildcard federated backend app tests bench packaging assets)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(CODE)
 	$(VENV)/bin/ruff format --check $(CODE)
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy $(wildcard federated backend app)

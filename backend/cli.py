@@ -20,24 +20,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+# The demo project, re-exported: tests and benches import it from here.
+from backend.demo_headless import DEMO_HPARAMS as DEMO_HPARAMS
+from backend.demo_headless import DEMO_PROJECT as DEMO_PROJECT
 from backend.settings import SETTING_HELP, ProjectSettings
-
-DEMO_PROJECT = "digits"
-DEMO_HPARAMS: dict[str, Any] = {
-    "lr": 0.1,
-    "momentum": 0.9,
-    "batch_size": 16,
-    "local_epochs": 2.0,
-    "num_shards": 6,
-    "hidden": 64,
-}
-"""Digits hyperparameters that reach >= 0.90 held-out accuracy in 5 versions with 3 contributors."""
-
-
-def default_data_dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("barnraise-backend"))
 
 
 def _key_values(items: Sequence[str], what: str) -> dict[str, str]:
@@ -165,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    from backend.coordinator import default_data_dir
+
     data_dir: Path = args.data or default_data_dir()
     try:
         if args.command == "serve":

@@ -7,9 +7,13 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from backend.cli import DEMO_HPARAMS, DEMO_PROJECT
 from backend.demo_clients import DemoContributor
-from backend.demo_headless import HeadlessContributor, barnraise_command
+from backend.demo_headless import (
+    DEMO_HPARAMS,
+    DEMO_PROJECT,
+    HeadlessContributor,
+    barnraise_command,
+)
 from backend.server import bound_port, make_server, start_in_thread
 from backend.wsgi import create_app
 

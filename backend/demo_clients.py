@@ -17,9 +17,10 @@ from typing import Any
 
 import requests
 
+from federated import protocol
 from federated.codec import decode_model, encode_update
 from federated.recipes import get_recipe
-from federated.signing import SigningKey, canonical_json, verify
+from federated.signing import SigningKey, verify
 from federated.training import train_locally
 
 LEASE_WAIT_S = 10
@@ -67,15 +68,15 @@ class DemoContributor:
             "public_key": self.key.public_key_b64,
             "purpose": "join",
         }
-        body = {
-            "display_name": self.display_name,
-            "team": self.team,
-            "public_key": self.key.public_key_b64,
-            "challenge": challenge,
-            "signature": self.key.sign(statement),
-            "invite": self.invite,
-        }
-        r = self.session.post(f"{self.api}/join", json=body, timeout=30)
+        body = protocol.JoinRequest(
+            display_name=self.display_name,
+            team=self.team,
+            public_key=self.key.public_key_b64,
+            challenge=challenge,
+            signature=self.key.sign(statement),
+            invite=self.invite,
+        )
+        r = self.session.post(f"{self.api}/join", json=protocol.to_wire(body), timeout=30)
         _check(r, 201)
         data = r.json()
         self.client_id, self.token = data["client_id"], data["token"]
@@ -114,20 +115,22 @@ class DemoContributor:
             recipe, hp, base, data, max_examples=int(task["max_examples"]), seed=seed
         )
         encoded = encode_update(result.delta, task["codec"])
-        manifest = {
-            "project": self.project,
-            "task_id": task["task_id"],
-            "client_id": self.client_id,
-            "base_digest": task["base_digest"],
-            "payload_digest": encoded.digest,
-            "codec": task["codec"],
-            "num_examples": int(result.num_examples),
-            "metrics": result.metrics(),
-        }
+        manifest = protocol.UpdateManifest(
+            project=self.project,
+            task_id=task["task_id"],
+            client_id=self.client_id,
+            base_digest=task["base_digest"],
+            payload_digest=encoded.digest,
+            codec=task["codec"],
+            num_examples=int(result.num_examples),
+            metrics=result.metrics(),
+        )
         return self.upload(task["task_id"], encoded.payload, manifest)
 
-    def upload(self, task_id: str, payload: bytes, manifest: dict[str, Any]) -> dict[str, Any]:
-        raw = canonical_json(manifest)
+    def upload(
+        self, task_id: str, payload: bytes, manifest: protocol.UpdateManifest
+    ) -> dict[str, Any]:
+        raw = protocol.encode_canonical(manifest)
         headers = {
             **self._auth(),
             "Content-Type": "application/octet-stream",

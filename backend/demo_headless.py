@@ -14,6 +14,18 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+DEMO_PROJECT = "digits"
+DEMO_HPARAMS: dict[str, Any] = {
+    "lr": 0.1,
+    "momentum": 0.9,
+    "batch_size": 16,
+    "local_epochs": 2.0,
+    "num_shards": 6,
+    "hidden": 64,
+}
+"""Digits hyperparameters that reach >= 0.90 held-out accuracy in 5 versions with 3 contributors."""
 
 DEMO_CONTRIBUTOR_SETTINGS = {
     # A demo machine is "idle" and plugged in: use one full core, ignore other load.

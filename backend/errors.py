@@ -15,6 +15,8 @@
     ├── TooManyRequests            429 rate_limited (Retry-After)
     └── ServiceUnavailable         503 project_paused, unavailable (Retry-After)
 
+The codes and their statuses are ``federated.protocol.ERROR_STATUS`` (both programs read
+that table); ``api_error`` is the one place a code becomes an error of its status.
 ``error_body`` is the one place that turns an error into the JSON body the protocol
 documents: ``{"error": {"code": ..., "message": ...}}``.
 """
@@ -24,7 +26,9 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
-from federated.errors import UPDATE_REJECTION_CODES
+from federated.protocol import ERROR_STATUS, ProtocolError
+from federated.protocol import FINAL_UPLOAD_CODES as FINAL_UPLOAD_CODES
+from federated.protocol import PAYLOAD_CODES as PAYLOAD_CODES
 
 
 class HTTPError(Exception):
@@ -119,64 +123,6 @@ class ServiceUnavailable(HTTPError):
     default_code = "unavailable"
 
 
-PAYLOAD_CODES: tuple[str, ...] = UPDATE_REJECTION_CODES
-"""The codes of ``federated.errors.UpdateRejected``, answered as 422 under the same name."""
-
-ERROR_STATUS: dict[str, int] = {
-    "bad_id": 400,
-    "bad_json": 400,
-    "bad_request": 400,
-    "bad_challenge": 400,
-    "incomplete_body": 400,
-    "missing_token": 401,
-    "bad_token": 401,
-    "invite_required": 403,
-    "bad_invite": 403,
-    "bad_signature": 403,
-    "not_your_task": 403,
-    "not_found": 404,
-    "unknown_project": 404,
-    "unknown_task": 404,
-    "method_not_allowed": 405,
-    "wrong_base": 409,
-    "task_already_answered": 409,
-    "project_closed": 410,
-    "lease_expired": 410,
-    "task_rejected": 410,
-    "payload_too_large": 413,
-    "unsupported_media_type": 415,
-    "range_not_satisfiable": 416,
-    "manifest_mismatch": 422,
-    "digest_mismatch": 422,
-    **dict.fromkeys(PAYLOAD_CODES, 422),
-    "rate_limited": 429,
-    "project_paused": 503,
-    "unavailable": 503,
-    "internal_error": 500,
-}
-"""Every stable error code and its status: the table in docs/protocol.md, as data."""
-
-FINAL_UPLOAD_CODES: frozenset[str] = frozenset(
-    {
-        "bad_request",
-        "bad_json",
-        "bad_signature",
-        "payload_too_large",
-        "unsupported_media_type",
-        "wrong_base",
-        "manifest_mismatch",
-        "digest_mismatch",
-        *PAYLOAD_CODES,
-    }
-)
-"""Upload refusals that end the task for good (status ``rejected``): sending the same
-update again would be refused again, so the task is never leased again and later uploads
-and heartbeats for it answer 410 ``task_rejected``. Everything else leaves the task as it
-was: server errors and 429 (try again), 401 and ``unknown_task``/``not_your_task`` (the
-caller does not own the task, so it must not be able to end it), ``incomplete_body`` (a
-connection cut mid-upload: send it again), ``lease_expired``, ``task_already_answered``
-and ``project_closed`` (the task is over already)."""
-
 _BY_STATUS: dict[int, type[HTTPError]] = {
     cls.status: cls
     for cls in (
@@ -202,6 +148,11 @@ def api_error(code: str, message: str, *, retry_after: int | None = None) -> HTT
     status = ERROR_STATUS[code]
     cls = _BY_STATUS.get(status, HTTPError)
     return cls(message, code=code, retry_after=retry_after)
+
+
+def refusal(exc: ProtocolError) -> HTTPError:
+    """A message that broke the contract, answered with its code's status."""
+    return api_error(exc.code, exc.message)
 
 
 def error_body(error: HTTPError) -> bytes:

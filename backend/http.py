@@ -12,11 +12,14 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import parse_qs
 
-from backend.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from backend.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, refusal
 from backend.settings import JSON_BODY_LIMIT
+from federated import protocol
+
+T = TypeVar("T")
 
 CHUNK = 256 * 1024
 
@@ -79,8 +82,9 @@ class Request:
             raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
         return data
 
-    def json(self, *, required: bool = True) -> Any:
-        """The body parsed as JSON (application/json, at most 64 KiB, no NaN/Infinity)."""
+    def json_object(self, *, required: bool = True) -> dict[str, Any]:
+        """The body as a JSON object (application/json, at most 64 KiB), parsed strictly:
+        no duplicate keys, NaN or Infinity (``federated.protocol.parse_json``)."""
         ctype = (self.header("content-type") or "").split(";")[0].strip().lower()
         length = self.content_length()
         if not required and not length:
@@ -91,15 +95,17 @@ class Request:
             )
         raw = self.read_body(JSON_BODY_LIMIT)
         try:
-            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}", code="bad_json") from None
+            return protocol.parse_json(raw, what="the body")
+        except protocol.ProtocolError as exc:
+            raise refusal(exc) from None
 
-    def json_object(self, *, required: bool = True) -> dict[str, Any]:
-        body = self.json(required=required)
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object", code="bad_json")
-        return body
+    def message(self, type_: type[T]) -> T:
+        """The body as a protocol message: unknown fields, wrong types and out-of-range
+        values are 400 ``bad_request`` naming the field."""
+        try:
+            return protocol.convert(self.json_object(), type_, what="the body")
+        except protocol.ProtocolError as exc:
+            raise refusal(exc) from None
 
     def stream_to_file(self, fd: int, limit: int) -> tuple[str, int]:
         """Copy the body into ``fd`` (closed afterwards), hashing as it goes; 413 past ``limit``.
@@ -138,10 +144,6 @@ class Request:
                 code="incomplete_body",
             )
         return h.hexdigest(), size
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
 
 
 @dataclass

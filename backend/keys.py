@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
+from federated.files import write_atomic
+from federated.protocol import is_project_name
 from federated.signing import SigningKey
-
-PROJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 class KeyStore:
@@ -20,21 +19,14 @@ class KeyStore:
         self._cache: dict[str, SigningKey] = {}
 
     def _path(self, project: str) -> Path:
-        if not PROJECT_NAME_RE.match(project):
+        if not is_project_name(project):
             raise ValueError(f"not a project name: {project[:80]!r}")
         return self.root / f"{project}.ed25519"
 
     def create(self, project: str) -> SigningKey:
         """A new key for ``project``, written with 0600 before any byte of it is."""
         key = SigningKey.generate()
-        path = self._path(project)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.private_bytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(self._path(project), key.private_bytes(), mode=0o600)
         self._cache[project] = key
         return key
 

@@ -1,37 +1,92 @@
-"""A tiny thread-safe Prometheus registry and the backend's own metrics.
+"""The backend's Prometheus metrics, on ``prometheus_client``.
 
-API (all thread-safe)::
+API::
 
-    registry = Registry()                       # or the module-level REGISTRY
-    c = registry.counter("x_total", "help", ("method", "status"))
-    c.labels(method="GET", status="200").inc()  # or c.labels("GET", "200").inc(2)
-    g = registry.gauge("y", "help", ("project",)); g.labels(project="p").set(3)
-    h = registry.histogram("z_seconds", "help", buckets=(0.1, 1.0)); h.observe(0.3)
-    with h.time(): ...                          # observes the elapsed seconds
-    registry.render() -> str                    # text exposition format 0.0.4
-    CONTENT_TYPE                                # the Content-Type to serve it with
+    METRICS                                   # the predefined metrics, on REGISTRY
+    m = BackendMetrics.create(Registry())     # an isolated set (own registry), for tests
+    m.updates_accepted.labels(project="digits").inc()
+    with m.aggregation_seconds.labels(project="digits").time(): ...
+    render(m) -> bytes                        # what /metrics serves, with CONTENT_TYPE
+    sample_value(m, "barnraise_updates_accepted_total", {"project": "digits"}) -> float
 
-    METRICS = BackendMetrics.create(REGISTRY)   # the predefined metrics, see below
-    BackendMetrics.create(Registry())           # an isolated set for tests
+The metric objects are plain ``prometheus_client`` ``Counter``/``Gauge``/``Histogram``. Label
+values must come from small fixed sets (a route *pattern* name, a status code, an error code,
+a project name): every distinct combination is kept for the life of the process.
 
-A metric without label names is used directly (``c.inc()``, ``g.set(1)``, ``h.observe(x)``).
-Label values must come from small fixed sets (a route *pattern* name, a status code, an
-error code, a project name): every distinct combination is kept for the life of the process.
-The registry is per process; under several worker processes each process exposes its own.
+``/metrics`` renders the registry of the ``BackendMetrics`` its app's coordinator records
+into, so a set handed to a ``Coordinator`` is the set that app serves.
+
+Several worker processes (gunicorn ``--workers N``)
+---------------------------------------------------
+Each worker process has its own counters. To have one ``/metrics`` answer sum every worker,
+run in ``prometheus_client``'s multiprocess mode:
+
+1. Set ``PROMETHEUS_MULTIPROC_DIR`` to a folder that is **empty** when gunicorn starts (files
+   left by an earlier run would be counted again), writable by the workers, e.g.::
+
+       rm -rf /run/barnraise-metrics && mkdir /run/barnraise-metrics
+       PROMETHEUS_MULTIPROC_DIR=/run/barnraise-metrics BARNRAISE_DATA=/srv/barnraise \\
+           gunicorn -c gunicorn.conf.py --workers 4 --threads 64 'backend.wsgi:app_from_env()'
+
+   It must be set in the environment before any process imports ``prometheus_client``
+   (the value storage is chosen at import); setting it inside the app is too late.
+2. Give gunicorn a config file with a ``child_exit`` hook, so that a dead worker's
+   live gauges stop being reported (its counters stay counted, as Prometheus expects)::
+
+       # gunicorn.conf.py
+       from prometheus_client import multiprocess
+
+       def child_exit(server, worker):
+           multiprocess.mark_process_dead(worker.pid)
+
+In that mode every worker writes its values to memory-mapped files in the folder and
+``/metrics`` (whichever worker answers) merges all of them with ``MultiProcessCollector``.
+The per-process collectors (``process_*``, ``python_gc_*``) are not available then, and all
+``BackendMetrics`` sets of one process share their values (they share file keys), so an
+isolated set is only isolated without ``PROMETHEUS_MULTIPROC_DIR``.
 """
 
 from __future__ import annotations
 
-import math
-import re
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client import REGISTRY as _DEFAULT_REGISTRY
+from prometheus_client.metrics import MetricWrapperBase
+
+__all__ = [
+    "AGGREGATION_BUCKETS",
+    "CONTENT_TYPE",
+    "LATENCY_BUCKETS",
+    "METRICS",
+    "MULTIPROC_DIR",
+    "REGISTRY",
+    "BackendMetrics",
+    "Registry",
+    "render",
+    "sample_value",
+]
+
+CONTENT_TYPE: str = CONTENT_TYPE_LATEST
+"""The Content-Type to serve :func:`render`'s output with."""
+
+Registry = CollectorRegistry
+"""``BackendMetrics.create(Registry())`` gives an isolated set of metrics."""
+
+MULTIPROC_DIR: str | None = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+"""Where every worker's values live in multiprocess mode; read once, as prometheus_client
+itself decides on multiprocess storage once, when it is imported."""
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.001,
@@ -66,311 +121,19 @@ AGGREGATION_BUCKETS: tuple[float, ...] = (
 )
 """Seconds; one aggregation including evaluation on held-out data."""
 
-_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_RESERVED_LABELS = frozenset({"le", "quantile"})
-
-LabelValues = tuple[str, ...]
-
-
-def _format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _escape_label_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _label_text(names: Sequence[str], values: Sequence[str]) -> str:
-    if not names:
-        return ""
-    pairs = ",".join(
-        f'{name}="{_escape_label_value(value)}"' for name, value in zip(names, values, strict=True)
-    )
-    return "{" + pairs + "}"
-
-
-class _Metric:
-    """Common label handling; subclasses keep one child per label-value tuple."""
-
-    kind = "untyped"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        if not _NAME_RE.match(name):
-            raise ValueError(f"metric name {name!r} is not a valid Prometheus name")
-        for label in labelnames:
-            if not _LABEL_RE.match(label) or label.startswith("__") or label in _RESERVED_LABELS:
-                raise ValueError(f"label name {label!r} is not allowed on metric {name!r}")
-        if len(set(labelnames)) != len(labelnames):
-            raise ValueError(f"metric {name!r} repeats a label name")
-        self.name = name
-        self.help = help
-        self.labelnames: tuple[str, ...] = tuple(labelnames)
-        self._lock = threading.Lock()
-
-    def _key(self, args: Sequence[object], kwargs: dict[str, object]) -> LabelValues:
-        if args and kwargs:
-            raise ValueError(f"{self.name}: pass label values by position or by name, not both")
-        if kwargs:
-            if set(kwargs) != set(self.labelnames):
-                raise ValueError(
-                    f"{self.name}: expected labels {sorted(self.labelnames)}, got {sorted(kwargs)}"
-                )
-            return tuple(str(kwargs[name]) for name in self.labelnames)
-        if len(args) != len(self.labelnames):
-            raise ValueError(
-                f"{self.name}: expected {len(self.labelnames)} label values, got {len(args)}"
-            )
-        return tuple(str(a) for a in args)
-
-    def _require_unlabelled(self) -> None:
-        if self.labelnames:
-            raise ValueError(f"{self.name} has labels {self.labelnames}; call .labels(...) first")
-
-    def render_lines(self) -> list[str]:
-        lines = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
-        lines.extend(self._sample_lines())
-        return lines
-
-    def _sample_lines(self) -> list[str]:
-        raise NotImplementedError
-
-
-class _ValueChild:
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock = lock
-        self.value = 0.0
-
-
-_ValueChildT = TypeVar("_ValueChildT", "CounterChild", "GaugeChild")
-
-
-class CounterChild(_ValueChild):
-    def inc(self, amount: float = 1.0) -> None:
-        """Add ``amount`` (>= 0)."""
-        if amount < 0:
-            raise ValueError("a counter can only go up")
-        with self._lock:
-            self.value += amount
-
-
-class GaugeChild(_ValueChild):
-    def set(self, value: float) -> None:
-        with self._lock:
-            self.value = float(value)
-
-    def inc(self, amount: float = 1.0) -> None:
-        with self._lock:
-            self.value += amount
-
-    def dec(self, amount: float = 1.0) -> None:
-        with self._lock:
-            self.value -= amount
-
-
-class HistogramChild:
-    def __init__(self, lock: threading.Lock, buckets: tuple[float, ...]) -> None:
-        self._lock = lock
-        self._buckets = buckets
-        self.counts = [0] * len(buckets)  # not cumulative; render() accumulates
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        with self._lock:
-            for i, bound in enumerate(self._buckets):
-                if value <= bound:
-                    self.counts[i] += 1
-                    break
-            self.sum += value
-            self.count += 1
-
-    @contextmanager
-    def time(self) -> Iterator[None]:
-        """Observe the seconds the ``with`` body took (also when it raises)."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.observe(time.perf_counter() - start)
-
-
-class _ValueMetric(_Metric, Generic[_ValueChildT]):
-    """A counter or gauge: one number per label combination."""
-
-    child_type: type[_ValueChildT]
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._children: dict[LabelValues, _ValueChildT] = {}
-        if not self.labelnames:
-            self._children[()] = self.child_type(self._lock)
-
-    def labels(self, *values: object, **named: object) -> _ValueChildT:
-        key = self._key(values, named)
-        with self._lock:
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = self.child_type(self._lock)
-        return child
-
-    def inc(self, amount: float = 1.0) -> None:
-        self._require_unlabelled()
-        self._children[()].inc(amount)
-
-    def value(self, *values: object, **named: object) -> float:
-        """The current value for these labels (0 if never touched); for tests."""
-        child = self._children.get(self._key(values, named))
-        return child.value if child else 0.0
-
-    def _sample_lines(self) -> list[str]:
-        with self._lock:
-            items = sorted((k, c.value) for k, c in self._children.items())
-        return [
-            f"{self.name}{_label_text(self.labelnames, k)} {_format_value(v)}" for k, v in items
-        ]
-
-
-class Counter(_ValueMetric[CounterChild]):
-    kind = "counter"
-    child_type = CounterChild
-
-
-class Gauge(_ValueMetric[GaugeChild]):
-    kind = "gauge"
-    child_type = GaugeChild
-
-    def set(self, value: float) -> None:
-        self._require_unlabelled()
-        self._children[()].set(value)
-
-    def dec(self, amount: float = 1.0) -> None:
-        self._require_unlabelled()
-        self._children[()].dec(amount)
-
-    def remove(self, *values: object, **named: object) -> None:
-        """Forget one label combination (e.g. a closed project)."""
-        key = self._key(values, named)
-        with self._lock:
-            self._children.pop(key, None)
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(
-        self,
-        name: str,
-        help: str,
-        labelnames: Sequence[str] = (),
-        buckets: Sequence[float] = LATENCY_BUCKETS,
-    ) -> None:
-        super().__init__(name, help, labelnames)
-        bounds = tuple(float(b) for b in buckets if not math.isinf(b))
-        if not bounds or list(bounds) != sorted(set(bounds)):
-            raise ValueError(f"{name}: buckets must be non-empty, increasing and distinct")
-        self.buckets = bounds
-        self._children: dict[LabelValues, HistogramChild] = {}
-        if not self.labelnames:
-            self._children[()] = HistogramChild(self._lock, self.buckets)
-
-    def labels(self, *values: object, **named: object) -> HistogramChild:
-        key = self._key(values, named)
-        with self._lock:
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = HistogramChild(self._lock, self.buckets)
-        return child
-
-    def observe(self, value: float) -> None:
-        self._require_unlabelled()
-        self._children[()].observe(value)
-
-    def time(self) -> AbstractContextManager[None]:
-        """Observe the seconds the ``with`` body took (unlabelled histograms only)."""
-        self._require_unlabelled()
-        return self._children[()].time()
-
-    def _sample_lines(self) -> list[str]:
-        with self._lock:
-            items = sorted((k, list(c.counts), c.sum, c.count) for k, c in self._children.items())
-        lines: list[str] = []
-        names = (*self.labelnames, "le")
-        for key, counts, total, count in items:
-            cumulative = 0
-            for bound, n in zip(self.buckets, counts, strict=True):
-                cumulative += n
-                labels = _label_text(names, (*key, _format_value(bound)))
-                lines.append(f"{self.name}_bucket{labels} {cumulative}")
-            lines.append(f"{self.name}_bucket{_label_text(names, (*key, '+Inf'))} {count}")
-            base = _label_text(self.labelnames, key)
-            lines.append(f"{self.name}_sum{base} {_format_value(total)}")
-            lines.append(f"{self.name}_count{base} {count}")
-        return lines
-
-
-class Registry:
-    """A set of uniquely named metrics rendered together."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._metrics: dict[str, _Metric] = {}
-
-    def _add(self, metric: _Metric) -> None:
-        with self._lock:
-            if metric.name in self._metrics:
-                raise ValueError(f"metric {metric.name!r} is already registered")
-            self._metrics[metric.name] = metric
-
-    def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Counter:
-        metric = Counter(name, help, labelnames)
-        self._add(metric)
-        return metric
-
-    def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Gauge:
-        metric = Gauge(name, help, labelnames)
-        self._add(metric)
-        return metric
-
-    def histogram(
-        self,
-        name: str,
-        help: str,
-        labelnames: Sequence[str] = (),
-        buckets: Sequence[float] = LATENCY_BUCKETS,
-    ) -> Histogram:
-        metric = Histogram(name, help, labelnames, buckets)
-        self._add(metric)
-        return metric
-
-    def render(self) -> str:
-        """Every metric in text exposition format 0.0.4, ending with a newline."""
-        with self._lock:
-            metrics = list(self._metrics.values())
-        lines: list[str] = []
-        for metric in metrics:
-            lines.extend(metric.render_lines())
-        return "\n".join(lines) + "\n"
+# No ``*_created`` sample beside every counter and histogram series: it doubles the
+# exposition and nothing here reads it (multiprocess mode never exports it anyway).
+disable_created_metrics()
 
 
 @dataclass(frozen=True)
 class BackendMetrics:
-    """The metrics the coordinator records. Label values, by convention:
+    """The metrics the coordinator records, all on ``registry``. Label values, by convention:
 
     - ``route``: the route table's pattern name (``"lease_task"``, ``"page_project"``, or
       ``"unmatched"``), never the raw path, so the label set stays bounded.
     - ``status``: the numeric HTTP status as a string.
-    - ``outcome`` of a lease: ``"granted"`` or ``"no_work"`` (204).
+    - ``outcome`` of a lease: ``"granted"``, ``"no_work"`` (204) or ``"withheld"``.
     - ``reason`` of a rejection: the stable error code from docs/protocol.md.
     """
 
@@ -382,57 +145,108 @@ class BackendMetrics:
     aggregation_seconds: Histogram  # barnraise_aggregation_seconds{project}
     model_version: Gauge  # barnraise_model_version{project}
     rate_limited: Counter  # barnraise_rate_limited_total{route}
+    registry: CollectorRegistry
 
     @classmethod
-    def create(cls, registry: Registry) -> BackendMetrics:
+    def create(cls, registry: CollectorRegistry | None = None) -> BackendMetrics:
+        """The metrics registered on ``registry`` (a new one when None). A registry takes one
+        set only: a second ``create`` on it raises ValueError (duplicated timeseries)."""
+        reg = CollectorRegistry() if registry is None else registry
         return cls(
-            requests=registry.counter(
+            requests=Counter(
                 "barnraise_http_requests_total",
                 "HTTP requests answered, by method, route pattern and status.",
                 ("method", "route", "status"),
+                registry=reg,
             ),
-            request_seconds=registry.histogram(
+            request_seconds=Histogram(
                 "barnraise_http_request_duration_seconds",
                 "Seconds from request start to the last byte handed to the server.",
                 ("method", "route"),
-                LATENCY_BUCKETS,
+                registry=reg,
+                buckets=LATENCY_BUCKETS,
             ),
-            leases=registry.counter(
+            leases=Counter(
                 "barnraise_leases_total",
                 "Task lease requests, by project and outcome (granted or no_work).",
                 ("project", "outcome"),
+                registry=reg,
             ),
-            updates_accepted=registry.counter(
+            updates_accepted=Counter(
                 "barnraise_updates_accepted_total",
                 "Updates verified, stored and credited.",
                 ("project",),
+                registry=reg,
             ),
-            updates_rejected=registry.counter(
+            updates_rejected=Counter(
                 "barnraise_updates_rejected_total",
                 "Updates refused, by the error code sent to the client.",
                 ("project", "reason"),
+                registry=reg,
             ),
-            aggregation_seconds=registry.histogram(
+            aggregation_seconds=Histogram(
                 "barnraise_aggregation_seconds",
                 "Seconds one aggregation took, evaluation included.",
                 ("project",),
-                AGGREGATION_BUCKETS,
+                registry=reg,
+                buckets=AGGREGATION_BUCKETS,
             ),
-            model_version=registry.gauge(
+            # Every worker sets this from the shared store (at start and when it publishes),
+            # so a worker that has not published lately holds an older, lower version.
+            # "livemax" reports the newest version any live worker knows, once per project,
+            # and forgets a dead worker once child_exit has called mark_process_dead.
+            model_version=Gauge(
                 "barnraise_model_version",
                 "The current published model version of each project.",
                 ("project",),
+                registry=reg,
+                multiprocess_mode="livemax",
             ),
-            rate_limited=registry.counter(
+            rate_limited=Counter(
                 "barnraise_rate_limited_total",
                 "Requests refused with 429 by the per-client rate limit.",
                 ("route",),
+                registry=reg,
             ),
+            registry=reg,
         )
 
 
-REGISTRY = Registry()
-"""The process-wide registry that ``/metrics`` renders."""
+def render(metrics: BackendMetrics | None = None) -> bytes:
+    """The ``/metrics`` body (serve it as ``CONTENT_TYPE``): with ``PROMETHEUS_MULTIPROC_DIR``
+    set, every worker process's values merged; otherwise ``metrics``' registry (default
+    ``METRICS``)."""
+    if MULTIPROC_DIR:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=MULTIPROC_DIR)
+        return generate_latest(registry)
+    return generate_latest((metrics or METRICS).registry)
+
+
+def sample_value(
+    source: BackendMetrics | CollectorRegistry | MetricWrapperBase,
+    name: str,
+    labels: Mapping[str, str] | None = None,
+) -> float:
+    """The value of one sample (e.g. ``"barnraise_leases_total"``, ``{"project": "p",
+    "outcome": "granted"}``; a histogram's ``"..._count"``), 0.0 if it was never recorded.
+    For tests and tools; it reads this process's values only."""
+    wanted = dict(labels or {})
+    if isinstance(source, MetricWrapperBase):
+        for family in source.collect():
+            for sample in family.samples:
+                if sample.name == name and sample.labels == wanted:
+                    return float(sample.value)
+        return 0.0
+    registry = source.registry if isinstance(source, BackendMetrics) else source
+    value = registry.get_sample_value(name, wanted)
+    return 0.0 if value is None else float(value)
+
+
+REGISTRY: CollectorRegistry = _DEFAULT_REGISTRY
+"""The process-wide registry (prometheus_client's default, with its process and GC
+collectors) that ``METRICS`` is on."""
 
 METRICS = BackendMetrics.create(REGISTRY)
-"""The predefined backend metrics on ``REGISTRY``."""
+"""The predefined backend metrics on ``REGISTRY``; a ``Coordinator`` records into these
+unless given its own."""

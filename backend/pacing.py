@@ -12,8 +12,8 @@ contributors are trusted to be fast until measured otherwise. Every task manifes
 when its update is useful (``useful_until``), so the contributor can give the task back
 early when it cannot make it (``app/contributor/deadline.py``).
 
-Pure functions over numbers; ``backend.rounds`` (the lease transaction) and
-``backend.coordinator`` (an upload records a pace sample) call them.
+Pure functions over numbers; ``backend.services.leasing`` (the lease transaction) and
+``backend.services.tasks`` (an upload records a pace sample) call them.
 
     next_pace(previous, *, seconds, steps, examples, now) -> Pace
     version_interval(created_at) -> float | None

@@ -166,18 +166,22 @@ def upload_request(
     import base64
     import hashlib
 
+    from federated import protocol
     from federated.signing import canonical_json
 
-    manifest = {
-        "project": project,
-        "task_id": task["task_id"],
-        "client_id": client_id,
-        "base_digest": task["base_digest"],
-        "payload_digest": hashlib.sha256(payload).hexdigest(),
-        "codec": task["codec"],
-        "num_examples": num_examples if num_examples is not None else int(task["max_examples"]),
-        "metrics": {"loss_before": 2.3, "loss_after": 1.0},
-    }
+    # Built as the protocol's type, then overridden as plain JSON: tests send bad ones too.
+    manifest = protocol.to_wire(
+        protocol.UpdateManifest(
+            project=project,
+            task_id=task["task_id"],
+            client_id=client_id,
+            base_digest=task["base_digest"],
+            payload_digest=hashlib.sha256(payload).hexdigest(),
+            codec=task["codec"],
+            num_examples=num_examples if num_examples is not None else int(task["max_examples"]),
+            metrics={"loss_before": 2.3, "loss_after": 1.0},
+        )
+    )
     manifest.update(manifest_overrides or {})
     raw = canonical_json(manifest)
     all_headers = {

@@ -1,7 +1,7 @@
 """The WSGI application: the route table as data, and the one place errors become JSON.
 
-Routes are ``(name, compiled regex, methods, handler)``; the first whose regex matches the
-path wins. Captured groups are passed to the handler by name; handlers validate them
+Routes come from ``backend.api.routes`` (the same table the OpenAPI document is generated
+from): ``(name, compiled regex, methods, handler)``; the first whose regex matches wins. Captured groups are passed to the handler by name; handlers validate them
 (``bad_id``) before they touch storage. A path matched with another method is 405.
 
 Run it with the CLI (``barnraise-backend serve``, cheroot) or under any WSGI server::
@@ -11,6 +11,7 @@ Run it with the CLI (``barnraise-backend serve``, cheroot) or under any WSGI ser
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,11 +20,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from backend.api import models, pages, projects, stats, system, tasks
+from backend.api.routes import API, HTML_ROUTES, ROUTE_TABLE
 from backend.coordinator import Coordinator
 from backend.errors import HTTPError, MethodNotAllowed, NotFound, TooManyRequests, error_body
 from backend.http import HTTP_REASONS, Request, Response
-from backend.metrics import METRICS
+from backend.openapi import build_openapi
 from backend.ratelimit import RateLimiter
 from backend.store import ClientRecord, ProjectRecord
 
@@ -32,50 +33,10 @@ log = logging.getLogger(__name__)
 Handler = Callable[..., Response]
 StartResponse = Callable[..., Any]
 
-_SEG = r"(?P<{}>[^/]+)"
-_P = _SEG.format("project")
-_T = _SEG.format("task_id")
-_D = _SEG.format("digest")
-API = "/api/v1"
-
-_ROUTE_SPECS: list[tuple[str, str, list[str], Handler]] = [
-    ("healthz", r"^/healthz$", ["GET"], system.healthz),
-    ("metrics", r"^/metrics$", ["GET"], system.metrics),
-    ("page_index", r"^/$", ["GET"], pages.index_page),
-    ("page_project", rf"^/p/{_P}/?$", ["GET"], pages.project_page),
-    ("openapi", rf"^{API}/openapi\.json$", ["GET"], system.openapi),
-    ("list_projects", rf"^{API}/projects$", ["GET"], projects.list_projects),
-    ("show_project", rf"^{API}/projects/{_P}$", ["GET"], projects.show_project),
-    ("challenge", rf"^{API}/projects/{_P}/challenge$", ["POST"], projects.new_challenge),
-    ("join", rf"^{API}/projects/{_P}/join$", ["POST"], projects.join_project),
-    ("lease_task", rf"^{API}/projects/{_P}/tasks/lease$", ["POST"], tasks.lease_task),
-    (
-        "heartbeat",
-        rf"^{API}/projects/{_P}/tasks/{_T}/heartbeat$",
-        ["POST"],
-        tasks.heartbeat_task,
-    ),
-    ("release", rf"^{API}/projects/{_P}/tasks/{_T}/release$", ["POST"], tasks.release_task),
-    (
-        "upload_update",
-        rf"^{API}/projects/{_P}/tasks/{_T}/update$",
-        ["PUT"],
-        tasks.upload_update,
-    ),
-    ("current_model", rf"^{API}/projects/{_P}/models/current$", ["GET"], models.current_model),
-    ("download_model", rf"^{API}/projects/{_P}/models/{_D}$", ["GET"], models.download_model),
-    ("leaderboard", rf"^{API}/projects/{_P}/leaderboard$", ["GET"], stats.leaderboard),
-    ("stats", rf"^{API}/projects/{_P}/stats$", ["GET"], stats.project_stats),
-    ("me", rf"^{API}/projects/{_P}/me$", ["GET"], stats.me),
-]
-
 ROUTES: list[tuple[str, re.Pattern[str], frozenset[str], Handler]] = [
-    (name, re.compile(pattern), frozenset(methods), handler)
-    for name, pattern, methods, handler in _ROUTE_SPECS
+    (route.name, route.regex, frozenset({route.method}), route.handler) for route in ROUTE_TABLE
 ]
-"""The route table. Order matters only where patterns overlap: models/current before models/{digest}."""
-
-HTML_ROUTES = frozenset({"page_index", "page_project"})
+"""(name, regex, methods, handler) from ``backend.api.routes.ROUTE_TABLE``; first match wins."""
 
 DEFAULT_RATE = 50.0
 """Requests per second a client may sustain (token bucket refill)."""
@@ -113,7 +74,14 @@ class App:
     ) -> None:
         self.coordinator = coordinator
         self.limiter = RateLimiter(rate=rate, burst=burst) if rate else None
-        self.metrics = METRICS
+        self.metrics = coordinator.metrics
+        self._openapi: bytes | None = None
+
+    def openapi_json(self) -> bytes:
+        """``GET /api/v1/openapi.json``: the same for every request, so built once."""
+        if self._openapi is None:
+            self._openapi = json.dumps(build_openapi(), ensure_ascii=False).encode("utf-8")
+        return self._openapi
 
     def authenticate(self, req: Request, project: ProjectRecord) -> ClientRecord:
         client = self.coordinator.authenticate(project, req.header("authorization"))
@@ -214,7 +182,7 @@ def create_app(
 
 def app_from_env() -> App:
     """For WSGI servers: ``gunicorn 'backend.wsgi:app_from_env()'`` with BARNRAISE_DATA set."""
-    from backend.cli import default_data_dir
+    from backend.coordinator import default_data_dir
     from backend.server import freeze_startup_heap
 
     data = os.environ.get("BARNRAISE_DATA") or str(default_data_dir())

@@ -45,6 +45,7 @@ from app.contributor.credentials import FileCredentialStore
 from app.contributor.events import EngineState, Error, Progress, TaskFinished
 from app.contributor.sensors import FakeSensors
 from app.contributor.settings import default_settings
+from backend.metrics import sample_value
 from backend.server import bound_port, make_server, start_in_thread
 from backend.wsgi import App, create_app
 
@@ -242,7 +243,9 @@ def classify(
         updates = {u.task_id: u for u in tx.updates(project.id)}
         versions = tx.versions(project.id)
     result = PhaseResult(name=name, versions=project.current_version)
-    result.withheld = co.metrics.leases.labels(project=name, outcome="withheld").value
+    result.withheld = sample_value(
+        co.metrics, "barnraise_leases_total", {"project": name, "outcome": "withheld"}
+    )
     result.accuracy = versions[-1].metrics.get("accuracy", float("nan"))
     with recorder.lock:
         tasks = dict(recorder.tasks)

@@ -11,6 +11,9 @@ sending the token; anyone else on the machine is refused. One request per connec
 The endpoint file (``control.json``) names the address; it is written last, atomically, so a
 client that can read it can connect. A stale endpoint (the instance died) is detected by a
 refused connection and removed by the next server.
+
+This module only carries commands; what each one does is the table in
+``app.contributor.commands``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from federated.files import write_atomic
 
 __all__ = [
     "ControlError",
@@ -55,17 +60,6 @@ class ControlError(Exception):
 
 class NotRunning(ControlError):
     """No running instance answers in this runtime folder."""
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode("utf-8"))
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 class _RequestHandler(socketserver.StreamRequestHandler):
@@ -145,7 +139,7 @@ class ControlServer:
                 f"another barnraise instance is already running with runtime folder "
                 f"{self.runtime_dir}; stop it first, or pass a different --data-dir"
             )
-        _write_private(self.runtime_dir / TOKEN_FILE, self.token)
+        write_atomic(self.runtime_dir / TOKEN_FILE, self.token, mode=0o600, durable=False)
         sock_path = self.runtime_dir / SOCKET_FILE
         use_unix = (
             not self._force_tcp
@@ -179,7 +173,9 @@ class ControlServer:
             daemon=True,
         )
         self._thread.start()
-        _write_private(self.runtime_dir / ENDPOINT_FILE, json.dumps(endpoint))
+        write_atomic(
+            self.runtime_dir / ENDPOINT_FILE, json.dumps(endpoint), mode=0o600, durable=False
+        )
 
     def close(self) -> None:
         """Stop serving and remove the endpoint files (idempotent)."""

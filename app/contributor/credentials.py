@@ -21,7 +21,6 @@ import binascii
 import json
 import logging
 import os
-import re
 import stat
 import sys
 import threading
@@ -36,6 +35,7 @@ import keyring.errors
 from keyring.backends import chainer, fail, null
 
 from app.contributor.settings import atomic_write_private, config_dir
+from federated.protocol import is_project_name, is_server_id
 
 __all__ = [
     "INDEX_FILENAME",
@@ -57,8 +57,6 @@ KEYRING_SERVICE = "barnraise"
 INDEX_FILENAME = "projects.json"
 FORMAT_VERSION = 1
 
-PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 KEY_BYTES = 32
 
 
@@ -83,7 +81,7 @@ def normalize_server_url(url: str) -> str:
 
 def project_key(server_url: str, project: str) -> str:
     """The store key of a project: ``"<normalized server url>#<project>"``."""
-    if not PROJECT_NAME.match(project):
+    if not is_project_name(project):
         raise CredentialsError(f"project name {project!r} is not a valid project name")
     return f"{normalize_server_url(server_url)}#{project}"
 
@@ -110,7 +108,7 @@ class ProjectCredentials:
 
     def __post_init__(self) -> None:
         project_key(self.server_url, self.project)  # validates both
-        if not CLIENT_ID.match(self.client_id):
+        if not is_server_id(self.client_id):
             raise CredentialsError(f"client id {self.client_id!r} is not a valid client id")
         if not self.token:
             raise CredentialsError("token is empty")

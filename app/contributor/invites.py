@@ -17,9 +17,10 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["PROJECT_NAME_RE", "InviteError", "JoinTarget", "parse_join_target"]
+from federated.protocol import is_project_name
 
-PROJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+__all__ = ["InviteError", "JoinTarget", "parse_join_target"]
+
 # Invite codes are opaque to the client; this only keeps control characters and
 # separators out of what we send back to the server.
 _INVITE_RE = re.compile(r"^[A-Za-z0-9._~-]{1,256}$")
@@ -76,7 +77,7 @@ def _parse_page_url(text: str, invite: str | None) -> JoinTarget:
     prefix, sep, name = path.rpartition("/p/")
     if not sep or "/" in name:
         raise InviteError(f"{text!r} is not a project page (expected …/p/NAME); {_hint()}")
-    if not PROJECT_NAME_RE.match(name):
+    if not is_project_name(name):
         raise InviteError(
             f"{name!r} is not a project name (lowercase letters, digits and '-', up to 63); {_hint()}"
         )

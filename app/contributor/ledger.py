@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from federated.files import fsync_dir
+
 __all__ = ["SCHEMA_VERSION", "Contribution", "Ledger", "LedgerError", "ProjectTotals"]
 
 SCHEMA_VERSION = 2
@@ -147,7 +149,7 @@ class Ledger:
             except OSError:  # a file system without hard links
                 if not self.path.exists():
                     os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -320,17 +322,3 @@ class Ledger:
             )
             for row in rows
         ]
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from app.contributor.client import LeasedTask, remove_quietly, save_json_atomic
+from federated import protocol
 
 __all__ = ["TaskFiles"]
 
@@ -57,16 +57,17 @@ class TaskFiles:
             raise ValueError(f"{self.task_path} does not hold a task")
         return LeasedTask(manifest=saved["manifest"], signature=str(saved.get("signature", "")))
 
-    def save_upload(self, task_id: str, manifest: dict[str, Any]) -> None:
-        save_json_atomic(self.upload(task_id), manifest)
+    def save_upload(self, task_id: str, manifest: protocol.UpdateManifest) -> None:
+        save_json_atomic(self.upload(task_id), protocol.to_wire(manifest))
 
-    def saved_upload(self, task_id: str) -> dict[str, Any] | None:
+    def saved_upload(self, task_id: str) -> protocol.UpdateManifest | None:
         """The manifest of a trained, not yet acknowledged update, if its payload is here."""
         try:
-            manifest = json.loads(self.upload(task_id).read_text())
-        except (OSError, ValueError):
+            raw = self.upload(task_id).read_bytes()
+            manifest = protocol.decode(raw, protocol.UpdateManifest, what=str(self.upload(task_id)))
+        except (OSError, ValueError):  # ProtocolError is a ValueError: a torn or old file
             return None
-        if not isinstance(manifest, dict) or not self.payload(task_id).exists():
+        if not self.payload(task_id).exists():
             return None
         return manifest
 

@@ -14,16 +14,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from app.contributor.events import (
-    EngineState,
-    Event,
-)
+from app.contributor.events import Event
 from app.contributor.invites import JoinTarget
 from app.contributor.settings import Settings, load_settings
+from app.contributor.snapshot import ProjectSnapshot
 from app.tray.engine_port import (
     DATA_LOCAL,
+    DashboardView,
     EnginePort,
-    EngineSnapshot,
     ExistingIdentity,
     JoinedProject,
     JoinRequest,
@@ -110,10 +108,10 @@ def check_local_csv(path: Path, columns: dict[str, object] | None) -> str:
 class ControllerEngine:
     """The port over ``app.contributor.controller.Controller`` (the real engine).
 
-    It also serves the engine's local control channel, so ``barnraise pause|resume|snooze|
-    status|leave`` reach the engine inside the tray as they reach a headless one, plus two
-    commands for the GUI: ``show`` and ``open_join`` (``{"url": ...}``), passed to
-    ``ui_handler`` (which re-emits them as Qt signals).
+    It also serves the engine's local control channel (``app.contributor.commands``), so
+    ``barnraise pause|resume|snooze|status|leave`` reach the engine inside the tray as they
+    reach a headless one, plus the two commands for the GUI: ``show`` and ``open_join``
+    (``{"url": ...}``), passed to ``ui_handler`` (which re-emits them as Qt signals).
     """
 
     def __init__(
@@ -142,65 +140,27 @@ class ControllerEngine:
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         return self.controller.subscribe(callback)
 
-    def snapshot(self) -> EngineSnapshot:
-        raw = self.controller.snapshot()
-        projects = []
-        for p in raw.get("projects", []):
-            server = str(p.get("server_url", ""))
-            change = p.get("key_change")
-            projects.append(
-                JoinedProject(
-                    name=str(p["project"]),
-                    server_url=server,
-                    page_url=f"{server}/p/{p['project']}",
-                    state="stopped: " + str(p["disabled"]) if p.get("disabled") else "joined",
-                    credit=float(p.get("credit") or 0.0),
-                    credit_unit=str(p.get("credit_unit") or ""),
-                    rank=p.get("rank"),
-                    tasks=int(p.get("tasks") or 0),
-                    closed=bool(p.get("closed")),
-                    key_change=KeyChangeNotice(
-                        project=str(p["project"]),
-                        pinned_fingerprint=str(change["pinned_fingerprint"]),
-                        new_fingerprint=str(change["new_fingerprint"]),
-                        server_url=server,
-                    )
-                    if isinstance(change, dict)
-                    else None,
-                )
-            )
-        snoozed = raw.get("snoozed_until")
-        decision = raw.get("decision") or {}
-        return EngineSnapshot(
-            state=EngineState(raw["state"]),
-            project=raw.get("project"),
-            reasons=tuple(str(r) for r in decision.get("reasons") or ()),
-            paused=bool(raw.get("paused")),
-            snoozed_until=_parse_time(snoozed) if snoozed else None,
-            projects=tuple(projects),
+    def snapshot(self) -> DashboardView:
+        status = self.controller.status()
+        return DashboardView(
+            state=status.state,
+            project=status.project,
+            reasons=status.decision.reasons if status.decision else (),
+            paused=status.paused,
+            snoozed_until=status.snoozed_until.timestamp() if status.snoozed_until else None,
+            projects=tuple(_joined_project(p) for p in status.projects),
         )
 
     def settings(self) -> Settings:
         return self.controller.settings
 
-    def _handle_control(self, command: str, args: object) -> object:
-        params = dict(args) if isinstance(args, dict) else {}
-        if command in ("show", "open_join"):
-            if self.ui_handler is None:
-                from app.contributor.control import ControlError
-
-                raise ControlError("the tray is not ready yet; try again in a moment")
-            self.ui_handler(command, params)
-            return {"shown": True}
-        if command == "leave":
-            self.controller.leave(str(params["key"]))
-            return {"left": params["key"]}
-        return self.controller.handle_command(command, params)
-
     def start(self) -> None:
+        from app.contributor import commands
         from app.contributor.control import ControlError, ControlServer
 
-        control = ControlServer(self.paths.runtime_dir, self._handle_control)
+        control = ControlServer(
+            self.paths.runtime_dir, commands.handler(self.controller, ui=lambda: self.ui_handler)
+        )
         try:
             control.start()
             self._control = control  # type: ignore[assignment]
@@ -322,13 +282,28 @@ class ControllerEngine:
 STOP_WAIT_S = 10.0
 
 
-def _parse_time(text: str) -> float | None:
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
+def _joined_project(p: ProjectSnapshot) -> JoinedProject:
+    """One row of the Dashboard from the engine's picture of a project."""
+    change = p.key_change
+    return JoinedProject(
+        name=p.project,
+        server_url=p.server_url,
+        page_url=f"{p.server_url}/p/{p.project}",
+        state=f"stopped: {p.disabled}" if p.disabled else "joined",
+        credit=float(p.credit or 0.0),
+        credit_unit=p.credit_unit,
+        rank=p.rank,
+        tasks=int(p.tasks or 0),
+        closed=p.closed,
+        key_change=KeyChangeNotice(
+            project=p.project,
+            pinned_fingerprint=change.pinned_fingerprint,
+            new_fingerprint=change.new_fingerprint,
+            server_url=p.server_url,
+        )
+        if change is not None
+        else None,
+    )
 
 
 def _target_text(target: JoinTarget) -> str:

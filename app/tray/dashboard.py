@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QFont, QGuiApplication, QResizeEvent, QShowEvent
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QCloseEvent, QFont, QGuiApplication, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFrame,
@@ -19,7 +19,6 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -27,18 +26,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.contributor.events import (
-    CreditUpdated,
-    Error,
-    Event,
-    PolicyChanged,
-    Progress,
-    StateChanged,
-    TaskFinished,
-)
+from app.contributor.events import Event
 from app.tray.chart import LineChart
+from app.tray.elided_label import ElidedLabel
+from app.tray.event_text import ago, describe_event
 from app.tray.icons import app_icon, tray_icon
-from app.tray.status import STATE_WORDS, StatusModel, TrayLook, plain_reasons
+from app.tray.status import StatusModel, TrayLook
 
 __all__ = ["Dashboard", "ElidedLabel", "describe_event"]
 
@@ -48,88 +41,6 @@ LOG_LINES = 500  # the activity log keeps this many lines
 # busy. Four times a second reads as live.
 REFRESH_MS = 250
 COLUMNS = ("Project", "Server", "State", "Your credit", "Rank", "Last update")
-
-
-def _ago(at: float | None) -> str:
-    if at is None:
-        return "—"
-    seconds = max(0, int(time.time() - at))
-    if seconds < 60:
-        return "just now"
-    if seconds < 3600:
-        return f"{seconds // 60} min ago"
-    if seconds < 86400:
-        return f"{seconds // 3600} h ago"
-    return time.strftime("%d %b %Y", time.localtime(at))
-
-
-def describe_event(event: Event) -> str | None:
-    """One line for the activity log; None for events too frequent to log (progress)."""
-    if isinstance(event, StateChanged):
-        reasons = plain_reasons(event.reasons)
-        why = f": {', '.join(reasons)}" if reasons else ""
-        where = f" — {event.project}" if event.project else ""
-        return f"{STATE_WORDS.get(event.state, event.state.value.capitalize())}{where}{why}"
-    if isinstance(event, TaskFinished):
-        verdict = "accepted" if event.accepted else "rejected"
-        return (
-            f"Update for {event.project} {verdict}: {event.num_examples} examples, "
-            f"{event.compute_seconds:.0f} s of compute, +{event.credit:g} credit"
-        )
-    if isinstance(event, CreditUpdated):
-        rank = f", rank {event.rank}" if event.rank else ""
-        return f"Credit on {event.project}: {event.credit:g} {event.credit_unit}{rank}".rstrip()
-    if isinstance(event, PolicyChanged):
-        why = f": {', '.join(event.reasons)}" if event.reasons else ""
-        return f"Policy: {event.action}{why}"
-    if isinstance(event, Error):
-        return f"Problem{f' in {event.project}' if event.project else ''}: {event.message}"
-    if isinstance(event, Progress):
-        return None
-    return None
-
-
-class ElidedLabel(QLabel):
-    """A one-line label that elides to its width (full text in the tooltip) instead of
-    widening its window: a plain QLabel asks for its whole text's width, so one long error
-    once made the main window 4,303 px wide on a 1,280 px screen."""
-
-    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._full_text = ""
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.setText(text)
-
-    def text(self) -> str:
-        """The whole text, as set (``shown_text()`` is what fits)."""
-        return self._full_text
-
-    def shown_text(self) -> str:
-        return super().text()
-
-    def setText(self, text: str) -> None:
-        if text == self._full_text:
-            return  # unchanged: no relayout
-        self._full_text = text
-        self._elide()
-
-    def minimumSizeHint(self) -> QSize:
-        return QSize(0, super().minimumSizeHint().height())
-
-    def sizeHint(self) -> QSize:
-        width = self.fontMetrics().horizontalAdvance(self._full_text) + 2
-        return QSize(width, super().sizeHint().height())
-
-    def resizeEvent(self, event: QResizeEvent) -> None:
-        super().resizeEvent(event)
-        self._elide()
-
-    def _elide(self) -> None:
-        shown = self.fontMetrics().elidedText(
-            self._full_text, Qt.TextElideMode.ElideRight, max(0, self.width())
-        )
-        super().setText(shown)
-        self.setToolTip(self._full_text if shown != self._full_text else "")
 
 
 class Dashboard(QMainWindow):
@@ -369,7 +280,7 @@ class Dashboard(QMainWindow):
                 p.shown_state,
                 f"{p.credit:g} {p.credit_unit}".strip(),
                 str(p.rank) if p.rank else "—",
-                _ago(p.last_update),
+                ago(p.last_update),
             )
             for p in projects
         ]

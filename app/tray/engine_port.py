@@ -24,8 +24,8 @@ from app.contributor.settings import Settings
 __all__ = [
     "DATA_BUILTIN",
     "DATA_LOCAL",
+    "DashboardView",
     "EnginePort",
-    "EngineSnapshot",
     "ExistingIdentity",
     "JoinRequest",
     "JoinedProject",
@@ -131,8 +131,9 @@ class JoinedProject:
 
 
 @dataclass(frozen=True)
-class EngineSnapshot:
-    """The engine's state at one moment, for a window that opens late."""
+class DashboardView:
+    """The engine's state at one moment, for a window that opens late (the tray's view of
+    the engine's own ``app.contributor.snapshot.EngineSnapshot``; ``adapter.py`` maps it)."""
 
     state: EngineState
     project: str | None = None
@@ -150,7 +151,7 @@ class EnginePort(Protocol):
         """Deliver every event to ``callback`` (on an engine thread); returns unsubscribe."""
         ...
 
-    def snapshot(self) -> EngineSnapshot: ...
+    def snapshot(self) -> DashboardView: ...
 
     def settings(self) -> Settings: ...
 

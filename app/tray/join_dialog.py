@@ -15,7 +15,6 @@ when it stays empty, and the consent page shows the exact name that will be sent
 from __future__ import annotations
 
 import logging
-import secrets
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -46,6 +45,14 @@ from app.tray.engine_port import (
     ProjectPreview,
 )
 from app.tray.icons import app_icon
+from app.tray.join_texts import (
+    already_joined_text,
+    consent_text,
+    data_mode_text,
+    escape_html,
+    strategy_text,
+    suggest_display_name,
+)
 
 __all__ = ["JoinDialog", "already_joined_text", "consent_text", "suggest_display_name"]
 
@@ -54,70 +61,6 @@ log = logging.getLogger(__name__)
 PAGE_PASTE, PAGE_PROJECT, PAGE_CONSENT, PAGE_DONE = range(4)
 ERROR_STYLE = "color:#B91C1C;"
 OK_STYLE = "color:#15803D;"
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def suggest_display_name() -> str:
-    """A leaderboard name that says nothing about the volunteer (the CLI suggests the same)."""
-    return f"volunteer-{secrets.token_hex(2)}"
-
-
-def already_joined_text(project: str, identity: ExistingIdentity) -> str:
-    """What the dialog says when this computer already joined ``project`` (plain text)."""
-    who = (
-        f"as {identity.display_name} / client {identity.client_id}"
-        if identity.display_name
-        else f"as client {identity.client_id}"
-    )
-    return (
-        f"You already joined {project} here {who}. Joining again keeps that identity and its "
-        "credit; only the name and team are updated. To start afresh as a new contributor "
-        "instead, leave the project first (Leave project… in the main window)."
-    )
-
-
-def consent_text(
-    preview: ProjectPreview,
-    display_name: str,
-    team: str | None,
-    data_path: Path | None,
-    identity: ExistingIdentity | None = None,
-) -> str:
-    """The consent statement (HTML): what is sent, where, and what never leaves.
-    ``display_name`` and ``team`` are exactly what the join will send."""
-    host = _escape(preview.target.host or preview.target.server_url)
-    who = _escape(display_name) + (f" (team {_escape(team)})" if team else "")
-    if identity is not None and identity.display_name and identity.display_name != display_name:
-        who += f", in place of {_escape(identity.display_name)}"
-    if identity is not None:
-        key = (
-            "<li>the public key this computer already uses in this project (client "
-            f"{_escape(identity.client_id)}): you keep that identity and its credit;</li>"
-        )
-    else:
-        key = "<li>a public key created now for this project (its private half stays in your keychain);</li>"
-    if preview.data_mode == DATA_LOCAL:
-        data = (
-            f"the data in <b>{_escape(str(data_path))}</b>: it is read only by the training process "
-            "on this computer and never uploaded"
-        )
-    else:
-        data = "any personal file: this project trains on a public data shard it downloads"
-    return (
-        f"<p>By joining <b>{_escape(preview.name)}</b>, this computer sends to <b>{host}</b>:</p>"
-        "<ul>"
-        f"<li>the name <b>{who}</b>, shown on the project's public leaderboard;</li>"
-        f"{key}"
-        "<li>for each task: the model update computed here (changes to the model's weights), "
-        "the number of examples used, training metrics (loss, accuracy) and the compute time.</li>"
-        "</ul>"
-        f"<p>It never sends {data}, your private key, or anything else on this computer.</p>"
-        "<p>Barnraise computes only within your limits and schedule (Preferences), and you can "
-        "pause, snooze or leave at any time.</p>"
-    )
 
 
 class JoinDialog(QDialog):
@@ -196,7 +139,7 @@ class JoinDialog(QDialog):
         self.name_edit.setPlaceholderText(self.suggested_name)
         self.name_hint = QLabel(
             "Shown publicly on the project's leaderboard. Leave it empty to appear as "
-            f"<b>{_escape(self.suggested_name)}</b>."
+            f"<b>{escape_html(self.suggested_name)}</b>."
         )
         self.name_hint.setObjectName("nameHint")
         self.name_hint.setWordWrap(True)
@@ -433,23 +376,8 @@ class JoinDialog(QDialog):
         )
         self.server_value.setText(preview.target.server_url)
         self.recipe_value.setText(preview.recipe)
-        if preview.data_mode == DATA_LOCAL:
-            columns = preview.data_columns or {}
-            features = ", ".join(str(c) for c in columns.get("features") or []) or "—"
-            self.data_mode_value.setText(
-                f"Your own data (stays on this computer): label column “{columns.get('label', '?')}”, "
-                f"features {features}"
-            )
-        else:
-            self.data_mode_value.setText(
-                "A public data shard the project hands out (nothing of yours)"
-            )
-        version = (
-            f", model version {preview.current_version}"
-            if preview.current_version is not None
-            else ""
-        )
-        self.strategy_value.setText(f"{preview.strategy or '—'}{version}")
+        self.data_mode_value.setText(data_mode_text(preview))
+        self.strategy_value.setText(strategy_text(preview))
         self.fingerprint_value.setText(preview.key_fingerprint)
         self.data_box.setVisible(preview.data_mode == DATA_LOCAL)
         self.data_status.setText("")

@@ -21,7 +21,7 @@ from app.contributor.events import (
     StateChanged,
     TaskFinished,
 )
-from app.tray.engine_port import EngineSnapshot, KeyChangeNotice
+from app.tray.engine_port import DashboardView, KeyChangeNotice
 
 __all__ = [
     "CLOSED_WORDS",
@@ -191,7 +191,7 @@ class StatusModel:
 
     HISTORY_LIMIT = 2000  # points kept per series; the charts draw a window of these
 
-    def load(self, snapshot: EngineSnapshot) -> None:
+    def load(self, snapshot: DashboardView) -> None:
         self.state = snapshot.state
         self.project = snapshot.project
         self.reasons = snapshot.reasons

@@ -11,8 +11,6 @@ tray opens a ``KeyChangeDialog`` once per new key (and again from the menu or th
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import logging
 import time
 from pathlib import Path
@@ -26,29 +24,21 @@ from app.contributor.settings import Settings, save_settings
 from app.tray.autostart import set_autostart
 from app.tray.bridge import EngineBridge, TaskRunner
 from app.tray.dashboard import Dashboard
-from app.tray.engine_port import EnginePort, EngineSnapshot, JoinedProject
+from app.tray.engine_port import DashboardView, EnginePort, JoinedProject
 from app.tray.gpus import GpuInfo, detect_gpus
 from app.tray.icons import tray_icon
 from app.tray.join_dialog import JoinDialog
 from app.tray.key_change import KeyChangeDialog
 from app.tray.notifications import Notifier
 from app.tray.preferences import PreferencesDialog
-from app.tray.status import CLOSED_WORDS, KEY_CHANGED_WORDS, StatusModel
+from app.tray.status import StatusModel
+from app.tray.tray_menu import SNOOZE_HOUR_S, fill_tray_menu, menu_key, tomorrow_morning
 
 __all__ = ["SNOOZE_HOUR_S", "TrayApp", "tomorrow_morning"]
 
 log = logging.getLogger(__name__)
 
-SNOOZE_HOUR_S = 3600
-TOMORROW_HOUR = 7  # "Snooze until tomorrow" ends at 07:00 local time tomorrow
 NOTIFICATION_MS = 6000
-
-
-def tomorrow_morning(now: dt.datetime | None = None) -> float:
-    """Epoch seconds of TOMORROW_HOUR:00 local time on the next calendar day."""
-    now = now or dt.datetime.now().astimezone()
-    day = (now + dt.timedelta(days=1)).date()
-    return dt.datetime.combine(day, dt.time(TOMORROW_HOUR), tzinfo=now.tzinfo).timestamp()
 
 
 class TrayApp(QObject):
@@ -170,11 +160,7 @@ class TrayApp(QObject):
 
     def _menu_key(self) -> tuple[object, ...]:
         """What the menu's entries depend on, besides the status line's text."""
-        model = self.model
-        pages = tuple(
-            sorted((p.name, p.page_url, p.closed, p.key_changed) for p in model.projects.values())
-        )
-        return (model.paused, model.offline, pages)
+        return menu_key(self.model)
 
     def _refresh_icon(self) -> None:
         self.tray.setIcon(tray_icon(self.model.look))
@@ -189,55 +175,10 @@ class TrayApp(QObject):
 
     def build_tray_menu(self) -> None:
         """Rebuild the tray menu from the model (the one place the menu is made)."""
-        menu = self.menu
-        menu.clear()
-        model = self.model
         self._built_menu_key = self._menu_key()
-        self.status_action = menu.addAction(model.status_line())
-        self.status_action.setEnabled(False)
-        if model.offline:
-            menu.addAction("Retry now", self.retry_now).setObjectName("retryAction")
-        projects = sorted(model.projects.values(), key=lambda p: p.name)
-        for p in projects:
-            # A stopped project says so in the menu too; a changed key is a decision to make.
-            if p.key_changed:
-                review = menu.addAction(f"{p.name}: {KEY_CHANGED_WORDS.lower()}…")
-                review.setObjectName("reviewKeyAction")
-                review.triggered.connect(functools.partial(self.review_key_change, p.name))
-            elif p.closed:
-                menu.addAction(f"{p.name}: {CLOSED_WORDS.lower()}").setEnabled(False)
-        menu.addSeparator()
-        if model.paused:
-            menu.addAction("Resume", self.resume).setObjectName("resumeAction")
-        else:
-            menu.addAction("Pause", self.pause).setObjectName("pauseAction")
-        # Submenus are made once and refilled: QMenu.clear() does not delete submenus, so
-        # making new ones on each rebuild would leak them.
-        self.snooze_menu.clear()
-        self.snooze_menu.addAction("For 1 hour", lambda: self.snooze(time.time() + SNOOZE_HOUR_S))
-        self.snooze_menu.addAction(
-            f"Until tomorrow {TOMORROW_HOUR:02d}:00", lambda: self.snooze(tomorrow_morning())
+        self.status_action = fill_tray_menu(
+            self.menu, self.snooze_menu, self.leaderboard_menu, self.model, self
         )
-        menu.addMenu(self.snooze_menu)
-        menu.addSeparator()
-        menu.addAction("Open Barnraise", self.show_dashboard)
-        menu.addAction("Join project…", lambda: self.open_join())
-        self.leaderboard_menu.clear()
-        if len(projects) > 1:
-            for p in projects:
-                page = self.leaderboard_menu.addAction(p.name)
-                page.triggered.connect(functools.partial(self.open_url, p.page_url))
-            menu.addMenu(self.leaderboard_menu)
-        else:
-            action = menu.addAction("Leaderboard")
-            if projects:
-                url = projects[0].page_url
-                action.triggered.connect(lambda: self.open_url(url))
-            else:
-                action.setEnabled(False)
-        menu.addAction("Preferences…", self.open_preferences)
-        menu.addSeparator()
-        menu.addAction("Quit Barnraise", self.quit)
         self.menu_rebuilt.emit()
 
     def stats(self) -> dict[str, object]:
@@ -371,7 +312,7 @@ class TrayApp(QObject):
         self.refresh()
 
     # --- a changed project key (trust on first use) -----------------------------------------
-    def _key_changes_found(self, snapshot: EngineSnapshot) -> None:
+    def _key_changes_found(self, snapshot: DashboardView) -> None:
         for project in snapshot.projects:
             if project.key_change is not None or project.name in self.model.projects:
                 # None: accepted meanwhile (the engine sets the change before reporting it).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from backend.http import Request, Response
+from federated import protocol
 
 if TYPE_CHECKING:
     from backend.wsgi import App
@@ -46,5 +47,5 @@ def new_challenge(app: App, req: Request, project: str) -> Response:
 
 def join_project(app: App, req: Request, project: str) -> Response:
     app.coordinator.project(project)
-    body = req.json_object()
+    body = req.message(protocol.JoinRequest)
     return Response.json(app.coordinator.join(project, body), status=201)

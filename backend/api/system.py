@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from backend.http import Request, Response
 from backend.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from backend.metrics import REGISTRY
+from backend.metrics import render as render_metrics
 
 if TYPE_CHECKING:
     from backend.wsgi import App
-
-_OPENAPI_CACHE: dict[str, bytes] = {}
 
 
 def healthz(app: App, req: Request) -> Response:
@@ -22,14 +19,10 @@ def healthz(app: App, req: Request) -> Response:
 
 
 def metrics(app: App, req: Request) -> Response:
-    return Response.text(REGISTRY.render(), METRICS_CONTENT_TYPE)
+    """The metrics this app's coordinator records into (every worker's, in multiprocess mode)."""
+    return Response(200, render_metrics(app.coordinator.metrics), [], METRICS_CONTENT_TYPE)
 
 
 def openapi(app: App, req: Request) -> Response:
-    body = _OPENAPI_CACHE.get("doc")
-    if body is None:
-        from backend.openapi import build_openapi
-
-        body = json.dumps(build_openapi(), ensure_ascii=False).encode("utf-8")
-        _OPENAPI_CACHE["doc"] = body
-    return Response(200, body, [], "application/json")
+    """The document generated from the route table (the app builds it once)."""
+    return Response(200, app.openapi_json(), [], "application/json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from backend.errors import BadRequest
+from backend.errors import BadRequest, UnsupportedMediaType
 from backend.http import Request, Response
 from backend.ids import check_server_id
 from backend.settings import RETRY_AFTER_NO_WORK_S
@@ -49,9 +49,31 @@ def release_task(app: App, req: Request, project: str, task_id: str) -> Response
 
 
 def upload_update(app: App, req: Request, project: str, task_id: str) -> Response:
+    """Verify and store one update: (201, receipt), or (200, the first receipt) on retry.
+
+    The HTTP half of ``UploadService``: inside its ``attempt()`` block, so a refusal here
+    (content type, missing headers, body too large) counts and, if final, ends the task
+    like one found in the manifest or payload."""
     check_server_id(task_id, "task id")
     with app.coordinator.snapshot():  # project and token in one read transaction
         record = app.coordinator.project(project)
         client = app.authenticate(req, record)
-    status, receipt = app.coordinator.upload(record, client, task_id, req)
+    uploads = app.coordinator.services.uploads
+    with uploads.attempt(record, client, task_id) as attempt:
+        limit = uploads.admit(attempt)  # project open: before anything of the body is read
+        ctype = (req.header("content-type") or "").split(";")[0].strip().lower()
+        if ctype != "application/octet-stream":
+            raise UnsupportedMediaType(
+                f"send the update payload as application/octet-stream, not {ctype or 'no content type'!r}"
+            )
+        manifest_header = req.header("X-Barnraise-Manifest")
+        signature = req.header("X-Barnraise-Signature")
+        if not manifest_header or not signature:
+            raise BadRequest("send the X-Barnraise-Manifest and X-Barnraise-Signature headers")
+        fd, tmp = uploads.temp_file()
+        try:
+            digest, size = req.stream_to_file(fd, limit)
+            status, receipt = uploads.accept(attempt, manifest_header, signature, tmp, digest, size)
+        finally:
+            tmp.unlink(missing_ok=True)
     return Response.json(receipt, status=status)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+from federated.files import fsync_dir
+from federated.protocol import is_digest
+
 CHUNK = 1024 * 1024
 
 
@@ -25,7 +26,7 @@ class BlobStore:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
-        if not DIGEST_RE.match(digest):
+        if not is_digest(digest):
             raise ValueError(f"not a sha256 hex digest: {digest[:80]!r}")
         return self.root / digest[:2] / digest
 
@@ -67,14 +68,14 @@ class BlobStore:
             os.fsync(f.fileno())
         final.parent.mkdir(exist_ok=True)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return final
 
     def digests(self) -> Iterator[str]:
         for sub in sorted(self.root.iterdir()):
             if sub.is_dir() and len(sub.name) == 2:
                 for f in sorted(sub.iterdir()):
-                    if DIGEST_RE.match(f.name):
+                    if is_digest(f.name):
                         yield f.name
 
     def verify(self, digest: str) -> bool:
@@ -84,13 +85,3 @@ class BlobStore:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
         return h.hexdigest() == digest
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return  # Windows cannot open a directory for fsync; its rename is durable enough
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -31,6 +31,7 @@ from backend.pages import (
     render_index,
     render_project_page,
 )
+from backend.wsgi import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -276,7 +277,6 @@ def test_screenshots_desktop_phone_dark(static_server: str, profile: Path) -> No
 
 @pytest.fixture(scope="module")
 def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    wsgi = pytest.importorskip("backend.wsgi", reason="the backend router is not there yet")
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     class QuietHandler(WSGIRequestHandler):
@@ -286,7 +286,7 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     class ThreadingWSGIServer(ThreadingHTTPServer, WSGIServer):
         pass
 
-    app = wsgi.create_app(tmp_path_factory.mktemp("backend-data"), rate=None)
+    app = create_app(tmp_path_factory.mktemp("backend-data"), rate=None)
     app.coordinator.create_project("digits", recipe="digits-mlp")
     server = make_server(
         "127.0.0.1", 0, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler

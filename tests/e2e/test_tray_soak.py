@@ -36,6 +36,7 @@ from backend.cli import DEMO_HPARAMS
 from backend.demo_headless import DEMO_CONTRIBUTOR_SETTINGS
 from backend.server import bound_port, make_server, start_in_thread
 from backend.wsgi import create_app
+from tests.support import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "e2e" / "artifacts"
@@ -142,18 +143,19 @@ def _wait_alive(
     what: str,
 ) -> None:
     """Wait for ``predicate`` while the tray lives; fail at once, with its log, if it dies."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
+
+    def watch_the_tray(seconds: float) -> None:
         try:
-            proc.wait(0.2)
+            proc.wait(seconds)
         except subprocess.TimeoutExpired:
-            pass
-        else:
-            pytest.fail(
-                f"the tray died ({_describe_exit(proc.returncode)}) waiting for {what}:\n{_tail(log)}"
-            )
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {timeout:.0f} s:\n{_tail(log)}")
+            return
+        pytest.fail(
+            f"the tray died ({_describe_exit(proc.returncode)}) waiting for {what}:\n{_tail(log)}"
+        )
+
+    wait_until(
+        predicate, timeout, what, interval=0.2, pause=watch_the_tray, details=lambda: _tail(log)
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int | None:

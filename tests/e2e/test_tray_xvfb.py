@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "e2e" / "artifacts"
 TOOLS = ("Xvfb", "trayer", "xdotool", "import")
@@ -34,15 +36,6 @@ pytestmark = [
         + " (apt install xvfb trayer xdotool imagemagick)",
     ),
 ]
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -157,13 +150,15 @@ def test_tray_icon_and_menu_under_xvfb_with_trayer(display, tmp_path):
     try:
         time.sleep(0.5)  # trayer must own the tray selection before Qt asks for it
         ready = tmp_path / "ready.json"
-        _wait(ready.exists, 60, "the tray icon (ready file)")
+        wait_until(ready.exists, 60, "the tray icon (ready file)", interval=0.1)
         report = json.loads(ready.read_text())
         seconds_to_icon = time.monotonic() - started
         assert report["tray_available"] is True, log.read_text()
         assert report["icon_visible"] is True
         assert "system tray available: True" in log.read_text()
-        _wait(lambda: _panel_geometry(env)[2] >= 16, 15, "trayer to lay out the icon")
+        wait_until(
+            lambda: _panel_geometry(env)[2] >= 16, 15, "trayer to lay out the icon", interval=0.1
+        )
         time.sleep(0.3)
         _shot(env, "01-tray-icon.png")
 
@@ -177,10 +172,11 @@ def test_tray_icon_and_menu_under_xvfb_with_trayer(display, tmp_path):
             check=True,
             timeout=10,
         )
-        _wait(
+        wait_until(
             lambda: "tray menu opened" in log.read_text(),
             15,
             "the tray menu to open on a right click",
+            interval=0.1,
         )
         time.sleep(0.7)
         menu_shot = _shot(env, "02-tray-menu.png")

@@ -20,7 +20,7 @@ from app.contributor.invites import JoinTarget
 from app.contributor.settings import Settings, default_settings
 from app.tray.adapter import check_local_csv
 from app.tray.engine_port import (
-    EngineSnapshot,
+    DashboardView,
     ExistingIdentity,
     JoinedProject,
     JoinRequest,
@@ -86,10 +86,10 @@ class FakeEngine:
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         return self.bus.subscribe(callback)
 
-    def snapshot(self) -> EngineSnapshot:
+    def snapshot(self) -> DashboardView:
         with self.lock:
             self.snapshots += 1
-        return EngineSnapshot(state=self.state, projects=tuple(self.projects.values()))
+        return DashboardView(state=self.state, projects=tuple(self.projects.values()))
 
     def settings(self) -> Settings:
         return self._settings

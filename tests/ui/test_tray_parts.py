@@ -408,6 +408,7 @@ def test_the_running_engine_keeps_torch_out_of_the_tray(tmp_path):
 def test_the_adapter_reads_closed_projects_and_key_changes_from_the_engine(tmp_path, monkeypatch):
     """ControllerEngine.snapshot() carries the engine's per-project closed flag and key
     change (the fields the tray shows) into the port's JoinedProject."""
+    from app.contributor.snapshot import EngineSnapshot as EngineStatus
     from app.tray.adapter import ControllerEngine
     from app.tray.engine_port import KeyChangeNotice
 
@@ -430,7 +431,8 @@ def test_the_adapter_reads_closed_projects_and_key_changes_from_the_engine(tmp_p
             {**base, "project": "busy"},
         ],
     }
-    monkeypatch.setattr(engine.controller, "snapshot", lambda: raw)
+    # The engine's typed snapshot, as read back from the control channel's JSON.
+    monkeypatch.setattr(engine.controller, "status", lambda: EngineStatus.from_json(raw))
     projects = {p.name: p for p in engine.snapshot().projects}
     assert projects["digits"].key_change == KeyChangeNotice(
         project="digits",

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from app.contributor.controller import Controller, EngineOptions, EnginePaths
 from app.contributor.credentials import FileCredentialStore
 from app.contributor.sensors import FakeSensors
 from app.contributor.settings import default_settings
+from tests.support import wait_until
 
 
 @dataclass
@@ -34,15 +34,22 @@ class Coordinator:
         return result
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait on the coordinator's own change notifier (no fixed sleeps)."""
-        co = self.app.coordinator
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                return False
-            seen = co.notifier.generation("digits")
-            co.notifier.wait("digits", seen, 0.2)
-        return True
+        """Wait on the coordinator's own change notifier (no fixed sleeps); False on timeout."""
+        notifier = self.app.coordinator.notifier
+
+        def until_digits_changes(seconds: float) -> None:
+            notifier.wait("digits", notifier.generation("digits"), seconds)
+
+        return bool(
+            wait_until(
+                predicate,
+                timeout,
+                "the coordinator",
+                interval=0.2,
+                pause=until_digits_changes,
+                fail=False,
+            )
+        )
 
 
 def running_settings(**changes: Any) -> Any:
@@ -83,15 +90,14 @@ class EventLog:
             self.cond.notify_all()
 
     def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 60) -> Any:
-        with self.cond:
-            found: list[Any] = []
-
-            def check() -> bool:
-                found[:] = [e for e in self.events if predicate(e)]
-                return bool(found)
-
-            assert self.cond.wait_for(check, timeout), "timed out waiting for an engine event"
-            return found[0]
+        """The first event ``predicate`` accepts, once there is one."""
+        found = wait_until(
+            lambda: [e for e in self.events if predicate(e)],
+            timeout,
+            "an engine event",
+            cond=self.cond,
+        )
+        return found[0]
 
 
 class Headless:
@@ -117,17 +123,20 @@ class Headless:
                 self.cond.notify_all()
 
     def wait_for_line(self, fragment: str, timeout: float = 60) -> str:
-        with self.cond:
-            found: list[str] = []
+        """The first output line containing ``fragment``, once there is one."""
 
-            def check() -> bool:
-                found[:] = [line for line in self.lines if fragment in line]
-                return bool(found)
+        def last_lines() -> str:
+            with self.cond:
+                return "\n".join(self.lines[-30:])
 
-            assert self.cond.wait_for(check, timeout), f"no {fragment!r} in output:\n" + "\n".join(
-                self.lines[-30:]
-            )
-            return found[0]
+        found = wait_until(
+            lambda: [line for line in self.lines if fragment in line],
+            timeout,
+            f"{fragment!r} in the output",
+            cond=self.cond,
+            details=last_lines,
+        )
+        return found[0]
 
     def output(self) -> str:
         with self.cond:

@@ -186,8 +186,20 @@ def test_clean_stop_gives_the_lease_back(coordinator: Coordinator, cli_env: Any)
     )
     headless = Headless(env)
     headless.wait_for_line("training", timeout=120)
+    # The lease in hand, as the engine saved it when it arrived (state/<project>/task.json).
+    [saved] = (Path(env["BARNRAISE_DATA_DIR"]) / "state").glob("*/task.json")
+    task_id = json.loads(saved.read_text())["manifest"]["task_id"]
+
+    def status() -> str | None:
+        with coordinator.app.coordinator.store.read() as tx:
+            task = tx.task(task_id)
+        return task.status if task else None
+
+    assert status() == "leased"
     headless.proc.send_signal(signal.SIGINT)
     assert headless.proc.wait(60) == 0
-    assert "gave back task" in headless.output()
+    # Judged by the coordinator's books, not the log (the last lines may not be read yet):
+    # the lease was given back (not left to expire: lease_s is 120), the task file is gone.
+    assert status() == "released", headless.output()
     assert not list((Path(env["BARNRAISE_DATA_DIR"]) / "state").glob("*/task.json"))
     assert os.environ.get("BARNRAISE_DATA_DIR") != env["BARNRAISE_DATA_DIR"]

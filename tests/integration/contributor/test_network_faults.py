@@ -35,6 +35,7 @@ from app.contributor.ledger import Ledger
 from backend.cli import DEMO_HPARAMS
 from backend.server import bound_port, make_server, start_in_thread
 from backend.wsgi import create_app
+from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -148,8 +149,13 @@ class Engine:
                 wanted(ev) or (isinstance(ev, Error) and ev.fatal) for ev in self.events.events
             )
 
-        with self.events.cond:
-            return self.events.cond.wait_for(seen, max(0.0, deadline - time.monotonic()))
+        return wait_until(
+            seen,
+            max(0.0, deadline - time.monotonic()),
+            f"{self.name}: an engine event",
+            cond=self.events.cond,
+            fail=False,
+        )
 
     def finished(self) -> list[TaskFinished]:
         with self.events.cond:
@@ -224,11 +230,15 @@ def settle(engines: list[Engine], problems: list[str], notes: list[str]) -> list
         kept = [p.name for p in e.task_files()]
         notes.append(f"{e.name}: stopped with task {saved} in hand {kept}; restarted it")
         again = start_engine(e.root, e.name, after=e)
-        deadline = time.monotonic() + RESTART_S
-        while time.monotonic() < deadline and any(
-            p.name.startswith(saved) for p in again.task_files()
-        ):
-            time.sleep(0.2)
+        wait_until(  # fail=False: a task still there is reported below, with the others
+            lambda again=again, saved=saved: (
+                not any(p.name.startswith(saved) for p in again.task_files())
+            ),
+            RESTART_S,
+            f"{e.name}: task {saved} to be dealt with after a restart",
+            interval=0.2,
+            fail=False,
+        )
         stop_all([again])
         left = [p.name for p in again.task_files() if p.name.startswith(saved)]
         if left:
@@ -350,9 +360,13 @@ def test_no_update_is_lost_repeated_or_credited_twice_through_a_faulty_network(
         # The network heals: what the engines kept (an unsent update, a lost receipt) must
         # now reach the coordinator and their ledgers.
         proxy.set_share(0.0)
-        deadline = time.monotonic() + CATCH_UP_S
-        while missing_from_ledgers(served.app, "digits", engines) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_until(  # fail=False: check_books reports what is still missing
+            lambda: not missing_from_ledgers(served.app, "digits", engines),
+            CATCH_UP_S,
+            "every accepted update in the ledgers",
+            interval=0.5,
+            fail=False,
+        )
         engines = settle(engines, problems, notes)
         check_books(served.app, "digits", engines, problems)
         on_server = accepted_by_client(served.app, "digits")

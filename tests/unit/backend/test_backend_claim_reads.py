@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from backend.rounds import _oldest_fresh_updates
+from backend.services.aggregation import _oldest_fresh_updates
 from backend.settings import ProjectSettings
 
 

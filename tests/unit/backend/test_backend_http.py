@@ -40,7 +40,7 @@ def _request(body: bytes, headers: dict[str, str] | None = None, *, length: bool
 def test_json_cap_without_content_length_stops_reading() -> None:
     body = b'{"a": "' + b"x" * JSON_BODY_LIMIT + b'"}'
     with pytest.raises(PayloadTooLarge):
-        _request(body, {"Content-Type": "application/json"}, length=False).json()
+        _request(body, {"Content-Type": "application/json"}, length=False).json_object()
 
 
 def test_stream_to_file_hashes_and_caps(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from backend.coordinator import Coordinator
-from backend.rounds import AggregationWorker, claim_ready
+from backend.services.aggregation import AggregationWorker, claim_ready
 from backend.store import BlobStore, SQLiteStore
 from backend.store.migrations import LATEST_VERSION, MIGRATIONS
 from backend.testing import IN_PROCESS_URL, bare_project_record, small_delta, upload_request
@@ -183,7 +183,7 @@ def test_an_abandoned_aggregation_claim_is_released_and_rerun(
             payload=encode_update(small_delta(spec), "int8").payload,
         )
         assert r.status_code == 201
-    claim = claim_ready(coordinator, project)
+    claim = claim_ready(coordinator.context, project)
     assert claim is not None and len(claim.updates) == 2
     # Pretend the claim belonged to a process that died (pid 2**22+1 is never alive here).
     with coordinator.store.write() as tx:
@@ -191,8 +191,8 @@ def test_an_abandoned_aggregation_claim_is_released_and_rerun(
             "UPDATE aggregations SET owner = ? WHERE id = ?",
             (f"{os.uname().nodename}:4194305:dead", claim.id),
         )  # type: ignore[attr-defined]
-    assert claim_ready(coordinator, project) is None  # still claimed
-    worker = AggregationWorker(coordinator)
+    assert claim_ready(coordinator.context, project) is None  # still claimed
+    worker = AggregationWorker(coordinator.context)
     assert worker.release_stale_claims() == 1
     assert worker.run_once()
     assert coordinator.project("crash").current_version == 1

@@ -311,7 +311,7 @@ def test_a_server_error_is_not_final(
     ada = join("p", "Ada")
     task = ada.lease(0)
     assert task is not None
-    import backend.coordinator as module
+    import backend.services.uploads as module
 
     def broken(*args: Any, **kw: Any) -> Any:
         raise RuntimeError("disk on fire")

@@ -1,4 +1,5 @@
-"""The Prometheus registry: text format 0.0.4 parsed back, labels, histograms, threads."""
+"""The backend's metrics on prometheus_client: the text format parsed back, labels,
+histograms, threads, isolated sets and the value helper."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import threading
 
 import pytest
 
-from backend.metrics import CONTENT_TYPE, METRICS, REGISTRY, BackendMetrics, Registry
+from backend.metrics import (
+    CONTENT_TYPE,
+    LATENCY_BUCKETS,
+    METRICS,
+    REGISTRY,
+    BackendMetrics,
+    Registry,
+    render,
+    sample_value,
+)
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
@@ -34,7 +44,7 @@ def parse(text: str) -> tuple[dict[str, tuple[str, str]], list[tuple[str, dict[s
             match = _SAMPLE.match(line)
             assert match, f"unparseable line {line!r}"
             labels: dict[str, str] = {}
-            body = match.group(3) or ""
+            body = (match.group(3) or "").rstrip(",")
             pos = 0
             while pos < len(body):
                 lm = _LABEL.match(body, pos)
@@ -45,94 +55,111 @@ def parse(text: str) -> tuple[dict[str, tuple[str, str]], list[tuple[str, dict[s
     return {k: (v[0], v[1]) for k, v in meta.items()}, samples
 
 
-def test_counter_gauge_histogram_round_trip() -> None:
-    reg = Registry()
-    c = reg.counter("t_requests_total", "Requests.\nSecond line \\ slash", ("method", "path"))
-    c.labels(method="GET", path='/a"b\\c\nd').inc()
-    c.labels("GET", '/a"b\\c\nd').inc(2)
-    c.labels("POST", "/x").inc()
-    g = reg.gauge("t_version", "Version.", ("project",))
-    g.labels(project="digits").set(7)
-    h = reg.histogram("t_seconds", "Latency.", buckets=(0.1, 1.0))
-    for v in (0.05, 0.1, 0.5, 3.0):
-        h.observe(v)
+def _values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    _, samples = parse(text)
+    return {(n, tuple(sorted(lbl.items()))): v for n, lbl, v in samples}
 
-    meta, samples = parse(reg.render())
-    assert meta["t_requests_total"] == ("Requests.\\nSecond line \\\\ slash", "counter")
-    assert meta["t_version"][1] == "gauge" and meta["t_seconds"][1] == "histogram"
-    values = {(n, tuple(sorted(lbl.items()))): v for n, lbl, v in samples}
-    assert values[("t_requests_total", (("method", "GET"), ("path", '/a"b\\c\nd')))] == 3
-    assert values[("t_requests_total", (("method", "POST"), ("path", "/x")))] == 1
-    assert values[("t_version", (("project", "digits"),))] == 7
-    assert values[("t_seconds_bucket", (("le", "0.1"),))] == 2  # le is inclusive
-    assert values[("t_seconds_bucket", (("le", "1"),))] == 3
-    assert values[("t_seconds_bucket", (("le", "+Inf"),))] == 4
-    assert values[("t_seconds_count", ())] == 4
-    assert values[("t_seconds_sum", ())] == pytest.approx(3.65)
+
+def test_counter_gauge_histogram_round_trip() -> None:
+    m = BackendMetrics.create(Registry())
+    odd = 'a"b\\c\nd'  # escaped on the way out, read back intact
+    m.requests.labels(method="GET", route=odd, status="200").inc()
+    m.requests.labels("GET", odd, "200").inc(2)
+    m.requests.labels("POST", "lease_task", "204").inc()
+    m.model_version.labels(project="digits").set(7)
+    for v in (0.0005, 0.001, 0.3, 60.0):
+        m.request_seconds.labels(method="GET", route="healthz").observe(v)
+
+    text = render(m).decode("utf-8")
+    meta, _ = parse(text)
+    assert meta["barnraise_http_requests_total"] == (
+        "HTTP requests answered, by method, route pattern and status.",
+        "counter",
+    )
+    assert meta["barnraise_model_version"][1] == "gauge"
+    assert meta["barnraise_http_request_duration_seconds"][1] == "histogram"
+    values = _values(text)
+    req = "barnraise_http_requests_total"
+    assert values[(req, (("method", "GET"), ("route", odd), ("status", "200")))] == 3
+    assert values[(req, (("method", "POST"), ("route", "lease_task"), ("status", "204")))] == 1
+    assert values[("barnraise_model_version", (("project", "digits"),))] == 7
+    hist = "barnraise_http_request_duration_seconds"
+    labels = (("method", "GET"), ("route", "healthz"))
+
+    def bucket(le: str) -> float:
+        return values[(f"{hist}_bucket", tuple(sorted((*labels, ("le", le)))))]
+
+    assert bucket("0.001") == 2  # le is inclusive
+    assert bucket("0.5") == 3
+    assert bucket("30.0") == 3
+    assert bucket("+Inf") == 4
+    assert len([k for k in values if k[0] == f"{hist}_bucket"]) == len(LATENCY_BUCKETS) + 1
+    assert values[(f"{hist}_count", labels)] == 4
+    assert values[(f"{hist}_sum", labels)] == pytest.approx(60.3015)
+    assert not any(name.endswith("_created") for name, _ in values)
 
 
 def test_labelled_histogram_and_timer() -> None:
-    reg = Registry()
-    h = reg.histogram("t_agg_seconds", "x", ("project",), buckets=(1.0,))
-    with h.labels(project="p").time():
+    m = BackendMetrics.create(Registry())
+    with m.aggregation_seconds.labels(project="p").time():
         pass
-    _, samples = parse(reg.render())
+    _, samples = parse(render(m).decode("utf-8"))
     names = [(n, lbl) for n, lbl, _ in samples]
-    assert ("t_agg_seconds_bucket", {"project": "p", "le": "+Inf"}) in names
-    assert ("t_agg_seconds_count", {"project": "p"}) in names
+    assert ("barnraise_aggregation_seconds_bucket", {"project": "p", "le": "+Inf"}) in names
+    assert sample_value(m, "barnraise_aggregation_seconds_count", {"project": "p"}) == 1
 
 
 def test_misuse_is_refused() -> None:
     reg = Registry()
-    c = reg.counter("t_total", "x", ("a",))
+    m = BackendMetrics.create(reg)
     with pytest.raises(ValueError):
-        reg.counter("t_total", "again")
+        BackendMetrics.create(reg)  # one set per registry
     with pytest.raises(ValueError):
-        c.labels(b="1")
+        m.updates_accepted.labels(team="1")
     with pytest.raises(ValueError):
-        c.labels("1", "2")
+        m.updates_accepted.labels("1", "2")
     with pytest.raises(ValueError):
-        c.inc()  # labelled metric used without labels
+        m.updates_accepted.inc()  # labelled metric used without labels
     with pytest.raises(ValueError):
-        c.labels("1").inc(-1)
-    with pytest.raises(ValueError):
-        reg.counter("bad-name", "x")
-    with pytest.raises(ValueError):
-        reg.histogram("t_h", "x", ("le",))
-    with pytest.raises(ValueError):
-        reg.histogram("t_h2", "x", buckets=(2.0, 1.0))
+        m.updates_accepted.labels("1").inc(-1)
 
 
 def test_counts_are_exact_under_threads() -> None:
-    reg = Registry()
-    c = reg.counter("t_total", "x", ("k",))
-    h = reg.histogram("t_s", "x", buckets=(0.5,))
+    m = BackendMetrics.create(Registry())
 
     def work() -> None:
         for i in range(2000):
-            c.labels(k=str(i % 3)).inc()
-            h.observe(0.1)
+            m.leases.labels(project=str(i % 3), outcome="granted").inc()
+            m.aggregation_seconds.labels(project="p").observe(0.1)
 
     threads = [threading.Thread(target=work) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sum(c.value(k=str(k)) for k in range(3)) == 16000
-    _, samples = parse(reg.render())
-    assert ("t_s_count", {}, 16000.0) in samples
+    total = sum(
+        sample_value(m, "barnraise_leases_total", {"project": str(k), "outcome": "granted"})
+        for k in range(3)
+    )
+    assert total == 16000
+    _, samples = parse(render(m).decode("utf-8"))
+    assert ("barnraise_aggregation_seconds_count", {"project": "p"}, 16000.0) in samples
 
 
 def test_backend_metrics_on_an_isolated_registry() -> None:
     reg = Registry()
     m = BackendMetrics.create(reg)
+    assert m.registry is reg
     m.requests.labels(method="GET", route="page_project", status="200").inc()
     m.updates_rejected.labels(project="digits", reason="non_finite").inc()
     m.model_version.labels(project="digits").set(3)
     m.aggregation_seconds.labels(project="digits").observe(0.2)
     m.leases.labels(project="digits", outcome="granted").inc()
     m.request_seconds.labels(method="GET", route="page_project").observe(0.004)
-    meta, _ = parse(reg.render())
+    before = sample_value(
+        METRICS, "barnraise_updates_rejected_total", {"project": "digits", "reason": "non_finite"}
+    )
+    meta, _ = parse(render(m).decode("utf-8"))
     assert set(meta) == {
         "barnraise_http_requests_total",
         "barnraise_http_request_duration_seconds",
@@ -143,8 +170,13 @@ def test_backend_metrics_on_an_isolated_registry() -> None:
         "barnraise_model_version",
         "barnraise_rate_limited_total",
     }
-    assert m.updates_rejected.value(project="digits", reason="non_finite") == 1
+    rejected = ("barnraise_updates_rejected_total", {"project": "digits", "reason": "non_finite"})
+    assert sample_value(m, *rejected) == 1
+    assert sample_value(reg, *rejected) == 1
+    assert sample_value(m.updates_rejected, *rejected) == 1
+    assert sample_value(m, "barnraise_updates_accepted_total", {"project": "digits"}) == 0
     # The isolated registry left the process-wide one alone.
-    assert METRICS.updates_rejected.value(project="digits", reason="non_finite") == 0
-    parse(REGISTRY.render())
-    assert "version=0.0.4" in CONTENT_TYPE
+    assert sample_value(METRICS, *rejected) == before
+    assert METRICS.registry is REGISTRY
+    parse(render().decode("utf-8"))
+    assert CONTENT_TYPE.startswith("text/plain; version=")

@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 
+from backend.api.routes import ROUTE_TABLE
 from backend.openapi import ERROR_CODES, build_openapi
+from federated.protocol import convert, to_wire
+from federated.protocol.examples import EXAMPLES
+from federated.protocol.messages import MESSAGES
 
 PROTOCOL = Path(__file__).resolve().parents[3] / "docs" / "protocol.md"
 
@@ -110,11 +114,47 @@ def test_request_schemas_carry_the_protocol_limits() -> None:
     schemas = build_openapi()["components"]["schemas"]
     join = schemas["JoinRequest"]
     assert join["properties"]["display_name"]["maxLength"] == 64
-    assert join["properties"]["team"]["maxLength"] == 64
+    assert join["properties"]["team"]["anyOf"][0]["maxLength"] == 64
     assert join["additionalProperties"] is False
+    assert schemas["UpdateManifest"]["additionalProperties"] is False
+    assert schemas["UpdateManifest"]["properties"]["metrics"]["maxProperties"] == 32
     assert schemas["ProjectName"]["pattern"] == r"^[a-z0-9][a-z0-9-]{0,62}$"
     assert schemas["Digest"]["pattern"] == r"^[0-9a-f]{64}$"
-    assert schemas["Error"]["required"] == ["error"]
+    assert schemas["ErrorBody"]["required"] == ["error"]
+
+
+def test_no_pattern_is_in_python_only_syntax() -> None:
+    text = json.dumps(build_openapi())
+    assert r"\\Z" not in text  # Python's end anchor; JSON Schema patterns are ECMA-262
+
+
+def test_every_route_is_documented_with_its_method() -> None:
+    paths = build_openapi()["paths"]
+    for route in ROUTE_TABLE:
+        op = paths[route.path][route.method.lower()]
+        assert op["operationId"] == route.name
+        assert route.regex.match(
+            route.path.replace("{project}", "digits")
+            .replace("{task_id}", "t" * 22)
+            .replace("{digest}", "0" * 64)
+        )
+    assert sum(len([k for k in item if k != "parameters"]) for item in paths.values()) == len(
+        ROUTE_TABLE
+    )
+
+
+def test_every_example_validates_against_its_schema_and_its_type() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = build_openapi()
+    schemas = doc["components"]["schemas"]
+    assert set(EXAMPLES) >= set(MESSAGES), "every message has an example"
+    for message, example in EXAMPLES.items():
+        schema = schemas[message.__name__]
+        [shown] = schema["examples"]
+        assert shown == to_wire(example)
+        resolver_doc = {**schema, "components": doc["components"]}
+        jsonschema.Draft202012Validator(resolver_doc).validate(shown)
+        assert convert(shown, message, what=message.__name__) == example
 
 
 def test_error_codes_match_the_protocol() -> None:

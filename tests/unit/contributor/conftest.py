@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support import wait_until
 
 START_TIMEOUT_S = 30.0
 SESSION_COLLECTION = "/org/freedesktop/secrets/collection/session"
@@ -26,21 +27,15 @@ which the daemon creates (and makes the default) asynchronously, sometimes secon
 def _wait_for_collection() -> None:
     import secretstorage
 
-    deadline = time.monotonic() + START_TIMEOUT_S
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
+    def unlocked() -> bool:
+        connection = secretstorage.dbus_init()
         try:
-            connection = secretstorage.dbus_init()
-            try:
-                collection = secretstorage.Collection(connection, SESSION_COLLECTION)
-                if not collection.is_locked():
-                    return
-            finally:
-                connection.close()
-        except Exception as exc:  # not up yet
-            last_error = exc
-        time.sleep(0.05)
-    raise RuntimeError(f"gnome-keyring did not come up: {last_error}")
+            return not secretstorage.Collection(connection, SESSION_COLLECTION).is_locked()
+        finally:
+            connection.close()
+
+    # Any error means "not up yet"; the last one is named if it never comes up.
+    wait_until(unlocked, START_TIMEOUT_S, "gnome-keyring's session collection", ignore=(Exception,))
 
 
 @pytest.fixture(scope="module")

@@ -83,3 +83,37 @@ def test_the_engine_never_imports_torch_or_qt() -> None:
         "sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_status_and_remote_commands_read_the_engines_snapshot(tmp_path: Path) -> None:
+    import json
+
+    from app.contributor import commands
+    from app.contributor.control import ControlServer
+    from app.contributor.controller import Controller, EngineOptions, EnginePaths
+    from app.contributor.credentials import FileCredentialStore
+
+    data = tmp_path / "data"
+    engine = Controller(
+        credentials=FileCredentialStore(tmp_path / "creds.json"),
+        paths=EnginePaths(data),
+        options=EngineOptions(start_trainer_eagerly=False),
+    )
+    server = ControlServer(EnginePaths(data).runtime_dir, commands.handler(engine))
+    server.start()
+    folders = ["--data-dir", str(data), "--credentials", str(tmp_path / "creds.json")]
+    try:
+        out = io.StringIO()
+        assert main(["status", "--json", *folders], out=out) == 0
+        assert json.loads(out.getvalue()) == json.loads(json.dumps(engine.snapshot()))
+        out = io.StringIO()
+        assert main(["pause", *folders], out=out) == 0
+        lines = out.getvalue().splitlines()
+        assert lines[0] == "state: stopped"
+        assert lines[1].startswith("policy: Suspended: paused")
+        assert lines[2].startswith("limits: ") and " core(s) at " in lines[2]
+        out = io.StringIO()
+        assert main(["snooze", "30m", *folders], out=out) == 0
+        assert out.getvalue().startswith("snoozed until ")
+    finally:
+        server.close()

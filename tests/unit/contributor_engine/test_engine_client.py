@@ -25,6 +25,8 @@ from app.contributor.client import (
     UntrustedError,
     check_transport,
 )
+from federated.protocol import TaskManifest, to_wire
+from federated.protocol.examples import EXAMPLES
 from federated.signing import SigningKey, canonical_json, verify
 
 FAST = RetryPolicy(attempts=5, base_s=0.001, cap_s=0.01)
@@ -54,12 +56,24 @@ def ok(obj: object, status: int = 200) -> Reply:
 
 def signed_task(key: SigningKey = PROJECT_KEY, project: str = "digits") -> dict[str, object]:
     manifest = {
+        **to_wire(EXAMPLES[TaskManifest]),
         "task_id": "task-0001",
         "project": project,
         "base_digest": "0" * 64,
-        "deadline": 2e9,
+        "deadline": 2_000_000_000,
     }
     return {"manifest": manifest, "signature": key.sign(manifest)}
+
+
+def test_a_signed_task_this_engine_cannot_read_is_refused(script_server: ScriptServer) -> None:
+    body = signed_task()
+    manifest = dict(body["manifest"])  # type: ignore[call-overload]
+    del manifest["max_examples"]
+    script_server.handler = lambda r: ok(
+        {"manifest": manifest, "signature": PROJECT_KEY.sign(manifest)}
+    )
+    with pytest.raises(UntrustedError, match=r"max_examples"):
+        client(script_server).lease(wait=0)
 
 
 # --- transport -----------------------------------------------------------------------------

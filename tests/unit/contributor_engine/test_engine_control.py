@@ -148,3 +148,152 @@ def test_event_bus_is_thread_safe_and_isolates_subscribers() -> None:
     data = StateChanged(state=EngineState.TRAINING, previous=EngineState.LEASING).to_json()
     assert data["kind"] == "StateChanged" and data["state"] == "training"
     json.dumps(data)
+
+
+# --------------------------------------------------------------------------- the command table
+
+
+def _engine(root: Path) -> Any:
+    from app.contributor.controller import Controller, EngineOptions, EnginePaths
+    from app.contributor.credentials import FileCredentialStore
+
+    return Controller(
+        credentials=FileCredentialStore(root / "credentials.json"),
+        paths=EnginePaths(root),
+        options=EngineOptions(start_trainer_eagerly=False),
+    )
+
+
+def test_every_control_command_is_in_one_table() -> None:
+    from app.contributor.commands import COMMANDS
+
+    assert set(COMMANDS) == {
+        "ping",
+        "status",
+        "pause",
+        "resume",
+        "snooze",
+        "retry",
+        "trust",
+        "leave",
+        "stop",
+        "show",
+        "open_join",
+    }
+    assert {name for name, c in COMMANDS.items() if c.gui} == {"show", "open_join"}
+
+
+def test_the_engine_answers_its_commands_over_the_channel(tmp_path: Path) -> None:
+    from app.contributor import commands
+    from app.contributor.snapshot import EngineSnapshot
+
+    engine = _engine(tmp_path / "engine")
+    runtime = tmp_path / "run"
+    server = ControlServer(runtime, commands.handler(engine))
+    server.start()
+    try:
+        assert send_command(runtime, "ping") == {"pid": os.getpid()}
+        status = send_command(runtime, "status")
+        assert EngineSnapshot.from_json(status).to_json() == status  # the same JSON back
+        assert status["state"] == "stopped" and status["projects"] == []
+        assert set(status) == {
+            "state",
+            "project",
+            "task",
+            "paused",
+            "snoozed_until",
+            "decision",
+            "limits",
+            "trainer",
+            "projects",
+            "last_error",
+            "failure",
+        }
+        assert send_command(runtime, "pause")["paused"] is True
+        assert send_command(runtime, "resume")["paused"] is False
+        until = send_command(runtime, "snooze", {"seconds": 60})["until"]
+        assert send_command(runtime, "status")["snoozed_until"] == until
+        assert send_command(runtime, "retry")["snoozed_until"] == until
+        with pytest.raises(ControlError, match="no key change is waiting"):
+            send_command(runtime, "trust", {"key": "nope", "fingerprint": "aa"})
+        assert send_command(runtime, "leave", {"key": "nope"}) == {"left": "nope"}
+        # A headless engine has no windows: the tray's commands are unknown to it.
+        for command in ("show", "open_join", "frobnicate"):
+            with pytest.raises(ControlError, match=f"unknown command '{command}'"):
+                send_command(runtime, command)
+        assert send_command(runtime, "stop") == {"stopping": True}
+    finally:
+        server.close()
+
+
+def test_the_tray_takes_its_window_commands_once_it_is_ready(tmp_path: Path) -> None:
+    from app.contributor.commands import CommandContext, dispatch
+
+    engine = _engine(tmp_path)
+    shown: list[tuple[str, dict[str, object]]] = []
+    ready: list[Any] = [None]
+    context = CommandContext(engine, ui=lambda: ready[0])
+    with pytest.raises(ControlError, match="the tray is not ready yet"):
+        dispatch(context, "show", {})
+    ready[0] = lambda command, args: shown.append((command, args))
+    assert dispatch(context, "open_join", {"url": "https://barn.example/p/x"}) == {"shown": True}
+    assert shown == [("open_join", {"url": "https://barn.example/p/x"})]
+    assert engine.handle_command("status", {}) == engine.snapshot()
+
+
+def test_the_snapshot_round_trips_through_json() -> None:
+    from datetime import UTC, datetime
+
+    from app.contributor.limits import Limits
+    from app.contributor.snapshot import (
+        DecisionSnapshot,
+        EngineSnapshot,
+        KeyChangeSnapshot,
+        ProjectSnapshot,
+        TaskSnapshot,
+        TrainerSnapshot,
+    )
+
+    snapshot = EngineSnapshot(
+        state=EngineState.TRAINING,
+        project="digits",
+        task=TaskSnapshot(key="k", project="digits", task_id="t-1", useful_until=1700000000),
+        snoozed_until=datetime(2026, 1, 1, 12, tzinfo=UTC),
+        decision=DecisionSnapshot("throttle", ("you are using the computer",), "Throttled"),
+        limits=Limits(cpu_cores=2, cpu_percent=50.0),
+        trainer=TrainerSnapshot(pid=42, device="cpu", starts=1),
+        projects=(
+            ProjectSnapshot(
+                key="k",
+                project="digits",
+                server_url="https://barn.example",
+                tasks=3,
+                key_change=KeyChangeSnapshot("digits", "aa:bb", "cc:dd", "x"),
+            ),
+        ),
+        last_error="oops",
+    )
+    data = json.loads(json.dumps(snapshot.to_json()))
+    assert EngineSnapshot.from_json(data) == snapshot
+    assert "loss" not in data["task"]  # absent until the trainer's first progress report
+    assert data["projects"][0]["key_change"]["new_fingerprint"] == "cc:dd"
+    assert data["task"]["useful_until"] == 1700000000  # numbers are kept as they came
+    # Without an engine: the ledger's fields only, and the state says so.
+    offline = EngineSnapshot.not_running(snapshot.projects)
+    assert offline.to_json() == {
+        "state": "not running",
+        "projects": [
+            {
+                "key": "k",
+                "project": "digits",
+                "server_url": "https://barn.example",
+                "tasks": 3,
+                "examples": 0,
+                "compute_seconds": 0.0,
+                "credit": 0.0,
+                "credit_unit": "",
+                "rank": None,
+            }
+        ],
+    }
+    assert EngineSnapshot.from_json(offline.to_json()).state_text == "not running"

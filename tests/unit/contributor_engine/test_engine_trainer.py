@@ -16,6 +16,7 @@ from app.contributor.limits import Limits
 from app.contributor.trainer import TrainerCrashed, TrainerHandle, TrainJob
 from federated.codec import encode_model
 from federated.recipes import get_recipe
+from tests.support import wait_until
 
 
 class Inbox:
@@ -31,15 +32,14 @@ class Inbox:
             self._cond.notify_all()
 
     def wait_for(self, predicate: Any, timeout: float = 60.0) -> dict[str, Any]:
-        with self._cond:
-            found: list[dict[str, Any]] = []
+        """The newest message ``predicate`` accepts, once there is one."""
 
-            def check() -> bool:
-                found[:] = [m for m in self.messages if predicate(m)]
-                return bool(found)
+        def newest() -> dict[str, Any] | None:
+            found = [m for m in self.messages if predicate(m)]
+            return found[-1] if found else None
 
-            assert self._cond.wait_for(check, timeout), "timed out waiting for the trainer"
-            return found[-1]
+        found: dict[str, Any] = wait_until(newest, timeout, "the trainer", cond=self._cond)
+        return found
 
 
 @pytest.fixture(scope="module")

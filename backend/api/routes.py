@@ -1,0 +1,349 @@
+"""The route table as data: each route's path, method, handler and what it answers.
+
+The router (``backend.wsgi``) matches requests against it and the OpenAPI document
+(``backend.openapi``) is generated from it and the message types of
+``federated.protocol``, so the two cannot disagree. A path's ``{name}`` segments are
+captured and passed to the handler by name; handlers validate them before they touch
+storage.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from backend.api import models, pages, projects, stats, system, tasks
+from federated import protocol as p
+
+API = "/api/v1"
+
+Media = Literal["json", "binary", "html", "text"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One success answer of a route: its description, body and headers."""
+
+    description: str
+    message: type[Any] | None = None
+    media: Media | None = "json"
+    headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query or header parameter, with its JSON Schema."""
+
+    name: str
+    where: Literal["query", "header"]
+    description: str
+    schema: dict[str, Any]
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    method: str
+    path: str
+    handler: Callable[..., Any]
+    summary: str
+    tag: str
+    answers: dict[int, Answer]
+    errors: tuple[int, ...] = ()
+    bearer: bool = False
+    body: type[Any] | Literal["binary"] | None = None
+    params: tuple[Param, ...] = ()
+    description: str = ""
+    html_errors: bool = False
+    trailing_slash: bool = False
+    regex: re.Pattern[str] = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regex", _compile(self.path, self.trailing_slash))
+
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"\{(\w+)\}", self.path)
+
+
+def _compile(path: str, trailing_slash: bool) -> re.Pattern[str]:
+    """``/p/{project}`` -> ``^/p/(?P<project>[^/]+)$``: a segment per name, the rest literal."""
+    parts = re.split(r"(\{\w+\})", path)
+    body = "".join(f"(?P<{s[1:-1]}>[^/]+)" if s.startswith("{") else re.escape(s) for s in parts)
+    return re.compile(f"^{body}{'/?' if trailing_slash else ''}$")
+
+
+_P = f"{API}/projects/{{project}}"
+_T = f"{_P}/tasks/{{task_id}}"
+_JSON_BODY = (400, 413, 415)
+_LIMITED = (429,)
+
+UPLOAD_DESCRIPTION = (
+    "The body streams to disk under the task's max_payload_bytes. Checks, in order, "
+    "committing nothing on failure: manifest parse (strict: canonical JSON, no duplicate "
+    "or unknown fields), signature, live lease owned by the caller, manifest matches the "
+    "task, payload digest, payload validation. The same payload again answers 200 with the "
+    "first receipt; another payload for an answered task is 409. A final refusal (400 "
+    "bad_request/bad_json, 403 bad_signature, 409 wrong_base, 413, 415, 422) ends the task "
+    "for good: it is never leased again, and later uploads and heartbeats for it answer 410 "
+    "task_rejected. 400 incomplete_body (the body was cut short) does not: send it again."
+)
+
+ROUTE_TABLE: tuple[Route, ...] = (
+    Route(
+        "healthz",
+        "GET",
+        "/healthz",
+        system.healthz,
+        "Liveness check.",
+        "ops",
+        {200: Answer("The server is up.", p.Health)},
+    ),
+    Route(
+        "metrics",
+        "GET",
+        "/metrics",
+        system.metrics,
+        "Prometheus metrics, text exposition format.",
+        "ops",
+        {200: Answer("Metrics text.", media="text")},
+    ),
+    Route(
+        "page_index",
+        "GET",
+        "/",
+        pages.index_page,
+        "HTML: the projects on this server.",
+        "pages",
+        {200: Answer("HTML page.", media="html")},
+        html_errors=True,
+    ),
+    Route(
+        "page_project",
+        "GET",
+        "/p/{project}",
+        pages.project_page,
+        "HTML: a project's leaderboard, model progress and join instructions.",
+        "pages",
+        {200: Answer("HTML page.", media="html")},
+        errors=(400, 404),
+        html_errors=True,
+        trailing_slash=True,
+    ),
+    Route(
+        "openapi",
+        "GET",
+        f"{API}/openapi.json",
+        system.openapi,
+        "This document.",
+        "ops",
+        {200: Answer("OpenAPI 3.1 document.", None)},
+    ),
+    Route(
+        "list_projects",
+        "GET",
+        f"{API}/projects",
+        projects.list_projects,
+        "Every project on this server.",
+        "projects",
+        {200: Answer("The projects.", p.ProjectList)},
+        _LIMITED,
+    ),
+    Route(
+        "show_project",
+        "GET",
+        _P,
+        projects.show_project,
+        "One project: recipe, hyperparameters, strategy, key, version.",
+        "projects",
+        {200: Answer("The project.", p.Project)},
+        (400, 404, 429),
+    ),
+    Route(
+        "challenge",
+        "POST",
+        f"{_P}/challenge",
+        projects.new_challenge,
+        "A single-use challenge to sign when joining (proof of possession).",
+        "join",
+        {200: Answer("A fresh challenge.", p.Challenge)},
+        (400, 404, 410, 429),
+    ),
+    Route(
+        "join",
+        "POST",
+        f"{_P}/join",
+        projects.join_project,
+        "Register a public key and get a client id and bearer token.",
+        "join",
+        {201: Answer("Joined.", p.JoinResponse)},
+        (*_JSON_BODY, 403, 404, 410, 429, 503),
+        body=p.JoinRequest,
+    ),
+    Route(
+        "lease_task",
+        "POST",
+        f"{_P}/tasks/lease",
+        tasks.lease_task,
+        "Lease a training task (long poll with wait).",
+        "tasks",
+        {
+            200: Answer("A task, signed with the project key.", p.SignedTask),
+            204: Answer(
+                "No work now; ask again after Retry-After.", media=None, headers=("Retry-After",)
+            ),
+        },
+        (400, 401, 404, 410, 429, 503),
+        bearer=True,
+        params=(
+            Param(
+                "wait",
+                "query",
+                f"Seconds to wait for work before answering 204; clamped to "
+                f"[0, {p.MAX_LONG_POLL_S:g}]. Default 0.",
+                {"type": "number", "minimum": 0, "maximum": p.MAX_LONG_POLL_S},
+            ),
+        ),
+    ),
+    Route(
+        "heartbeat",
+        "POST",
+        f"{_T}/heartbeat",
+        tasks.heartbeat_task,
+        "Extend a live lease.",
+        "tasks",
+        {200: Answer("The new deadline.", p.Heartbeat)},
+        (400, 401, 403, 404, 409, 410, 429),
+        bearer=True,
+    ),
+    Route(
+        "release",
+        "POST",
+        f"{_T}/release",
+        tasks.release_task,
+        "Give a leased task back to the pool (a task already released or rejected: 204, "
+        "nothing changes).",
+        "tasks",
+        {204: Answer("Released.", media=None)},
+        (400, 401, 403, 404, 409, 410, 429),
+        bearer=True,
+    ),
+    Route(
+        "upload_update",
+        "PUT",
+        f"{_T}/update",
+        tasks.upload_update,
+        "Upload the update payload with its signed manifest (idempotent).",
+        "updates",
+        {
+            201: Answer("Accepted and credited.", p.Receipt),
+            200: Answer("Retry of an accepted upload: the first receipt.", p.Receipt),
+        },
+        (400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 503),
+        bearer=True,
+        body="binary",
+        description=UPLOAD_DESCRIPTION,
+        params=(
+            Param(
+                "X-Barnraise-Manifest",
+                "header",
+                "base64 of canonical_json(UpdateManifest).",
+                {
+                    "type": "string",
+                    "pattern": r"^[A-Za-z0-9+/]*={0,2}$",
+                    "minLength": 4,
+                    "maxLength": p.MAX_MANIFEST_HEADER_BYTES,
+                },
+                required=True,
+            ),
+            Param(
+                "X-Barnraise-Signature",
+                "header",
+                "base64 client signature over the exact manifest bytes.",
+                {"$ref": "#/components/schemas/Signature"},
+                required=True,
+            ),
+        ),
+    ),
+    Route(
+        "current_model",
+        "GET",
+        f"{_P}/models/current",
+        models.current_model,
+        "Which model version and digest is current, signed.",
+        "models",
+        {200: Answer("The current model.", p.SignedModel)},
+        (400, 404, 429),
+    ),
+    Route(
+        "download_model",
+        "GET",
+        f"{_P}/models/{{digest}}",
+        models.download_model,
+        "Model bytes by digest, resumable (Range) and cacheable (ETag).",
+        "models",
+        {
+            200: Answer(
+                "The whole model (safetensors).", media="binary", headers=("ETag", "Accept-Ranges")
+            ),
+            206: Answer(
+                "The requested byte range.", media="binary", headers=("ETag", "Content-Range")
+            ),
+            304: Answer(
+                "Not modified (If-None-Match matched the ETag).", media=None, headers=("ETag",)
+            ),
+        },
+        (400, 404, 416, 429),
+        params=(
+            Param(
+                "Range",
+                "header",
+                "One byte range, e.g. bytes=1024-.",
+                {"type": "string", "maxLength": 200},
+            ),
+            Param(
+                "If-None-Match",
+                "header",
+                "An ETag seen before.",
+                {"type": "string", "maxLength": 200},
+            ),
+        ),
+    ),
+    Route(
+        "leaderboard",
+        "GET",
+        f"{_P}/leaderboard",
+        stats.leaderboard,
+        f"Contributors and teams ranked by credit ({p.messages.CREDIT_UNIT}).",
+        "stats",
+        {200: Answer("The leaderboard.", p.Leaderboard)},
+        (400, 404, 429),
+    ),
+    Route(
+        "stats",
+        "GET",
+        f"{_P}/stats",
+        stats.project_stats,
+        "The model's progress over versions.",
+        "stats",
+        {200: Answer("Per-version metrics.", p.Stats)},
+        (400, 404, 429),
+    ),
+    Route(
+        "me",
+        "GET",
+        f"{_P}/me",
+        stats.me,
+        "The caller's credit, rank and update counts.",
+        "stats",
+        {200: Answer("This client.", p.Me)},
+        (400, 401, 404, 429),
+        bearer=True,
+    ),
+)
+"""Order matters only where paths overlap: models/current before models/{digest}."""
+
+HTML_ROUTES = frozenset(r.name for r in ROUTE_TABLE if r.html_errors)

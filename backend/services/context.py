@@ -1,0 +1,104 @@
+"""What the services share: the store, blobs, keys, clock, metrics and per-project runtime.
+
+One ``ServiceContext`` per coordinator. It holds state, not operations: each service in
+``backend.services`` takes it and does one job. Reads every service needs (a project by
+name, the list of projects) live here too, so that no service has to import another for
+them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend.errors import NotFound
+from backend.ids import check_project_name
+from backend.keys import KeyStore
+from backend.metrics import BackendMetrics
+from backend.services.notifier import Notifier
+from backend.settings import ProjectSettings
+from backend.store import BlobStore, ProjectRecord, Store
+from federated.recipes import Dataset, Recipe, get_recipe
+from federated.tensors import TensorSpec
+
+
+@dataclass
+class ProjectRuntime:
+    """What a project's recipe implies, computed once per process."""
+
+    recipe: Recipe
+    hparams: dict[str, Any]
+    spec: TensorSpec
+    flops_per_example: float
+    settings: ProjectSettings
+    _test: Dataset | None = None
+    _test_loaded: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def test_data(self) -> Dataset | None:
+        with self._lock:
+            if not self._test_loaded:
+                self._test = self.recipe.load_test(self.hparams)
+                self._test_loaded = True
+            return self._test
+
+
+class ServiceContext:
+    """The runtime state the services share. Thread-safe."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        clock: Callable[[], float],
+        metrics: BackendMetrics,
+        store: Store,
+        blobs: BlobStore,
+        keys: KeyStore,
+    ) -> None:
+        self.data_dir = data_dir
+        self.clock = clock
+        self.metrics = metrics
+        self.store = store
+        self.blobs = blobs
+        self.keys = keys
+        self.notifier = Notifier()
+        self.worker_wakeup = threading.Event()
+        """Set when the aggregation worker should look again (an update arrived, a status
+        changed); the worker waits on it."""
+        self._runtimes: dict[str, ProjectRuntime] = {}
+        self._runtimes_lock = threading.Lock()
+
+    def runtime(self, project: ProjectRecord) -> ProjectRuntime:
+        """The project's recipe, tensor spec and parsed settings (settings never change)."""
+        with self._runtimes_lock:
+            rt = self._runtimes.get(project.name)
+            if rt is None:
+                recipe = get_recipe(project.recipe)
+                rt = ProjectRuntime(
+                    recipe=recipe,
+                    hparams=dict(project.hparams),
+                    spec=recipe.tensor_spec(project.hparams),
+                    flops_per_example=float(recipe.flops_per_example(project.hparams)),
+                    settings=ProjectSettings.from_dict(project.settings),
+                )
+                self._runtimes[project.name] = rt
+            return rt
+
+    def project(self, name: str) -> ProjectRecord:
+        check_project_name(name)
+        with self.store.read() as tx:
+            project = tx.project_by_name(name)
+        if project is None:
+            raise NotFound(f"there is no project {name!r}", code="unknown_project")
+        return project
+
+    def projects(self) -> list[ProjectRecord]:
+        with self.store.read() as tx:
+            return tx.projects()
+
+    def wake_worker(self) -> None:
+        self.worker_wakeup.set()

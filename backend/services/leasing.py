@@ -1,0 +1,284 @@
+"""Leasing: who gets a task and of what size, heartbeats, releases, and the long poll.
+
+Sync mode: round v is open while version v is current. It hands out at most
+``leases_per_round`` live-or-answered tasks (over-provisioned, one per contributor); when
+the round closes (``backend.services.aggregation``) its outstanding leases are cancelled
+(their uploads get 409 wrong_base).
+
+Async mode (FedBuff): any contributor may hold one lease at a time on the current
+version, up to ``max_concurrent_leases`` live leases per project.
+
+Both modes size each task to the contributor (``backend.pacing``): the full task, half or
+a quarter of its steps, whichever its measured pace brings back while the update is still
+useful, or none (the lease answers as if no work were available); each manifest says until
+when its update is useful (``useful_until``). A task refused for good at upload is
+``rejected``: never leased again, never a live lease (see ``backend.errors.FINAL_UPLOAD_CODES``).
+
+A lease waits (long poll) on the project's ``Notifier`` generation: a new version, a
+released or expired lease, or a status change wakes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from backend import pacing
+from backend.errors import api_error
+from backend.ids import new_id
+from backend.services.context import ServiceContext
+from backend.services.tasks import check_live, full_task_steps, owned_task
+from backend.settings import (
+    LONG_POLL_MAX_S,
+    LONG_POLL_RECHECK_S,
+    RETRY_AFTER_PAUSED_S,
+    ProjectSettings,
+)
+from backend.store import ClientRecord, ProjectRecord, TaskRecord, VersionRecord, WriteTx
+
+
+class LeasingService:
+    """Lease (with long poll), heartbeat and release of tasks."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    def lease(
+        self, project: ProjectRecord, client: ClientRecord, wait: float
+    ) -> dict[str, Any] | None:
+        """A signed task, waiting up to ``wait`` seconds for one; None if there is none."""
+        ctx = self._ctx
+        wait = min(max(0.0, wait), LONG_POLL_MAX_S)
+        give_up = time.monotonic() + wait
+        while True:
+            seen = ctx.notifier.generation(project.name)
+            signed = try_lease(ctx, project.name, client.id)
+            if signed is not None:
+                ctx.metrics.leases.labels(project=project.name, outcome="granted").inc()
+                return signed
+            remaining = give_up - time.monotonic()
+            if remaining <= 0 or ctx.notifier.closed:
+                ctx.metrics.leases.labels(project=project.name, outcome="no_work").inc()
+                return None
+            ctx.notifier.wait(project.name, seen, min(remaining, LONG_POLL_RECHECK_S))
+
+    def heartbeat(
+        self, project: ProjectRecord, client: ClientRecord, task_id: str
+    ) -> dict[str, Any]:
+        ctx = self._ctx
+        owned_task(ctx, project, client, task_id)
+        settings = ctx.runtime(project).settings
+        now = ctx.clock()
+        with ctx.store.write(durable=False) as tx:
+            task = tx.task(task_id)
+            assert task is not None
+            check_live(task, now)
+            deadline = int(now + settings.lease_s)
+            manifest = dict(task.manifest, deadline=deadline)
+            tx.set_task_lease(
+                task_id, deadline, manifest, sign_task_manifest(ctx, project.name, manifest)
+            )
+            tx.touch_client(client.id, now)
+        return {"deadline": deadline}
+
+    def release(self, project: ProjectRecord, client: ClientRecord, task_id: str) -> None:
+        ctx = self._ctx
+        owned_task(ctx, project, client, task_id)
+        now = ctx.clock()
+
+        def release_in_tx(tx: WriteTx) -> bool:
+            task = tx.task(task_id)
+            assert task is not None
+            if task.status in ("released", "rejected"):
+                return False  # already over: giving it back again changes nothing
+            check_live(task, now)
+            tx.set_task_status(task_id, "released")
+            return True
+
+        # Batched: releases come as often as leases and, like them, are a few statements.
+        if ctx.store.write_batched(release_in_tx):
+            ctx.notifier.notify(project.name)
+
+
+def sign_task_manifest(ctx: ServiceContext, project: str, manifest: dict[str, Any]) -> str:
+    return ctx.keys.load(project).sign(manifest)
+
+
+class _Withheld(Exception):
+    """No size of task would come back in time; raised inside the lease transaction so
+    that its savepoint is rolled back (the shard counter included): withholding changes
+    nothing."""
+
+
+def try_lease(ctx: ServiceContext, project_name: str, client_id: str) -> dict[str, Any] | None:
+    """A signed task for the client now, or None (none available, or none it could return
+    in time). Raises project_paused / project_closed.
+
+    Runs as a batched write (``Store.write_batched``): under load, leases arriving
+    together share one transaction instead of queueing for the writer one by one."""
+    now = ctx.clock()
+    try:
+        signed, expired = ctx.store.write_batched(
+            functools.partial(_lease_in_tx, ctx, project_name, client_id, now)
+        )
+    except _Withheld:
+        ctx.metrics.leases.labels(project=project_name, outcome="withheld").inc()
+        return None
+    if expired:
+        notify_projects(ctx, expired)
+    return signed
+
+
+def _fit_task(
+    tx: WriteTx,
+    project: ProjectRecord,
+    settings: ProjectSettings,
+    base: VersionRecord,
+    client_id: str,
+    examples: int | None,
+    now: float,
+    round_needs_it: bool,
+    round_waits_for_it: bool,
+) -> tuple[dict[str, Any], float]:
+    """(the task's hyperparameters, its useful_until); raises _Withheld."""
+    interval = pacing.version_interval(tx.version_times(project.id, pacing.VERSION_HISTORY + 1))
+    useful = max(
+        now,
+        pacing.useful_until(
+            mode=settings.mode,
+            version_created_at=base.created_at,
+            interval=interval,
+            now=now,
+            max_staleness=settings.max_staleness,
+            round_deadline_s=settings.round_deadline_s,
+            lease_s=settings.lease_s,
+            round_needs_it=round_needs_it,
+            round_waits_for_it=round_waits_for_it,
+        ),
+    )
+    if not settings.fit_tasks:
+        return project.hparams, useful
+    client = tx.client(client_id)
+    pace = pacing.pace_of(client) if client is not None else None
+    if examples is None and pace is not None:
+        examples = pace.examples  # local data: the size it reported last
+    full = full_task_steps(project.hparams, examples)
+    if full is None:
+        return project.hparams, useful  # nothing known to size by: the full task
+    steps = pacing.fit_steps(full_steps=full, pace=pace, now=now, useful_until=useful)
+    if steps is None:
+        raise _Withheld
+    if steps < full:
+        return {**project.hparams, "max_steps": steps}, useful
+    return project.hparams, useful
+
+
+def _lease_in_tx(
+    ctx: ServiceContext, project_name: str, client_id: str, now: float, tx: WriteTx
+) -> tuple[dict[str, Any] | None, list[int]]:
+    """try_lease's transaction: (the signed task or None, projects with expired leases)."""
+    project = tx.project_by_name(project_name)
+    assert project is not None
+    if project.status == "closed":
+        raise api_error("project_closed", f"project {project_name!r} is closed")
+    if project.status == "paused":
+        raise api_error(
+            "project_paused",
+            f"project {project_name!r} is paused by its organiser; try again later",
+            retry_after=RETRY_AFTER_PAUSED_S,
+        )
+    expired = tx.expire_leases(now)
+    settings = ctx.runtime(project).settings  # parsed once; settings never change
+    existing = tx.live_task_for_client(project.id, client_id, now)
+    if existing is not None:
+        return {"manifest": existing.manifest, "signature": existing.signature}, expired
+    version = project.current_version
+    round_needs_it, round_waits_for_it = True, False
+    if settings.mode == "sync":
+        if tx.aggregation_running(project.id) or tx.client_has_task(project.id, client_id, version):
+            return None, expired
+        counts = tx.round_counts(project.id, version, now)
+        if counts.answered >= settings.clients_per_round:
+            return None, expired
+        if counts.live_leases + counts.answered >= settings.leases_per_round:
+            return None, expired
+        round_needs_it = counts.live_leases + counts.answered < settings.clients_per_round
+        round_waits_for_it = counts.live_leases + counts.answered < settings.min_updates
+    elif tx.live_leases(project.id, now) >= settings.max_concurrent_leases:
+        return None, expired
+    base = tx.version(project.id, version)
+    assert base is not None
+    num_shards = len(project.shard_sizes) if project.shard_sizes else 1
+    shard = tx.next_shard(project.id, num_shards)
+    max_examples = project.shard_sizes[shard] if project.shard_sizes else 1_000_000_000
+    hparams, useful_until = _fit_task(
+        tx,
+        project,
+        settings,
+        base,
+        client_id,
+        project.shard_sizes[shard] if project.shard_sizes else None,
+        now,
+        round_needs_it,
+        round_waits_for_it,
+    )
+    task_id = new_id()
+    deadline = int(now + settings.lease_s)
+    manifest = {
+        "task_id": task_id,
+        "project": project.name,
+        "client_id": client_id,
+        "base_version": version,
+        "base_digest": base.digest,
+        "recipe": project.recipe,
+        "recipe_version": project.recipe_version,
+        "hparams": hparams,
+        "shard_index": shard,
+        "max_examples": int(max_examples),
+        "codec": settings.codec,
+        "max_update_norm": settings.max_update_norm,
+        "max_payload_bytes": settings.max_payload_bytes,
+        "issued_at": int(now),
+        "deadline": deadline,
+        "useful_until": round(useful_until),  # nearest second: windows can be seconds long
+    }
+    signature = sign_task_manifest(ctx, project.name, manifest)
+    tx.insert_task(
+        TaskRecord(
+            id=task_id,
+            project_id=project.id,
+            client_id=client_id,
+            base_version=version,
+            shard_index=shard,
+            status="leased",
+            issued_at=now,
+            deadline=deadline,
+            max_examples=int(max_examples),
+            manifest=manifest,
+            signature=signature,
+        )
+    )
+    tx.touch_client(client_id, now)
+    return {"manifest": manifest, "signature": signature}, expired
+
+
+def notify_projects(ctx: ServiceContext, project_ids: list[int]) -> None:
+    with ctx.store.read() as tx:
+        names = [p.name for p in tx.projects() if p.id in project_ids]
+    for name in names:
+        ctx.notifier.notify(name)
+
+
+def expire_leases(ctx: ServiceContext) -> int:
+    """Return expired leases' capacity to the pool and wake the long polls that wait for it."""
+    now = ctx.clock()
+    with ctx.store.read() as rtx:
+        deadline = rtx.next_deadline(now)
+    if deadline is None or deadline >= now:
+        return 0  # nothing has expired: leave the writer to the requests
+    with ctx.store.write(durable=False) as tx:
+        expired = tx.expire_leases(now)
+    if expired:
+        notify_projects(ctx, expired)
+    return len(expired)

@@ -1,0 +1,38 @@
+"""Per-project wake-ups for long polls."""
+
+from __future__ import annotations
+
+import threading
+
+
+class Notifier:
+    """Per-project wake-ups for long polls: a generation counter under a Condition.
+
+    A waiter reads ``generation`` before looking for work and waits only while it is
+    unchanged, so a notification between the look and the wait is never lost.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._generations: dict[str, int] = {}
+        self.closed = False
+
+    def generation(self, project: str) -> int:
+        with self._cond:
+            return self._generations.get(project, 0)
+
+    def notify(self, project: str) -> None:
+        with self._cond:
+            self._generations[project] = self._generations.get(project, 0) + 1
+            self._cond.notify_all()
+
+    def wait(self, project: str, seen: int, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self.closed or self._generations.get(project, 0) != seen, timeout
+            )
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()

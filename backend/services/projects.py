@@ -1,0 +1,156 @@
+"""Projects: create one (its version 0 and signing key), list, look up, change status, and
+the protocol's ``Project`` view of one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from backend.errors import HTTPError
+from backend.ids import check_project_name
+from backend.services.context import ServiceContext
+from backend.services.models import evaluate_state, save_tensors
+from backend.settings import ProjectSettings
+from backend.store import ProjectRecord, VersionRecord
+from federated.codec import encode_model
+from federated.recipes import Recipe, get_recipe
+from federated.signing import fingerprint
+from federated.strategies import build_strategy
+
+
+def check_name_ok(name: str) -> bool:
+    try:
+        check_project_name(name)
+    except HTTPError:
+        return False
+    return True
+
+
+class ProjectService:
+    """Organiser operations on projects, and the public view of one."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    def create_project(
+        self,
+        name: str,
+        *,
+        recipe: str,
+        strategy: str = "fedavg",
+        strategy_params: Mapping[str, Any] | None = None,
+        hparams: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        description: str = "",
+    ) -> ProjectRecord:
+        """Create a project with its seeded version 0 and its signing key.
+
+        Raises ValueError (RecipeError included) naming what is wrong.
+        """
+        ctx = self._ctx
+        if not check_name_ok(name):
+            raise ValueError(f"{name!r} is not a project name: use a-z, 0-9 and '-', at most 63")
+        recipe_obj = get_recipe(recipe)
+        resolved = recipe_obj.resolve_hparams(hparams)
+        project_settings = ProjectSettings.from_dict(dict(settings or {}))
+        strategy_obj = build_strategy(strategy, dict(strategy_params or {}))
+        strategy_desc = {"name": strategy, "params": dict(strategy_params or {})}
+        with ctx.store.read() as tx:
+            if tx.project_by_name(name) is not None:
+                raise ValueError(f"project {name!r} already exists")
+        shard_sizes: list[int] | None = None
+        if recipe_obj.data_mode == "builtin":
+            shard_sizes = [
+                len(recipe_obj.load_shard(resolved, i)) for i in range(int(resolved["num_shards"]))
+            ]
+        state = recipe_obj.initial_state(resolved)
+        digest = ctx.blobs.put(encode_model(state))
+        state_tensors = strategy_obj.state_tensors()
+        state_digest = ctx.blobs.put(save_tensors(state_tensors)) if state_tensors else None
+        key = ctx.keys.create(name)
+        now = ctx.clock()
+        record = ProjectRecord(
+            id=0,
+            name=name,
+            description=description or recipe_obj.description,
+            recipe=recipe,
+            recipe_version=int(recipe_obj.version),
+            hparams=dict(resolved),
+            strategy=strategy_desc,
+            settings=project_settings.to_dict(),
+            status="open",
+            current_version=0,
+            public_key=key.public_key_b64,
+            created_at=now,
+            shard_sizes=shard_sizes,
+        )
+        manifest = {"project": name, "version": 0, "digest": digest, "created_at": int(now)}
+        with ctx.store.write() as wtx:
+            project_id = wtx.insert_project(record)
+            wtx.insert_version(
+                VersionRecord(
+                    project_id=project_id,
+                    version=0,
+                    digest=digest,
+                    created_at=now,
+                    signature=key.sign(manifest),
+                    metrics=_evaluate_initial(recipe_obj, resolved, state),
+                    strategy_state_digest=state_digest,
+                )
+            )
+        return ctx.project(name)
+
+    def set_status(self, name: str, status: str) -> ProjectRecord:
+        if status not in ("open", "paused", "closed"):
+            raise ValueError(f"status must be open, paused or closed, got {status!r}")
+        ctx = self._ctx
+        project = ctx.project(name)
+        with ctx.store.write() as tx:
+            tx.set_project_status(project.id, status)
+        ctx.notifier.notify(name)
+        ctx.wake_worker()
+        return ctx.project(name)
+
+    def project_view(self, project: ProjectRecord) -> dict[str, Any]:
+        """The protocol's ``Project`` object."""
+        settings = ProjectSettings.from_dict(project.settings)
+        with self._ctx.store.read() as tx:
+            version = tx.version(project.id, project.current_version)
+        data_columns = None
+        if project.recipe == "tabular-csv":
+            data_columns = {
+                "label": project.hparams.get("label_column"),
+                "features": [
+                    c for c in str(project.hparams.get("feature_columns", "")).split(",") if c
+                ],
+            }
+        return {
+            "name": project.name,
+            "description": project.description,
+            "recipe": project.recipe,
+            "recipe_version": project.recipe_version,
+            "hparams": project.hparams,
+            "data_mode": get_recipe(project.recipe).data_mode,
+            "data_columns": data_columns,
+            "strategy": {"name": project.strategy["name"], **project.strategy.get("params", {})},
+            "mode": settings.mode,
+            "status": project.status,
+            "current_version": project.current_version,
+            "model_digest": version.digest if version else None,
+            "public_key": project.public_key,
+            "key_fingerprint": fingerprint(project.public_key),
+            "invite_required": settings.invite_required,
+            "codec": settings.codec,
+            "page_url": f"/p/{project.name}",
+        }
+
+
+def _evaluate_initial(
+    recipe: Recipe, hparams: Mapping[str, Any], state: Mapping[str, torch.Tensor]
+) -> dict[str, float]:
+    test = recipe.load_test(hparams)
+    if test is None:
+        return {}
+    return evaluate_state(recipe, hparams, state, test)

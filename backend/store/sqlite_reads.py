@@ -1,0 +1,180 @@
+"""The SQL of reads: ``ReadTx`` on a SQLite connection.
+
+``SQLiteReads`` only runs statements on the connection it is given; which connection and
+in which transaction is ``sqlite_writer``'s business (a per-thread reader in ``read()``,
+the one writer in ``write()``). ``sqlite_writes.SQLiteTx`` adds the writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from backend.store.base import (
+    ClientRecord,
+    ProjectRecord,
+    RoundCounts,
+    TaskRecord,
+    UpdateRecord,
+    VersionRecord,
+)
+from backend.store.sqlite_rows import (
+    SELECT_PROJECTS,
+    client_from_row,
+    project_from_row,
+    task_from_row,
+    update_from_row,
+    version_from_row,
+)
+
+
+class SQLiteReads:
+    """The queries of ``ReadTx``, on one connection inside a transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._c = conn
+
+    def _one(self, sql: str, *args: Any) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._c.execute(sql, args).fetchone()
+        return row
+
+    def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        return list(self._c.execute(sql, args).fetchall())
+
+    def _run(self, sql: str, *args: Any) -> int:
+        return self._c.execute(sql, args).rowcount
+
+    # --- reads -----------------------------------------------------------------------------
+    def projects(self) -> list[ProjectRecord]:
+        return [project_from_row(r) for r in self._all(SELECT_PROJECTS + " ORDER BY name")]
+
+    def project_by_name(self, name: str) -> ProjectRecord | None:
+        row = self._one(SELECT_PROJECTS + " WHERE name = ?", name)
+        return project_from_row(row) if row else None
+
+    def project_by_id(self, project_id: int) -> ProjectRecord | None:
+        row = self._one(SELECT_PROJECTS + " WHERE id = ?", project_id)
+        return project_from_row(row) if row else None
+
+    def version(self, project_id: int, version: int) -> VersionRecord | None:
+        row = self._one(
+            "SELECT * FROM versions WHERE project_id = ? AND version = ?", project_id, version
+        )
+        return version_from_row(row) if row else None
+
+    def versions(self, project_id: int) -> list[VersionRecord]:
+        rows = self._all("SELECT * FROM versions WHERE project_id = ? ORDER BY version", project_id)
+        return [version_from_row(r) for r in rows]
+
+    def client(self, client_id: str) -> ClientRecord | None:
+        row = self._one("SELECT * FROM clients WHERE id = ?", client_id)
+        return client_from_row(row) if row else None
+
+    def client_by_key(self, project_id: int, public_key: str) -> ClientRecord | None:
+        row = self._one(
+            "SELECT * FROM clients WHERE project_id = ? AND public_key = ?", project_id, public_key
+        )
+        return client_from_row(row) if row else None
+
+    def clients(self, project_id: int) -> list[ClientRecord]:
+        rows = self._all(
+            "SELECT * FROM clients WHERE project_id = ? ORDER BY created_at", project_id
+        )
+        return [client_from_row(r) for r in rows]
+
+    def task(self, task_id: str) -> TaskRecord | None:
+        row = self._one("SELECT * FROM tasks WHERE id = ?", task_id)
+        return task_from_row(row) if row else None
+
+    def update_for_task(self, task_id: str) -> UpdateRecord | None:
+        row = self._one("SELECT * FROM updates WHERE task_id = ?", task_id)
+        return update_from_row(row) if row else None
+
+    def updates(self, project_id: int) -> list[UpdateRecord]:
+        rows = self._all("SELECT * FROM updates WHERE project_id = ? ORDER BY seq", project_id)
+        return [update_from_row(r) for r in rows]
+
+    def round_counts(self, project_id: int, base_version: int, now: float) -> RoundCounts:
+        row = self._one(
+            """SELECT
+                 COALESCE(SUM(CASE WHEN status = 'leased' AND deadline >= ? THEN 1 ELSE 0 END), 0),
+                 COALESCE(SUM(CASE WHEN status = 'answered' THEN 1 ELSE 0 END), 0)
+               FROM tasks WHERE project_id = ? AND base_version = ?""",
+            now,
+            project_id,
+            base_version,
+        )
+        assert row is not None
+        return RoundCounts(live_leases=int(row[0]), answered=int(row[1]))
+
+    def live_leases(self, project_id: int, now: float) -> int:
+        row = self._one(
+            "SELECT COUNT(*) FROM tasks WHERE project_id = ? AND status = 'leased' AND deadline >= ?",
+            project_id,
+            now,
+        )
+        return int(row[0]) if row else 0
+
+    def pending_updates(self, project_id: int) -> int:
+        row = self._one(
+            "SELECT COUNT(*) FROM updates WHERE project_id = ? AND status = 'pending'", project_id
+        )
+        return int(row[0]) if row else 0
+
+    def pending_update_records(
+        self, project_id: int, base_version: int | None, limit: int | None
+    ) -> list[UpdateRecord]:
+        sql = "SELECT * FROM updates WHERE project_id = ? AND status = 'pending'"
+        args: list[Any] = [project_id]
+        if base_version is not None:
+            sql += " AND base_version = ?"
+            args.append(base_version)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [update_from_row(r) for r in self._all(sql, *args)]
+
+    def next_deadline(self, now: float) -> float | None:
+        row = self._one("SELECT MIN(deadline) FROM tasks WHERE status = 'leased'")
+        return float(row[0]) if row and row[0] is not None else None
+
+    def version_times(self, project_id: int, limit: int) -> list[float]:
+        rows = self._all(
+            "SELECT created_at FROM versions WHERE project_id = ? ORDER BY version DESC LIMIT ?",
+            project_id,
+            limit,
+        )
+        return [float(r[0]) for r in reversed(rows)]
+
+    def rejected_tasks(self, project_id: int) -> int:
+        row = self._one(  # the (status, deadline) index: only rejected rows are read
+            "SELECT COUNT(*) FROM tasks WHERE status = 'rejected' AND project_id = ?", project_id
+        )
+        return int(row[0]) if row else 0
+
+    def updates_with_status(self, project_id: int, status: str) -> int:
+        row = self._one(
+            "SELECT COUNT(*) FROM updates WHERE project_id = ? AND status = ?", project_id, status
+        )
+        return int(row[0]) if row else 0
+
+    def aggregation_running(self, project_id: int) -> bool:
+        row = self._one(
+            "SELECT 1 FROM aggregations WHERE project_id = ? AND status = 'running'", project_id
+        )
+        return row is not None
+
+    def invite_count(self, project_id: int) -> int:
+        row = self._one("SELECT COUNT(*) FROM invites WHERE project_id = ?", project_id)
+        return int(row[0]) if row else 0
+
+    def challenge_valid(self, project_id: int, challenge: str, now: float) -> bool:
+        row = self._one(
+            """SELECT 1 FROM challenges
+               WHERE challenge = ? AND project_id = ? AND used = 0 AND expires_at >= ?""",
+            challenge,
+            project_id,
+            now,
+        )
+        return row is not None

@@ -1,0 +1,88 @@
+"""Records to and from SQLite rows: JSON columns, and a memo of parsed project rows.
+
+The SQL of ``sqlite_reads``/``sqlite_writes`` stores dicts as canonical JSON text
+(``dump``) and turns each row back into its ``backend.store.base`` record here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from backend.store.base import ClientRecord, ProjectRecord, TaskRecord, UpdateRecord, VersionRecord
+
+
+def dump(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+SELECT_PROJECTS = """SELECT id, name, description, recipe, recipe_version, hparams, strategy,
+    settings, status, current_version, public_key, created_at, shard_sizes FROM projects"""
+"""What a ProjectRecord holds: not next_shard, which changes with every lease
+(``SQLiteTx.next_shard``)."""
+
+_PROJECT_MEMO: dict[tuple[Any, ...], ProjectRecord] = {}
+_PROJECT_MEMO_MAX = 256
+"""Project rows seen, by their full contents: every request reads its project, and parsing
+its JSON columns each time was the largest CPU cost of a lease after SQLite itself. A row
+that changed in any column is another key, so the memo can never answer stale data. The
+records (and their dicts) are shared: callers treat them as read-only."""
+
+
+def project_from_row(row: sqlite3.Row) -> ProjectRecord:
+    key = tuple(row)
+    record = _PROJECT_MEMO.get(key)
+    if record is None:
+        if len(_PROJECT_MEMO) >= _PROJECT_MEMO_MAX:
+            _PROJECT_MEMO.clear()
+        record = _PROJECT_MEMO[key] = _parse_project(row)
+    return record
+
+
+def _parse_project(row: sqlite3.Row) -> ProjectRecord:
+    return ProjectRecord(
+        id=row["id"],
+        name=row["name"],
+        description=row["description"],
+        recipe=row["recipe"],
+        recipe_version=row["recipe_version"],
+        hparams=json.loads(row["hparams"]),
+        strategy=json.loads(row["strategy"]),
+        settings=json.loads(row["settings"]),
+        status=row["status"],
+        current_version=row["current_version"],
+        public_key=row["public_key"],
+        created_at=row["created_at"],
+        shard_sizes=json.loads(row["shard_sizes"]) if row["shard_sizes"] else None,
+    )
+
+
+def version_from_row(row: sqlite3.Row) -> VersionRecord:
+    return VersionRecord(
+        project_id=row["project_id"],
+        version=row["version"],
+        digest=row["digest"],
+        created_at=row["created_at"],
+        signature=row["signature"],
+        metrics=json.loads(row["metrics"]),
+        updates=row["updates"],
+        contributors=row["contributors"],
+        strategy_state_digest=row["strategy_state_digest"],
+    )
+
+
+def client_from_row(row: sqlite3.Row) -> ClientRecord:
+    return ClientRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - Row has no iteration of keys
+
+
+def task_from_row(row: sqlite3.Row) -> TaskRecord:
+    values = {k: row[k] for k in row.keys()}  # noqa: SIM118
+    values["manifest"] = json.loads(values["manifest"])
+    return TaskRecord(**values)
+
+
+def update_from_row(row: sqlite3.Row) -> UpdateRecord:
+    values = {k: row[k] for k in row.keys() if k != "seq"}  # noqa: SIM118
+    values["metrics"] = json.loads(values["metrics"])
+    return UpdateRecord(**values)

@@ -1,0 +1,373 @@
+"""The SQL of writes: ``WriteTx`` on the writer connection.
+
+``SQLiteTx`` is what ``SQLiteStore.read()`` and ``write()`` yield: the reads of
+``SQLiteReads`` plus the statements of every write transaction. It runs inside the
+transaction ``sqlite_writer`` opened and never commits, locks or syncs itself.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from backend.store.base import (
+    AggregationClaim,
+    ClaimConflict,
+    ClientRecord,
+    ProjectRecord,
+    TaskRecord,
+    UpdateRecord,
+    VersionRecord,
+)
+from backend.store.sqlite_reads import SQLiteReads
+from backend.store.sqlite_rows import dump, task_from_row, update_from_row
+
+
+class SQLiteTx(SQLiteReads):
+    """Reads and (on the writer connection) writes; implements ``ReadTx`` and ``WriteTx``."""
+
+    # --- writes ----------------------------------------------------------------------------
+    def insert_project(self, project: ProjectRecord) -> int:
+        cur = self._c.execute(
+            """INSERT INTO projects (name, description, recipe, recipe_version, hparams, strategy,
+                 settings, status, current_version, public_key, created_at, shard_sizes)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                project.name,
+                project.description,
+                project.recipe,
+                project.recipe_version,
+                dump(project.hparams),
+                dump(project.strategy),
+                dump(project.settings),
+                project.status,
+                project.current_version,
+                project.public_key,
+                project.created_at,
+                dump(project.shard_sizes) if project.shard_sizes is not None else None,
+            ),
+        )
+        assert cur.lastrowid is not None
+        return int(cur.lastrowid)
+
+    def set_project_status(self, project_id: int, status: str) -> None:
+        self._run("UPDATE projects SET status = ? WHERE id = ?", status, project_id)
+
+    def insert_version(self, version: VersionRecord) -> None:
+        self._run(
+            """INSERT INTO versions (project_id, version, digest, created_at, signature, metrics,
+                 updates, contributors, strategy_state_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            version.project_id,
+            version.version,
+            version.digest,
+            version.created_at,
+            version.signature,
+            dump(version.metrics),
+            version.updates,
+            version.contributors,
+            version.strategy_state_digest,
+        )
+
+    def insert_challenge(self, project_id: int, challenge: str, expires_at: float) -> None:
+        self._run(
+            "INSERT INTO challenges (challenge, project_id, expires_at) VALUES (?, ?, ?)",
+            challenge,
+            project_id,
+            expires_at,
+        )
+
+    def consume_challenge(self, project_id: int, challenge: str, now: float) -> bool:
+        return (
+            self._run(
+                """UPDATE challenges SET used = 1
+                   WHERE challenge = ? AND project_id = ? AND used = 0 AND expires_at >= ?""",
+                challenge,
+                project_id,
+                now,
+            )
+            == 1
+        )
+
+    def insert_invite(
+        self, project_id: int, code_hash: str, created_at: float, max_uses: int
+    ) -> None:
+        self._run(
+            "INSERT INTO invites (code_hash, project_id, created_at, max_uses) VALUES (?, ?, ?, ?)",
+            code_hash,
+            project_id,
+            created_at,
+            max_uses,
+        )
+
+    def consume_invite(self, project_id: int, code_hash: str) -> bool:
+        return (
+            self._run(
+                """UPDATE invites SET uses = uses + 1
+                   WHERE code_hash = ? AND project_id = ? AND uses < max_uses""",
+                code_hash,
+                project_id,
+            )
+            == 1
+        )
+
+    def insert_client(self, client: ClientRecord) -> None:
+        self._run(
+            """INSERT INTO clients (id, project_id, display_name, team, public_key, token_hash,
+                 created_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+            client.id,
+            client.project_id,
+            client.display_name,
+            client.team,
+            client.public_key,
+            client.token_hash,
+            client.created_at,
+            client.last_seen,
+        )
+
+    def rejoin_client(
+        self, client_id: str, display_name: str, team: str | None, token_hash: str, now: float
+    ) -> None:
+        self._run(
+            "UPDATE clients SET display_name = ?, team = ?, token_hash = ?, last_seen = ? WHERE id = ?",
+            display_name,
+            team,
+            token_hash,
+            now,
+            client_id,
+        )
+
+    def touch_client(self, client_id: str, now: float) -> None:
+        self._run("UPDATE clients SET last_seen = ? WHERE id = ?", now, client_id)
+
+    def expire_leases(self, now: float) -> list[int]:
+        rows = self._all(
+            "SELECT DISTINCT project_id FROM tasks WHERE status = 'leased' AND deadline < ?", now
+        )
+        if rows:
+            self._run(
+                "UPDATE tasks SET status = 'expired' WHERE status = 'leased' AND deadline < ?", now
+            )
+        return [int(r[0]) for r in rows]
+
+    def live_task_for_client(
+        self, project_id: int, client_id: str, now: float
+    ) -> TaskRecord | None:
+        row = self._one(
+            """SELECT * FROM tasks WHERE project_id = ? AND client_id = ? AND status = 'leased'
+               AND deadline >= ? ORDER BY issued_at DESC LIMIT 1""",
+            project_id,
+            client_id,
+            now,
+        )
+        return task_from_row(row) if row else None
+
+    def client_has_task(self, project_id: int, client_id: str, base_version: int) -> bool:
+        row = self._one(
+            """SELECT 1 FROM tasks WHERE project_id = ? AND client_id = ? AND base_version = ?
+               AND status IN ('leased', 'answered', 'rejected') LIMIT 1""",
+            project_id,
+            client_id,
+            base_version,
+        )
+        return row is not None
+
+    def next_shard(self, project_id: int, num_shards: int) -> int:
+        # One statement (the counter is only ever read here): RETURNING gives the new value.
+        rows = self._all(  # fetch all: the statement must run to its end before COMMIT
+            "UPDATE projects SET next_shard = next_shard % ? + 1 WHERE id = ? RETURNING next_shard",
+            max(1, num_shards),
+            project_id,
+        )
+        assert rows
+        return int(rows[0][0]) - 1
+
+    def insert_task(self, task: TaskRecord) -> None:
+        self._run(
+            """INSERT INTO tasks (id, project_id, client_id, base_version, shard_index, status,
+                 issued_at, deadline, max_examples, manifest, signature)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            task.id,
+            task.project_id,
+            task.client_id,
+            task.base_version,
+            task.shard_index,
+            task.status,
+            task.issued_at,
+            task.deadline,
+            task.max_examples,
+            dump(task.manifest),
+            task.signature,
+        )
+
+    def set_task_lease(
+        self, task_id: str, deadline: float, manifest: dict[str, Any], signature: str
+    ) -> None:
+        self._run(
+            "UPDATE tasks SET deadline = ?, manifest = ?, signature = ? WHERE id = ?",
+            deadline,
+            dump(manifest),
+            signature,
+            task_id,
+        )
+
+    def set_task_status(self, task_id: str, status: str) -> None:
+        self._run("UPDATE tasks SET status = ? WHERE id = ?", status, task_id)
+
+    def reject_task(
+        self, task_id: str, project_id: int, client_id: str, code: str, now: float
+    ) -> bool:
+        return (
+            self._run(
+                """UPDATE tasks SET status = 'rejected', rejected_code = ?, rejected_at = ?
+                   WHERE id = ? AND project_id = ? AND client_id = ? AND status = 'leased'""",
+                code,
+                now,
+                task_id,
+                project_id,
+                client_id,
+            )
+            == 1
+        )
+
+    def set_client_pace(
+        self,
+        client_id: str,
+        s_per_step: float,
+        dev: float,
+        samples: int,
+        at: float,
+        examples: int,
+    ) -> None:
+        self._run(
+            """UPDATE clients SET pace_s_per_step = ?, pace_dev = ?, pace_samples = ?,
+                 pace_at = ?, pace_examples = ? WHERE id = ?""",
+            s_per_step,
+            dev,
+            samples,
+            at,
+            examples,
+            client_id,
+        )
+
+    def insert_update(self, update: UpdateRecord) -> None:
+        self._run(
+            """INSERT INTO updates (id, project_id, task_id, client_id, base_version, payload_digest,
+                 num_examples, max_examples, credit, accepted_at, manifest_b64, signature, metrics,
+                 status, aggregation_id)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            update.id,
+            update.project_id,
+            update.task_id,
+            update.client_id,
+            update.base_version,
+            update.payload_digest,
+            update.num_examples,
+            update.max_examples,
+            update.credit,
+            update.accepted_at,
+            update.manifest_b64,
+            update.signature,
+            dump(update.metrics),
+            update.status,
+            update.aggregation_id,
+        )
+
+    def drop_updates(self, update_ids: list[str]) -> None:
+        self._c.executemany(
+            "UPDATE updates SET status = 'dropped' WHERE id = ? AND status = 'pending'",
+            [(uid,) for uid in update_ids],
+        )
+
+    def credit_client(self, client_id: str, credit: float, recent_sum: float, now: float) -> None:
+        self._run(
+            """UPDATE clients SET credit = credit + ?, recent_sum = ?, recent_time = ?,
+                 accepted = accepted + 1, last_seen = ? WHERE id = ?""",
+            credit,
+            recent_sum,
+            now,
+            now,
+            client_id,
+        )
+
+    def count_rejection(self, client_id: str, now: float) -> None:
+        self._run(
+            "UPDATE clients SET rejected = rejected + 1, last_seen = ? WHERE id = ?", now, client_id
+        )
+
+    def claim_aggregation(
+        self, project_id: int, base_version: int, owner: str, now: float, update_ids: list[str]
+    ) -> AggregationClaim:
+        try:
+            cur = self._c.execute(
+                """INSERT INTO aggregations (project_id, base_version, status, owner, claimed_at)
+                   VALUES (?, ?, 'running', ?, ?)""",
+                (project_id, base_version, owner, now),
+            )
+        except sqlite3.IntegrityError:
+            raise ClaimConflict(
+                f"an aggregation of project {project_id} is already running"
+            ) from None
+        assert cur.lastrowid is not None
+        claim_id = int(cur.lastrowid)
+        self._c.executemany(
+            "UPDATE updates SET status = 'claimed', aggregation_id = ? WHERE id = ? AND status = 'pending'",
+            [(claim_id, uid) for uid in update_ids],
+        )
+        rows = self._all("SELECT * FROM updates WHERE aggregation_id = ? ORDER BY seq", claim_id)
+        return AggregationClaim(
+            id=claim_id,
+            project_id=project_id,
+            base_version=base_version,
+            owner=owner,
+            claimed_at=now,
+            updates=[update_from_row(r) for r in rows],
+        )
+
+    def cancel_round_leases(self, project_id: int, base_version: int) -> int:
+        return self._run(
+            """UPDATE tasks SET status = 'cancelled'
+               WHERE project_id = ? AND base_version = ? AND status = 'leased'""",
+            project_id,
+            base_version,
+        )
+
+    def aggregation_owner(self, aggregation_id: int) -> str | None:
+        row = self._one(
+            "SELECT owner FROM aggregations WHERE id = ? AND status = 'running'", aggregation_id
+        )
+        return str(row[0]) if row else None
+
+    def finish_aggregation(
+        self, claim: AggregationClaim, version: VersionRecord, dropped: list[str]
+    ) -> None:
+        self.insert_version(version)
+        self._run(
+            "UPDATE projects SET current_version = ? WHERE id = ?",
+            version.version,
+            claim.project_id,
+        )
+        self._run(
+            "UPDATE updates SET status = 'aggregated' WHERE aggregation_id = ? AND status = 'claimed'",
+            claim.id,
+        )
+        self._c.executemany(
+            "UPDATE updates SET status = 'dropped' WHERE id = ? AND aggregation_id = ?",
+            [(uid, claim.id) for uid in dropped],
+        )
+        self._run("UPDATE aggregations SET status = 'done' WHERE id = ?", claim.id)
+
+    def release_stale_claims(self, is_stale: Callable[[str, float], bool]) -> int:
+        rows = self._all("SELECT id, owner, claimed_at FROM aggregations WHERE status = 'running'")
+        released = 0
+        for row in rows:
+            if not is_stale(str(row["owner"]), float(row["claimed_at"])):
+                continue
+            self._run(
+                """UPDATE updates SET status = 'pending', aggregation_id = NULL
+                   WHERE aggregation_id = ? AND status = 'claimed'""",
+                row["id"],
+            )
+            self._run("UPDATE aggregations SET status = 'abandoned' WHERE id = ?", row["id"])
+            released += 1
+        return released

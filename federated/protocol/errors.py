@@ -1,0 +1,86 @@
+"""Every stable error code of the protocol and the HTTP status it is answered with.
+
+The coordinator raises coded errors and maps them to statuses only through
+``ERROR_STATUS``; the contributor classifies answers by code with the same table.
+"""
+
+from __future__ import annotations
+
+from federated.errors import UPDATE_REJECTION_CODES, FederatedError
+
+PAYLOAD_CODES: tuple[str, ...] = UPDATE_REJECTION_CODES
+"""The codes of ``federated.errors.UpdateRejected``, answered as 422 under the same name."""
+
+ERROR_STATUS: dict[str, int] = {
+    "bad_id": 400,
+    "bad_json": 400,
+    "bad_request": 400,
+    "bad_challenge": 400,
+    "incomplete_body": 400,
+    "missing_token": 401,
+    "bad_token": 401,
+    "invite_required": 403,
+    "bad_invite": 403,
+    "bad_signature": 403,
+    "not_your_task": 403,
+    "not_found": 404,
+    "unknown_project": 404,
+    "unknown_task": 404,
+    "method_not_allowed": 405,
+    "wrong_base": 409,
+    "task_already_answered": 409,
+    "project_closed": 410,
+    "lease_expired": 410,
+    "task_rejected": 410,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "range_not_satisfiable": 416,
+    "manifest_mismatch": 422,
+    "digest_mismatch": 422,
+    **dict.fromkeys(PAYLOAD_CODES, 422),
+    "rate_limited": 429,
+    "project_paused": 503,
+    "unavailable": 503,
+    "internal_error": 500,
+}
+"""Every stable error code and its status: the table in docs/protocol.md, as data."""
+
+FINAL_UPLOAD_CODES: frozenset[str] = frozenset(
+    {
+        "bad_request",
+        "bad_json",
+        "bad_signature",
+        "payload_too_large",
+        "unsupported_media_type",
+        "wrong_base",
+        "manifest_mismatch",
+        "digest_mismatch",
+        *PAYLOAD_CODES,
+    }
+)
+"""Upload refusals that end the task for good (status ``rejected``): sending the same
+update again would be refused again, so the task is never leased again and later uploads
+and heartbeats for it answer 410 ``task_rejected``. Everything else leaves the task as it
+was: server errors and 429 (try again), 401 and ``unknown_task``/``not_your_task`` (the
+caller does not own the task, so it must not be able to end it), ``incomplete_body`` (a
+connection cut mid-upload: send it again), ``lease_expired``, ``task_already_answered``
+and ``project_closed`` (the task is over already)."""
+
+
+class ProtocolError(FederatedError, ValueError):
+    """A message that breaks the contract: ``code`` is one of ``ERROR_STATUS``.
+
+    ``message`` names what was wrong and where (the field's JSON path), so the coordinator
+    can answer it as is and the contributor can show it as is.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in ERROR_STATUS:
+            raise ValueError(f"{code!r} is not a protocol error code")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def status(self) -> int:
+        return ERROR_STATUS[self.code]

@@ -1,0 +1,327 @@
+"""Every message the two programs exchange, as typed structs.
+
+Requests the coordinator receives (``JoinRequest``, ``UpdateManifest``) are closed: an
+unknown field is refused. Answers the contributor receives are open: the coordinator may add
+fields (a signed manifest's signature covers them all), and a contributor reads only the
+fields it knows. ``federated.protocol.wire`` parses and converts them strictly.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from federated.protocol import limits
+from federated.protocol.types import (
+    ChallengeText,
+    CodecName,
+    Count,
+    Digest,
+    ErrorCode,
+    Examples,
+    HParams,
+    MetricName,
+    PositiveInt,
+    ProjectName,
+    PublicKey,
+    Rank,
+    ServerId,
+    Signature,
+    UnixSeconds,
+)
+
+CREDIT_UNIT: Literal["GFLOP"] = "GFLOP"
+"""What credit is counted in: useful training work, not wall time."""
+
+Mode = Literal["sync", "async"]
+Status = Literal["open", "paused", "closed"]
+DataMode = Literal["builtin", "local"]
+
+
+class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A message the coordinator receives: closed, every field checked."""
+
+
+class _Answer(msgspec.Struct, kw_only=True):
+    """A message the contributor receives: fields it does not know are ignored."""
+
+
+# --- requests ----------------------------------------------------------------------------
+
+
+class JoinRequest(_Request):
+    """Join a project, proving possession of ``public_key`` by signing the challenge.
+
+    ``signature`` is over ``canonical_json({"challenge", "project", "public_key",
+    "purpose": "join"})``. ``display_name`` is 1-64 characters after stripping and ``team``
+    0-64 (empty means none); any text is allowed, pages escape it."""
+
+    display_name: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=limits.MAX_DISPLAY_NAME_CHARS)
+    ]
+    public_key: PublicKey
+    challenge: Annotated[str, msgspec.Meta(max_length=limits.MAX_CHALLENGE_CHARS)]
+    signature: Signature
+    team: Annotated[str, msgspec.Meta(max_length=limits.MAX_TEAM_CHARS)] | None = None
+    invite: Annotated[str, msgspec.Meta(max_length=limits.MAX_INVITE_CHARS)] | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.display_name.strip()) <= limits.MAX_DISPLAY_NAME_CHARS:
+            raise ValueError(
+                f"display_name must be 1 to {limits.MAX_DISPLAY_NAME_CHARS} characters "
+                "after stripping - at `$.display_name`"
+            )
+        if self.team is not None and len(self.team.strip()) > limits.MAX_TEAM_CHARS:
+            raise ValueError(
+                f"team must be null or at most {limits.MAX_TEAM_CHARS} characters - at `$.team`"
+            )
+
+
+class UpdateManifest(_Request):
+    """What a contributor signs for one update: the body's digest and what it claims.
+
+    Sent as base64 of its canonical JSON in ``X-Barnraise-Manifest``, signed (those exact
+    bytes) in ``X-Barnraise-Signature``."""
+
+    project: ProjectName
+    task_id: ServerId
+    client_id: ServerId
+    base_digest: Digest
+    payload_digest: Digest
+    codec: CodecName
+    num_examples: Examples
+    metrics: Annotated[
+        dict[MetricName, float],
+        msgspec.Meta(
+            max_length=limits.MAX_METRICS,
+            description="At most 32 finite numbers, e.g. loss_before, loss_after, seconds, "
+            "examples_per_second.",
+        ),
+    ] = msgspec.field(default_factory=dict)
+
+
+# --- answers -----------------------------------------------------------------------------
+
+
+class ErrorDetail(_Answer):
+    code: ErrorCode
+    message: Annotated[str, msgspec.Meta(description="What was wrong and what to do next.")]
+
+
+class ErrorBody(_Answer):
+    error: ErrorDetail
+
+
+class Health(_Answer):
+    status: Literal["ok"]
+
+
+class DataColumns(_Answer):
+    label: str | None
+    features: list[str]
+
+
+class ProjectSummary(_Answer):
+    name: ProjectName
+    description: str = ""
+    recipe: str = ""
+    mode: Mode = "sync"
+    status: Status = "open"
+    current_version: Count = 0
+    invite_required: bool = False
+    page_url: str = ""
+    data_mode: DataMode = "builtin"
+
+
+class ProjectList(_Answer):
+    projects: list[ProjectSummary]
+
+
+class Project(_Answer):
+    name: ProjectName
+    recipe: str
+    recipe_version: Count
+    hparams: HParams
+    data_mode: DataMode
+    strategy: Annotated[
+        dict[str, Any],
+        msgspec.Meta(description="The aggregation strategy: its name and its settings."),
+    ]
+    mode: Mode
+    status: Status
+    current_version: Count
+    public_key: PublicKey
+    key_fingerprint: str
+    invite_required: bool
+    description: str = ""
+    data_columns: DataColumns | None = None
+    model_digest: Digest | None = None
+    codec: str = ""
+    page_url: str = ""
+
+
+class Challenge(_Answer):
+    challenge: ChallengeText
+    expires_at: UnixSeconds
+
+
+class JoinResponse(_Answer):
+    client_id: ServerId
+    token: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1, description="Bearer token; shown once, the server stores its sha256."
+        ),
+    ]
+    project: Project
+
+
+class TaskManifest(_Answer):
+    """One unit of work, signed by the project key; the contributor checks it first."""
+
+    task_id: ServerId
+    project: ProjectName
+    client_id: ServerId
+    base_version: Count
+    base_digest: Digest
+    recipe: str
+    recipe_version: Count
+    hparams: HParams
+    shard_index: Count
+    max_examples: PositiveInt
+    codec: CodecName
+    max_update_norm: Annotated[float, msgspec.Meta(gt=0)]
+    max_payload_bytes: PositiveInt
+    issued_at: UnixSeconds
+    deadline: Annotated[
+        int, msgspec.Meta(ge=0, description="The lease ends then unless a heartbeat extends it.")
+    ]
+    useful_until: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description="Until then the update is expected to be used; one arriving later is "
+            "likely refused as wrong_base. A contributor that cannot finish by then should "
+            "give the task back.",
+        ),
+    ]
+
+
+class SignedTask(_Answer):
+    manifest: TaskManifest
+    signature: Signature
+
+
+class Heartbeat(_Answer):
+    deadline: UnixSeconds
+
+
+class Receipt(_Answer):
+    update_id: str
+    task_id: ServerId
+    payload_digest: Digest
+    accepted_at: Annotated[float, msgspec.Meta(ge=0)]
+    credit: Annotated[float, msgspec.Meta(ge=0)]
+    credit_unit: Literal["GFLOP"] = CREDIT_UNIT
+
+
+class ModelManifest(_Answer):
+    project: ProjectName
+    version: Count
+    digest: Digest
+    created_at: Annotated[float, msgspec.Meta(ge=0)]
+
+
+class SignedModel(_Answer):
+    manifest: ModelManifest
+    signature: Signature
+
+
+class LeaderboardContributor(_Answer):
+    name: str
+    credit: float
+    rank: Rank | None = None
+    team: str | None = None
+    recent_credit: float = 0.0
+    updates_accepted: Count = 0
+    updates_rejected: Count = 0
+    last_seen: float | None = None
+
+
+class LeaderboardTeam(_Answer):
+    name: str
+    credit: float
+    rank: Rank | None = None
+    members: Count = 0
+    recent_credit: float = 0.0
+    updates_accepted: Count = 0
+
+
+class Leaderboard(_Answer):
+    contributors: list[LeaderboardContributor]
+    teams: list[LeaderboardTeam]
+    credit_unit: Literal["GFLOP"] = CREDIT_UNIT
+
+
+class VersionStats(_Answer):
+    version: Count
+    digest: Digest
+    created_at: float
+    metrics: Annotated[
+        dict[str, float | None],
+        msgspec.Meta(description="Held-out evaluation, e.g. accuracy and loss."),
+    ]
+    updates: Count = 0
+    contributors: Count = 0
+
+
+class Stats(_Answer):
+    versions: list[VersionStats]
+    live_leases: Count = 0
+    pending_updates: Count = 0
+    updates_aggregated: Annotated[
+        int, msgspec.Meta(ge=0, description="Accepted updates that went into a published version.")
+    ] = 0
+    updates_dropped: Annotated[
+        int,
+        msgspec.Meta(ge=0, description="Accepted updates dropped as too stale before aggregation."),
+    ] = 0
+    tasks_rejected: Annotated[
+        int,
+        msgspec.Meta(ge=0, description="Tasks ended for good by a final refusal of their update."),
+    ] = 0
+
+
+class Me(_Answer):
+    credit: float
+    updates_accepted: Count
+    updates_rejected: Count
+    client_id: ServerId | None = None
+    display_name: str | None = None
+    team: str | None = None
+    recent_credit: float = 0.0
+    rank: Rank | None = None
+
+
+MESSAGES: tuple[type[msgspec.Struct], ...] = (
+    ErrorBody,
+    Health,
+    ProjectSummary,
+    ProjectList,
+    Project,
+    Challenge,
+    JoinRequest,
+    JoinResponse,
+    TaskManifest,
+    SignedTask,
+    Heartbeat,
+    UpdateManifest,
+    Receipt,
+    ModelManifest,
+    SignedModel,
+    Leaderboard,
+    Stats,
+    Me,
+)
+"""Every message, for the generated OpenAPI components."""
