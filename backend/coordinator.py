@@ -147,17 +147,23 @@ class Coordinator:
     def set_status(self, name: str, status: str) -> ProjectRecord:
         return self.services.projects.set_status(name, status)
 
+    # The answers below are the services' protocol messages as plain JSON values
+    # (``protocol.to_wire``): what the HTTP API sends, for the CLI and tests.
     def project_view(self, project: ProjectRecord) -> dict[str, Any]:
-        return self.services.projects.project_view(project)
+        return _wire(self.services.projects.project_view(project))
 
     def create_invite(self, name: str, *, max_uses: int = 1) -> str:
         return self.services.membership.create_invite(name, max_uses=max_uses)
 
     def new_challenge(self, name: str) -> dict[str, Any]:
-        return self.services.membership.new_challenge(name)
+        return _wire(self.services.membership.new_challenge(name))
 
     def join(self, name: str, body: protocol.JoinRequest) -> dict[str, Any]:
-        return self.services.membership.join(name, body)
+        return _wire(self.services.membership.join(name, body))
+
+    def overdue_projects(self) -> list[str]:
+        """Projects whose aggregation is late (``backend.services.aggregation``)."""
+        return self.worker.overdue_projects()
 
     def authenticate(self, project: ProjectRecord, authorization: str | None) -> ClientRecord:
         return self.services.membership.authenticate(project, authorization)
@@ -165,30 +171,36 @@ class Coordinator:
     def lease(
         self, project: ProjectRecord, client: ClientRecord, wait: float
     ) -> dict[str, Any] | None:
-        return self.services.leasing.lease(project, client, wait)
+        signed = self.services.leasing.lease(project, client, wait)
+        return None if signed is None else _wire(signed)
 
     def heartbeat(
         self, project: ProjectRecord, client: ClientRecord, task_id: str
     ) -> dict[str, Any]:
-        return self.services.leasing.heartbeat(project, client, task_id)
+        return _wire(self.services.leasing.heartbeat(project, client, task_id))
 
     def release(self, project: ProjectRecord, client: ClientRecord, task_id: str) -> None:
         self.services.leasing.release(project, client, task_id)
 
     def signed_model(self, project: ProjectRecord) -> dict[str, Any]:
-        return self.services.models.signed_model(project)
+        return _wire(self.services.models.signed_model(project))
 
     def model_known(self, project: ProjectRecord, digest: str) -> bool:
         return self.services.models.model_known(project, digest)
 
     def leaderboard(self, project: ProjectRecord) -> dict[str, Any]:
-        return self.services.standings.leaderboard(project)
+        return _wire(self.services.standings.leaderboard(project))
 
     def stats(self, project: ProjectRecord) -> dict[str, Any]:
-        return self.services.standings.stats(project)
+        return _wire(self.services.standings.stats(project))
 
     def me(self, project: ProjectRecord, client: ClientRecord) -> dict[str, Any]:
-        return self.services.standings.me(project, client)
+        return _wire(self.services.standings.me(project, client))
+
+
+def _wire(message: object) -> dict[str, Any]:
+    wire: dict[str, Any] = protocol.to_wire(message)
+    return wire
 
 
 __all__ = [

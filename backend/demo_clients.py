@@ -62,18 +62,15 @@ class DemoContributor:
         r = self.session.post(f"{self.api}/challenge", timeout=30)
         _check(r, 200)
         challenge = r.json()["challenge"]
-        statement = {
-            "challenge": challenge,
-            "project": self.project,
-            "public_key": self.key.public_key_b64,
-            "purpose": "join",
-        }
+        statement = protocol.JoinStatement(
+            challenge=challenge, project=self.project, public_key=self.key.public_key_b64
+        )
         body = protocol.JoinRequest(
             display_name=self.display_name,
             team=self.team,
             public_key=self.key.public_key_b64,
             challenge=challenge,
-            signature=self.key.sign(statement),
+            signature=self.key.sign(protocol.to_wire(statement)),
             invite=self.invite,
         )
         r = self.session.post(f"{self.api}/join", json=protocol.to_wire(body), timeout=30)

@@ -144,6 +144,8 @@ class BackendMetrics:
     updates_rejected: Counter  # barnraise_updates_rejected_total{project,reason}
     aggregation_seconds: Histogram  # barnraise_aggregation_seconds{project}
     model_version: Gauge  # barnraise_model_version{project}
+    aggregation_overdue: Gauge  # barnraise_aggregation_overdue{project}
+    aggregation_failures: Counter  # barnraise_aggregation_failures_total{project,outcome}
     rate_limited: Counter  # barnraise_rate_limited_total{route}
     registry: CollectorRegistry
 
@@ -201,6 +203,23 @@ class BackendMetrics:
                 ("project",),
                 registry=reg,
                 multiprocess_mode="livemax",
+            ),
+            # Set when /healthz or /metrics is asked, from the shared store: every worker
+            # sees the same answer, so the highest live value is the answer.
+            aggregation_overdue=Gauge(
+                "barnraise_aggregation_overdue",
+                "1 while a project's aggregation is overdue (a claim past its time, work "
+                "waiting too long, or failing), else 0.",
+                ("project",),
+                registry=reg,
+                multiprocess_mode="livemax",
+            ),
+            aggregation_failures=Counter(
+                "barnraise_aggregation_failures_total",
+                "Aggregations that failed: 'quarantined' (an update was set aside, the rest "
+                "go on) or 'retry' (nothing in the input to blame: tried again later).",
+                ("project", "outcome"),
+                registry=reg,
             ),
             rate_limited=Counter(
                 "barnraise_rate_limited_total",

@@ -20,6 +20,7 @@ from app.contributor.credentials import (
 )
 from app.contributor.invites import JoinTarget, parse_join_target
 from app.contributor.paths import EnginePaths
+from federated import protocol
 from federated.signing import SigningKey, fingerprint
 
 __all__ = [
@@ -37,7 +38,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class JoinPreview:
-    """What the volunteer consents to: the project as the coordinator describes it."""
+    """What the volunteer consents to: the project as the coordinator describes it
+    (``project``: the protocol's ``Project`` as plain JSON values)."""
 
     target: JoinTarget
     project: dict[str, Any]
@@ -92,9 +94,9 @@ def preview_join(text: str, *, insecure: bool = False) -> JoinPreview:
         info = client.get_project()
     finally:
         client.close()
-    if info.get("name") != target.project or "public_key" not in info:
+    if info.name != target.project:
         raise ClientError(f"{target.page_url} did not describe project {target.project!r}")
-    return JoinPreview(target=target, project=info)
+    return JoinPreview(target=target, project=protocol.to_wire(info))
 
 
 def complete_join(
@@ -127,7 +129,7 @@ def complete_join(
         answer = client.join(key, display_name=display_name, team=team, invite=target.invite)
     finally:
         client.close()
-    if answer.project.get("public_key") != preview.project["public_key"]:
+    if answer.project.public_key != preview.project["public_key"]:
         raise UntrustedError(
             "the project key changed between showing it to you and joining; nothing was saved, try again"
         )
@@ -170,11 +172,10 @@ def detect_key_change(creds: ProjectCredentials, *, insecure: bool = False) -> K
     one. Raises ClientError when the coordinator cannot be asked."""
     client = CoordinatorClient(creds.server_url, creds.project, insecure=insecure)
     try:
-        info = client.get_project()
+        current = client.get_project().public_key
     finally:
         client.close()
-    current = info.get("public_key")
-    if not isinstance(current, str) or current == creds.project_public_key_b64:
+    if current == creds.project_public_key_b64:
         return None
     try:
         new_fingerprint = fingerprint(current)

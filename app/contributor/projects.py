@@ -363,7 +363,7 @@ class ProjectBook:
             return
         project.rank_checked_at = now
         try:
-            rank = project.client.me().get("rank")
+            rank = project.client.me().rank
         except ClientError as exc:
             log.debug("could not read our rank in %s: %s", project.ref.project, exc)
             return

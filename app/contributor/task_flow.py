@@ -368,7 +368,7 @@ class TaskFlow:
         # --- 7: the ledger ---------------------------------------------------------------
         project.files.drop()
         project.rejections = 0
-        credit = float(receipt.get("credit", 0.0))
+        credit = float(receipt.credit)
         core.ledger.record(
             Contribution(
                 project=project.ref.key,  # server and project: two servers may reuse a name
@@ -376,8 +376,8 @@ class TaskFlow:
                 examples=examples,
                 compute_seconds=seconds,
                 credit=credit,
-                credit_unit=str(receipt.get("credit_unit", "")),
-                update_id=str(receipt.get("update_id", "")),
+                credit_unit=receipt.credit_unit,
+                update_id=receipt.update_id,
             )
         )
         core.publish(

@@ -226,8 +226,8 @@ class ControllerEngine:
                 me = client.me()
             finally:
                 client.close()
-            name = str(me.get("display_name") or "") or None
-            team = str(me.get("team") or "") or None
+            name = me.display_name or None
+            team = me.team or None
         except ClientError as exc:
             # The stored token may be stale (the join renews it); the identity is the key.
             log.info("could not ask %s who client %s is: %s", creds.project, creds.client_id, exc)

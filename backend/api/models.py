@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from backend.errors import NotFound, RangeNotSatisfiable
 from backend.http import Request, Response, file_chunks
 from backend.ids import check_digest
+from federated import protocol
 
 if TYPE_CHECKING:
     from backend.wsgi import App
@@ -17,7 +18,7 @@ _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 def current_model(app: App, req: Request, project: str) -> Response:
     record = app.coordinator.project(project)
-    return Response.json(app.coordinator.signed_model(record))
+    return Response.json(protocol.to_wire(app.coordinator.services.models.signed_model(record)))
 
 
 def download_model(app: App, req: Request, project: str, digest: str) -> Response:

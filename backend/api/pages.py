@@ -35,10 +35,11 @@ def _html(text: str) -> Response:
 
 def index_page(app: App, req: Request) -> Response:
     coordinator = app.coordinator
+    standings = coordinator.services.standings
     summaries = []
     for project in coordinator.projects():
-        stats = coordinator.stats(project)
-        latest = stats["versions"][-1] if stats["versions"] else None
+        stats = standings.stats(project)
+        latest = stats.versions[-1] if stats.versions else None
         summaries.append(
             ProjectSummaryView(
                 name=project.name,
@@ -47,10 +48,10 @@ def index_page(app: App, req: Request) -> Response:
                 mode=str(project.settings.get("mode", "sync")),
                 status=project.status,
                 current_version=project.current_version,
-                contributors=stats["contributors"],
-                total_credit=stats["total_credit"],
-                accuracy=latest["metrics"].get("accuracy") if latest else None,
-                updated_at=latest["created_at"] if latest else None,
+                contributors=stats.contributors,
+                total_credit=stats.total_credit,
+                accuracy=latest.metrics.get("accuracy") if latest else None,
+                updated_at=latest.created_at if latest else None,
             )
         )
     return _html(render_index(summaries, now=coordinator.clock()))
@@ -59,41 +60,41 @@ def index_page(app: App, req: Request) -> Response:
 def project_page(app: App, req: Request, project: str) -> Response:
     coordinator = app.coordinator
     record = coordinator.project(project)
-    view = coordinator.project_view(record)
-    board = coordinator.leaderboard(record)
-    stats = coordinator.stats(record)
+    view = coordinator.services.projects.project_view(record)
+    board = coordinator.services.standings.leaderboard(record)
+    stats = coordinator.services.standings.stats(record)
     contributors = tuple(
         ContributorRow(
-            name=r["display_name"],
-            team=r["team"],
-            credit=r["credit"],
-            recent_credit=r["recent_credit"],
-            updates_accepted=r["updates_accepted"],
-            updates_rejected=r["updates_rejected"],
-            last_seen=r["last_seen"],
+            name=r.display_name,
+            team=r.team,
+            credit=r.credit,
+            recent_credit=r.recent_credit,
+            updates_accepted=r.updates_accepted,
+            updates_rejected=r.updates_rejected,
+            last_seen=r.last_seen,
         )
-        for r in board["contributors"][:PAGE_ROWS]
+        for r in board.contributors[:PAGE_ROWS]
     )
     teams = tuple(
         TeamRow(
-            name=t["team"],
-            members=t["members"],
-            credit=t["credit"],
-            recent_credit=t["recent_credit"],
-            updates_accepted=t["updates_accepted"],
+            name=t.team,
+            members=t.members,
+            credit=t.credit,
+            recent_credit=t.recent_credit,
+            updates_accepted=t.updates_accepted,
         )
-        for t in board["teams"][:PAGE_ROWS]
+        for t in board.teams[:PAGE_ROWS]
     )
     versions = tuple(
         VersionPoint(
-            version=v["version"],
-            created_at=v["created_at"],
-            accuracy=v["metrics"].get("accuracy"),
-            loss=v["metrics"].get("loss"),
-            updates=v["updates"],
-            contributors=v["contributors"],
+            version=v.version,
+            created_at=v.created_at,
+            accuracy=v.metrics.get("accuracy"),
+            loss=v.metrics.get("loss"),
+            updates=v.updates,
+            contributors=v.contributors,
         )
-        for v in stats["versions"]
+        for v in stats.versions
     )
     page = ProjectPageView(
         name=record.name,
@@ -103,19 +104,19 @@ def project_page(app: App, req: Request, project: str) -> Response:
         recipe=record.recipe,
         recipe_version=record.recipe_version,
         strategy=str(record.strategy.get("name", "")),
-        mode=view["mode"],
+        mode=view.mode,
         status=record.status,
-        data_mode=view["data_mode"],
-        codec=view["codec"],
+        data_mode=view.data_mode,
+        codec=view.codec,
         current_version=record.current_version,
-        key_fingerprint=view["key_fingerprint"],
-        invite_required=view["invite_required"],
+        key_fingerprint=view.key_fingerprint,
+        invite_required=view.invite_required,
         contributors=contributors,
         teams=teams,
         versions=versions,
-        contributors_total=len(board["contributors"]),
-        teams_total=len(board["teams"]),
-        total_credit=stats["total_credit"],
-        updates_accepted_total=stats["updates_accepted"],
+        contributors_total=len(board.contributors),
+        teams_total=len(board.teams),
+        total_credit=stats.total_credit,
+        updates_accepted_total=stats.updates_accepted,
     )
     return _html(render_project_page(page))

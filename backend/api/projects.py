@@ -12,40 +12,23 @@ if TYPE_CHECKING:
 
 
 def list_projects(app: App, req: Request) -> Response:
-    coordinator = app.coordinator
-    projects = [coordinator.project_view(p) for p in coordinator.projects()]
-    summaries = [
-        {
-            k: p[k]
-            for k in (
-                "name",
-                "description",
-                "recipe",
-                "mode",
-                "status",
-                "current_version",
-                "invite_required",
-                "page_url",
-                "data_mode",
-            )
-        }
-        for p in projects
-    ]
-    return Response.json({"projects": summaries})
+    return Response.json(protocol.to_wire(app.coordinator.services.projects.project_list()))
 
 
 def show_project(app: App, req: Request, project: str) -> Response:
     record = app.coordinator.project(project)
-    return Response.json(app.coordinator.project_view(record))
+    return Response.json(protocol.to_wire(app.coordinator.services.projects.project_view(record)))
 
 
 def new_challenge(app: App, req: Request, project: str) -> Response:
     app.coordinator.project(project)
     req.json_object(required=False)
-    return Response.json(app.coordinator.new_challenge(project))
+    challenge = app.coordinator.services.membership.new_challenge(project)
+    return Response.json(protocol.to_wire(challenge))
 
 
 def join_project(app: App, req: Request, project: str) -> Response:
     app.coordinator.project(project)
     body = req.message(protocol.JoinRequest)
-    return Response.json(app.coordinator.join(project, body), status=201)
+    joined = app.coordinator.services.membership.join(project, body)
+    return Response.json(protocol.to_wire(joined), status=201)

@@ -98,9 +98,12 @@ ROUTE_TABLE: tuple[Route, ...] = (
         "GET",
         "/healthz",
         system.healthz,
-        "Liveness check.",
+        "Liveness check, and whether every project's aggregation is on time.",
         "ops",
-        {200: Answer("The server is up.", p.Health)},
+        {
+            200: Answer("The server is up and no aggregation is overdue.", p.Health),
+            503: Answer("Up, but some project's aggregation is overdue (named).", p.Health),
+        },
     ),
     Route(
         "metrics",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from backend.http import Request, Response
+from federated import protocol
 
 if TYPE_CHECKING:
     from backend.wsgi import App
@@ -12,15 +13,15 @@ if TYPE_CHECKING:
 
 def leaderboard(app: App, req: Request, project: str) -> Response:
     record = app.coordinator.project(project)
-    return Response.json(app.coordinator.leaderboard(record))
+    return Response.json(protocol.to_wire(app.coordinator.services.standings.leaderboard(record)))
 
 
 def project_stats(app: App, req: Request, project: str) -> Response:
     record = app.coordinator.project(project)
-    return Response.json(app.coordinator.stats(record))
+    return Response.json(protocol.to_wire(app.coordinator.services.standings.stats(record)))
 
 
 def me(app: App, req: Request, project: str) -> Response:
     record = app.coordinator.project(project)
     client = app.authenticate(req, record)
-    return Response.json(app.coordinator.me(record, client))
+    return Response.json(protocol.to_wire(app.coordinator.services.standings.me(record, client)))

@@ -8,6 +8,7 @@ from backend.errors import BadRequest, UnsupportedMediaType
 from backend.http import Request, Response
 from backend.ids import check_server_id
 from backend.settings import RETRY_AFTER_NO_WORK_S
+from federated import protocol
 
 if TYPE_CHECKING:
     from backend.wsgi import App
@@ -25,10 +26,10 @@ def lease_task(app: App, req: Request, project: str) -> Response:
         raise BadRequest(f"wait={raw_wait[:20]!r} is not a number of seconds") from None
     if wait != wait:  # NaN
         raise BadRequest("wait must be a number of seconds")
-    signed = app.coordinator.lease(record, client, wait)
+    signed = app.coordinator.services.leasing.lease(record, client, wait)
     if signed is None:
         return Response.empty(204, [("Retry-After", str(RETRY_AFTER_NO_WORK_S))])
-    return Response.json(signed)
+    return Response.json(protocol.to_wire(signed))
 
 
 def heartbeat_task(app: App, req: Request, project: str, task_id: str) -> Response:
@@ -36,7 +37,8 @@ def heartbeat_task(app: App, req: Request, project: str, task_id: str) -> Respon
     with app.coordinator.snapshot():  # project and token in one read transaction
         record = app.coordinator.project(project)
         client = app.authenticate(req, record)
-    return Response.json(app.coordinator.heartbeat(record, client, task_id))
+    beat = app.coordinator.services.leasing.heartbeat(record, client, task_id)
+    return Response.json(protocol.to_wire(beat))
 
 
 def release_task(app: App, req: Request, project: str, task_id: str) -> Response:
@@ -76,4 +78,4 @@ def upload_update(app: App, req: Request, project: str, task_id: str) -> Respons
             status, receipt = uploads.accept(attempt, manifest_header, signature, tmp, digest, size)
         finally:
             tmp.unlink(missing_ok=True)
-    return Response.json(receipt, status=status)
+    return Response.json(protocol.to_wire(receipt), status=status)

@@ -10,8 +10,16 @@ behind are dropped (and refused at upload).
 
 Aggregation runs in one background thread per process. It is claimed in the database
 (at most one running aggregation per project, enforced by a unique index), so it never
-runs twice even with several processes; a claim whose owner died is released on restart
-and the aggregation runs again from the same inputs. Publishing the version, marking its
+runs twice even with several processes. A claim whose owner died is taken over by any
+running worker once its time has passed (at once when the owner was a process on this
+host that is gone), and the aggregation runs again from the same inputs.
+
+No input can stop aggregation: each project is aggregated on its own, so one failure never
+delays another; an update whose payload no longer decodes is quarantined with its reason
+and the rest go back to the pool; a failure with nothing to blame is retried later, with a
+growing pause, for that project only; client metrics can never break a version record.
+``overdue_projects`` names the projects whose aggregation is late, for ``/healthz`` and
+``/metrics``. Publishing the version, marking its
 updates and finishing the claim is one transaction. Who gets a task is
 ``backend.services.leasing``.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import socket
 import threading
@@ -29,7 +38,13 @@ from collections.abc import Iterator
 
 from backend.services.context import ServiceContext
 from backend.services.leasing import expire_leases
-from backend.services.models import evaluate_state, load_tensors, save_tensors
+from backend.services.models import (
+    evaluate_state,
+    load_tensors,
+    model_manifest,
+    save_tensors,
+    sign_model,
+)
 from backend.settings import AGGREGATION_CLAIM_TTL_S, ProjectSettings
 from backend.store import (
     AggregationClaim,
@@ -49,7 +64,15 @@ WORKER_MAX_SLEEP_S = 60.0
 """The worker re-checks every project at least this often, even without a wake-up."""
 
 FAILURE_BACKOFF_S = 5.0
-"""After an aggregation fails unexpectedly, the worker waits this long before retrying."""
+"""After an aggregation fails with nothing to blame, its project waits this long before the
+next try; the pause doubles with each failure in a row, up to ``FAILURE_BACKOFF_MAX_S``."""
+FAILURE_BACKOFF_MAX_S = 600.0
+
+CLAIM_CHECK_S = 30.0
+"""How often a running worker looks for claims whose owner went away."""
+
+OVERDUE_WAIT_S = 2 * WORKER_MAX_SLEEP_S
+"""Complete work older than this with no aggregation running means aggregation is late."""
 
 _OWNER_HOST = socket.gethostname()
 _OWNER = f"{_OWNER_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -165,7 +188,8 @@ def run_aggregation(
         metrics = evaluate_state(rt.recipe, rt.hparams, new_state, test)
     losses = [u.metrics["loss_after"] for u in claim.updates if "loss_after" in u.metrics]
     if losses:
-        metrics["client_loss_after"] = sum(losses) / len(losses)
+        metrics["client_loss_after"] = math.fsum(v / len(losses) for v in losses)
+    metrics = _finite_metrics(metrics)
     digest = ctx.blobs.put(encode_model(new_state))
     state_tensors = strategy.state_tensors()
     state_digest = None
@@ -173,18 +197,13 @@ def run_aggregation(
         state_digest = ctx.blobs.put(save_tensors(state_tensors))
     now = ctx.clock()
     next_version = claim.base_version + 1
-    manifest = {
-        "project": project.name,
-        "version": next_version,
-        "digest": digest,
-        "created_at": int(now),
-    }
+    manifest = model_manifest(project.name, next_version, digest, now)
     record = VersionRecord(
         project_id=project.id,
         version=next_version,
         digest=digest,
         created_at=now,
-        signature=ctx.keys.load(project.name).sign(manifest),
+        signature=sign_model(ctx.keys.load(project.name), manifest),
         metrics=metrics,
         updates=len(claim.updates),
         contributors=len({u.client_id for u in claim.updates}),
@@ -202,6 +221,56 @@ def run_aggregation(
     ctx.notifier.notify(project.name)
     log.info("project %s: published version %d (%s)", project.name, next_version, metrics)
     return next_version
+
+
+def _finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """What a version record may hold: a diverged evaluation or absurd client reports
+    (1e308 averages to infinity) are left out rather than break the record."""
+    return {
+        k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)
+    }
+
+
+def _payload_fault(ctx: ServiceContext, project: ProjectRecord, update: UpdateRecord) -> str | None:
+    """Why ``update`` cannot be aggregated, or None if its payload decodes and validates."""
+    rt = ctx.runtime(project)
+    try:
+        decode_update(
+            ctx.blobs.read(update.payload_digest),
+            rt.spec,
+            max_norm=rt.settings.max_update_norm,
+            expected_codec=rt.settings.codec,
+        )
+    except Exception as exc:
+        return f"payload cannot be aggregated: {type(exc).__name__}: {exc}"
+    return None
+
+
+def overdue_projects(ctx: ServiceContext, failing: set[int] | None = None) -> list[str]:
+    """Names of the projects whose aggregation is late: a claim held past its time, complete
+    work waiting longer than ``OVERDUE_WAIT_S`` with none running, or (``failing``) a
+    project whose last try here failed with nothing to blame."""
+    now = ctx.clock()
+    failing = failing or set()
+    with ctx.store.read() as tx:
+        claims = {pid: claimed_at for pid, _owner, claimed_at in tx.running_claims()}
+        projects = [p for p in tx.projects() if p.status != "closed"]
+        oldest = {p.id: tx.oldest_pending_at(p.id) for p in projects}
+    late: list[str] = []
+    for project in projects:
+        if project.id in claims:
+            overdue = now - claims[project.id] > AGGREGATION_CLAIM_TTL_S
+        else:
+            waiting = oldest[project.id]
+            overdue = project.id in failing or (
+                waiting is not None
+                and now - waiting > OVERDUE_WAIT_S
+                and _may_be_ready(ctx, project, now)
+            )
+        ctx.metrics.aggregation_overdue.labels(project=project.name).set(int(overdue))
+        if overdue:
+            late.append(project.name)
+    return late
 
 
 def _claim_is_stale(owner: str, claimed_at: float, now: float) -> bool:
@@ -243,6 +312,9 @@ class AggregationWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
+        self._claims_checked_at = float("-inf")
+        self._failing: dict[int, float] = {}  # project id -> no new try before this time
+        self._failures_in_a_row: dict[int, int] = {}
 
     def start(self) -> None:
         self.release_stale_claims()
@@ -261,37 +333,83 @@ class AggregationWorker:
         self._wake.set()
 
     def release_stale_claims(self) -> int:
+        """Take back claims whose owner went away (by time, in any process; at once for a
+        process on this host that is gone). A read first: most passes find nothing."""
         now = self.ctx.clock()
+        self._claims_checked_at = now
+        with self.ctx.store.read() as rtx:
+            running = rtx.running_claims()
+        if not any(_claim_is_stale(owner, at, now) for _pid, owner, at in running):
+            return 0
         with self.ctx.store.write() as tx:
             return tx.release_stale_claims(lambda owner, at: _claim_is_stale(owner, at, now))
 
+    def overdue_projects(self) -> list[str]:
+        return overdue_projects(self.ctx, set(self._failing))
+
     def run_once(self) -> bool:
-        """One pass: expire leases, aggregate at most one complete round. True if it did."""
-        expire_leases(self.ctx)
-        for project in self.ctx.projects():
-            if project.status == "closed":
+        """One pass: expire leases, take back abandoned claims, then aggregate each project
+        whose round is complete, each on its own. True if any version was published."""
+        ctx = self.ctx
+        expire_leases(ctx)
+        if ctx.clock() - self._claims_checked_at >= CLAIM_CHECK_S:
+            self.release_stale_claims()
+        published = False
+        for project in ctx.projects():
+            if project.status == "closed" or ctx.clock() < self._failing.get(project.id, 0.0):
                 continue
-            claim = claim_ready(self.ctx, project)
+            claim = claim_ready(ctx, project)
             if claim is None:
                 continue
             try:
-                run_aggregation(self.ctx, project, claim)
-            except Exception:
-                log.exception(
-                    "aggregation of project %s failed; its updates go back to the pool",
-                    project.name,
-                )
-                with self.ctx.store.write() as tx:
-                    tx.release_stale_claims(functools.partial(_owned_by, claim.owner))
-                raise
-            return True
-        return False
+                published |= run_aggregation(ctx, project, claim) is not None
+            except Exception as exc:
+                self._failed(project, claim, exc)
+            else:
+                self._failing.pop(project.id, None)
+                self._failures_in_a_row.pop(project.id, None)
+        return published
+
+    def _failed(self, project: ProjectRecord, claim: AggregationClaim, exc: Exception) -> None:
+        """Quarantine the updates that cannot be aggregated and put the rest back; with
+        nothing to blame, put them all back and pause this project (only) a while."""
+        ctx = self.ctx
+        faults = {u.id: f for u in claim.updates if (f := _payload_fault(ctx, project, u))}
+        with ctx.store.write() as tx:
+            if faults:
+                tx.quarantine_updates(claim.id, faults)
+            tx.release_stale_claims(functools.partial(_owned_by, claim.owner))
+        if faults:
+            ctx.metrics.aggregation_failures.labels(
+                project=project.name, outcome="quarantined"
+            ).inc()
+            log.error(
+                "aggregation of project %s failed (%s); quarantined %d update(s): %s",
+                project.name,
+                exc,
+                len(faults),
+                "; ".join(f"{k}: {v}" for k, v in faults.items()),
+            )
+            return
+        self.failures += 1
+        n = self._failures_in_a_row[project.id] = self._failures_in_a_row.get(project.id, 0) + 1
+        pause = min(FAILURE_BACKOFF_MAX_S, FAILURE_BACKOFF_S * 2 ** (n - 1))
+        self._failing[project.id] = ctx.clock() + pause
+        ctx.metrics.aggregation_failures.labels(project=project.name, outcome="retry").inc()
+        log.exception(
+            "aggregation of project %s failed with nothing in its input to blame; its updates "
+            "go back to the pool and it is tried again in %.0f s",
+            project.name,
+            pause,
+            exc_info=exc,
+        )
 
     def _next_wake_s(self) -> float:
         """Seconds until something time-based may need doing (a lease deadline, a round deadline)."""
         ctx = self.ctx
         now = ctx.clock()
         candidates = [WORKER_MAX_SLEEP_S]
+        candidates += [not_before - now + 0.01 for not_before in self._failing.values()]
         with ctx.store.read() as tx:
             deadline = tx.next_deadline(now)
             if deadline is not None:

@@ -24,6 +24,8 @@ import functools
 import time
 from typing import Any
 
+import msgspec
+
 from backend import pacing
 from backend.errors import api_error
 from backend.ids import new_id
@@ -36,6 +38,7 @@ from backend.settings import (
     ProjectSettings,
 )
 from backend.store import ClientRecord, ProjectRecord, TaskRecord, VersionRecord, WriteTx
+from federated import protocol
 
 
 class LeasingService:
@@ -46,7 +49,7 @@ class LeasingService:
 
     def lease(
         self, project: ProjectRecord, client: ClientRecord, wait: float
-    ) -> dict[str, Any] | None:
+    ) -> protocol.SignedTask | None:
         """A signed task, waiting up to ``wait`` seconds for one; None if there is none."""
         ctx = self._ctx
         wait = min(max(0.0, wait), LONG_POLL_MAX_S)
@@ -65,7 +68,7 @@ class LeasingService:
 
     def heartbeat(
         self, project: ProjectRecord, client: ClientRecord, task_id: str
-    ) -> dict[str, Any]:
+    ) -> protocol.Heartbeat:
         ctx = self._ctx
         owned_task(ctx, project, client, task_id)
         settings = ctx.runtime(project).settings
@@ -75,12 +78,15 @@ class LeasingService:
             assert task is not None
             check_live(task, now)
             deadline = int(now + settings.lease_s)
-            manifest = dict(task.manifest, deadline=deadline)
+            manifest = msgspec.structs.replace(stored_manifest(task), deadline=deadline)
             tx.set_task_lease(
-                task_id, deadline, manifest, sign_task_manifest(ctx, project.name, manifest)
+                task_id,
+                deadline,
+                protocol.to_wire(manifest),
+                sign_task_manifest(ctx, project.name, manifest),
             )
             tx.touch_client(client.id, now)
-        return {"deadline": deadline}
+        return protocol.Heartbeat(deadline=deadline)
 
     def release(self, project: ProjectRecord, client: ClientRecord, task_id: str) -> None:
         ctx = self._ctx
@@ -101,8 +107,14 @@ class LeasingService:
             ctx.notifier.notify(project.name)
 
 
-def sign_task_manifest(ctx: ServiceContext, project: str, manifest: dict[str, Any]) -> str:
-    return ctx.keys.load(project).sign(manifest)
+def sign_task_manifest(ctx: ServiceContext, project: str, manifest: protocol.TaskManifest) -> str:
+    """The project key's signature over exactly what is sent: ``encode_canonical(manifest)``."""
+    return ctx.keys.load(project).sign_bytes(protocol.encode_canonical(manifest))
+
+
+def stored_manifest(task: TaskRecord) -> protocol.TaskManifest:
+    """The manifest a task was signed as, from its stored wire form (``to_wire`` of it)."""
+    return protocol.convert(task.manifest, protocol.TaskManifest, what="a stored task manifest")
 
 
 class _Withheld(Exception):
@@ -111,7 +123,7 @@ class _Withheld(Exception):
     nothing."""
 
 
-def try_lease(ctx: ServiceContext, project_name: str, client_id: str) -> dict[str, Any] | None:
+def try_lease(ctx: ServiceContext, project_name: str, client_id: str) -> protocol.SignedTask | None:
     """A signed task for the client now, or None (none available, or none it could return
     in time). Raises project_paused / project_closed.
 
@@ -176,7 +188,7 @@ def _fit_task(
 
 def _lease_in_tx(
     ctx: ServiceContext, project_name: str, client_id: str, now: float, tx: WriteTx
-) -> tuple[dict[str, Any] | None, list[int]]:
+) -> tuple[protocol.SignedTask | None, list[int]]:
     """try_lease's transaction: (the signed task or None, projects with expired leases)."""
     project = tx.project_by_name(project_name)
     assert project is not None
@@ -192,7 +204,10 @@ def _lease_in_tx(
     settings = ctx.runtime(project).settings  # parsed once; settings never change
     existing = tx.live_task_for_client(project.id, client_id, now)
     if existing is not None:
-        return {"manifest": existing.manifest, "signature": existing.signature}, expired
+        signed = protocol.SignedTask(
+            manifest=stored_manifest(existing), signature=existing.signature
+        )
+        return signed, expired
     version = project.current_version
     round_needs_it, round_waits_for_it = True, False
     if settings.mode == "sync":
@@ -225,24 +240,24 @@ def _lease_in_tx(
     )
     task_id = new_id()
     deadline = int(now + settings.lease_s)
-    manifest = {
-        "task_id": task_id,
-        "project": project.name,
-        "client_id": client_id,
-        "base_version": version,
-        "base_digest": base.digest,
-        "recipe": project.recipe,
-        "recipe_version": project.recipe_version,
-        "hparams": hparams,
-        "shard_index": shard,
-        "max_examples": int(max_examples),
-        "codec": settings.codec,
-        "max_update_norm": settings.max_update_norm,
-        "max_payload_bytes": settings.max_payload_bytes,
-        "issued_at": int(now),
-        "deadline": deadline,
-        "useful_until": round(useful_until),  # nearest second: windows can be seconds long
-    }
+    manifest = protocol.TaskManifest(
+        task_id=task_id,
+        project=project.name,
+        client_id=client_id,
+        base_version=version,
+        base_digest=base.digest,
+        recipe=project.recipe,
+        recipe_version=project.recipe_version,
+        hparams=hparams,
+        shard_index=shard,
+        max_examples=int(max_examples),
+        codec=settings.codec,
+        max_update_norm=settings.max_update_norm,
+        max_payload_bytes=settings.max_payload_bytes,
+        issued_at=int(now),
+        deadline=deadline,
+        useful_until=round(useful_until),  # nearest second: windows can be seconds long
+    )
     signature = sign_task_manifest(ctx, project.name, manifest)
     tx.insert_task(
         TaskRecord(
@@ -255,12 +270,12 @@ def _lease_in_tx(
             issued_at=now,
             deadline=deadline,
             max_examples=int(max_examples),
-            manifest=manifest,
+            manifest=protocol.to_wire(manifest),
             signature=signature,
         )
     )
     tx.touch_client(client_id, now)
-    return {"manifest": manifest, "signature": signature}, expired
+    return protocol.SignedTask(manifest=manifest, signature=signature), expired
 
 
 def notify_projects(ctx: ServiceContext, project_ids: list[int]) -> None:

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import hmac
 import secrets
-from typing import Any
 
 from backend.errors import HTTPError, Unauthorized, api_error
 from backend.ids import check_server_id, new_id
@@ -42,7 +41,7 @@ class MembershipService:
             tx.insert_invite(project.id, hash_token(code), ctx.clock(), max_uses)
         return code
 
-    def new_challenge(self, name: str) -> dict[str, Any]:
+    def new_challenge(self, name: str) -> protocol.Challenge:
         ctx = self._ctx
         project = ctx.project(name)
         if project.status == "closed":
@@ -53,9 +52,9 @@ class MembershipService:
         expires_at = int(ctx.clock() + CHALLENGE_TTL_S)
         with ctx.store.write(durable=False) as tx:
             tx.insert_challenge(project.id, challenge, expires_at)
-        return {"challenge": challenge, "expires_at": expires_at}
+        return protocol.Challenge(challenge=challenge, expires_at=expires_at)
 
-    def join(self, name: str, body: protocol.JoinRequest) -> dict[str, Any]:
+    def join(self, name: str, body: protocol.JoinRequest) -> protocol.JoinResponse:
         """Register a contributor (proof of possession of its key); returns id and token.
 
         ``body``'s shape and sizes are checked already (``federated.protocol``)."""
@@ -82,14 +81,9 @@ class MembershipService:
                     "bad_challenge",
                     "the challenge is unknown, used or expired; ask for a new one and sign it",
                 )
-        statement = {
-            "challenge": challenge,
-            "project": name,
-            "public_key": public_key,
-            "purpose": "join",
-        }
+        statement = protocol.JoinStatement(challenge=challenge, project=name, public_key=public_key)
         try:
-            verify(public_key, statement, signature)
+            verify(public_key, protocol.to_wire(statement), signature)
         except SignatureError as exc:
             raise api_error("bad_signature", f"the join signature does not verify: {exc}") from None
         token_secret = secrets.token_urlsafe(32)
@@ -129,11 +123,11 @@ class MembershipService:
                         recent_time=now,
                     )
                 )
-        return {
-            "client_id": client_id,
-            "token": f"{client_id}.{token_secret}",
-            "project": self._projects.project_view(ctx.project(name)),
-        }
+        return protocol.JoinResponse(
+            client_id=client_id,
+            token=f"{client_id}.{token_secret}",
+            project=self._projects.project_view(ctx.project(name)),
+        )
 
     def authenticate(self, project: ProjectRecord, authorization: str | None) -> ClientRecord:
         """The client a bearer token belongs to (constant-time comparison of its hash)."""

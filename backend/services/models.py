@@ -14,7 +14,9 @@ import torch
 
 from backend.services.context import ServiceContext
 from backend.store import ProjectRecord
+from federated import protocol
 from federated.recipes import Dataset, Recipe
+from federated.signing import SigningKey
 
 
 class ModelService:
@@ -23,23 +25,35 @@ class ModelService:
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
 
-    def signed_model(self, project: ProjectRecord) -> dict[str, Any]:
+    def signed_model(self, project: ProjectRecord) -> protocol.SignedModel:
+        """The current version's manifest and the signature made when it was published."""
         with self._ctx.store.read() as tx:
             version = tx.version(project.id, project.current_version)
         assert version is not None
-        return {
-            "manifest": {
-                "project": project.name,
-                "version": version.version,
-                "digest": version.digest,
-                "created_at": int(version.created_at),
-            },
-            "signature": version.signature,
-        }
+        return protocol.SignedModel(
+            manifest=model_manifest(
+                project.name, version.version, version.digest, version.created_at
+            ),
+            signature=version.signature,
+        )
 
     def model_known(self, project: ProjectRecord, digest: str) -> bool:
         with self._ctx.store.read() as tx:
             return any(v.digest == digest for v in tx.versions(project.id))
+
+
+def model_manifest(
+    project: str, version: int, digest: str, created_at: float
+) -> protocol.ModelManifest:
+    """The manifest a version is published (and signed) as; whole seconds."""
+    return protocol.ModelManifest(
+        project=project, version=version, digest=digest, created_at=int(created_at)
+    )
+
+
+def sign_model(key: SigningKey, manifest: protocol.ModelManifest) -> str:
+    """The project key's signature over exactly the manifest's wire form."""
+    return key.sign_bytes(protocol.encode_canonical(manifest))
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor]) -> bytes:

@@ -4,17 +4,19 @@ the protocol's ``Project`` view of one."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from backend.errors import HTTPError
 from backend.ids import check_project_name
 from backend.services.context import ServiceContext
-from backend.services.models import evaluate_state, save_tensors
+from backend.services.models import evaluate_state, model_manifest, save_tensors, sign_model
 from backend.settings import ProjectSettings
 from backend.store import ProjectRecord, VersionRecord
+from federated import protocol
 from federated.codec import encode_model
+from federated.protocol.messages import DataColumns, Mode, Status
 from federated.recipes import Recipe, get_recipe
 from federated.signing import fingerprint
 from federated.strategies import build_strategy
@@ -86,7 +88,7 @@ class ProjectService:
             created_at=now,
             shard_sizes=shard_sizes,
         )
-        manifest = {"project": name, "version": 0, "digest": digest, "created_at": int(now)}
+        manifest = model_manifest(name, 0, digest, now)
         with ctx.store.write() as wtx:
             project_id = wtx.insert_project(record)
             wtx.insert_version(
@@ -95,7 +97,7 @@ class ProjectService:
                     version=0,
                     digest=digest,
                     created_at=now,
-                    signature=key.sign(manifest),
+                    signature=sign_model(key, manifest),
                     metrics=_evaluate_initial(recipe_obj, resolved, state),
                     strategy_state_digest=state_digest,
                 )
@@ -113,38 +115,60 @@ class ProjectService:
         ctx.wake_worker()
         return ctx.project(name)
 
-    def project_view(self, project: ProjectRecord) -> dict[str, Any]:
-        """The protocol's ``Project`` object."""
+    def project_view(self, project: ProjectRecord) -> protocol.Project:
+        """The protocol's ``Project`` message."""
         settings = ProjectSettings.from_dict(project.settings)
         with self._ctx.store.read() as tx:
             version = tx.version(project.id, project.current_version)
         data_columns = None
         if project.recipe == "tabular-csv":
-            data_columns = {
-                "label": project.hparams.get("label_column"),
-                "features": [
+            label = project.hparams.get("label_column")
+            data_columns = DataColumns(
+                label=None if label is None else str(label),
+                features=[
                     c for c in str(project.hparams.get("feature_columns", "")).split(",") if c
                 ],
-            }
-        return {
-            "name": project.name,
-            "description": project.description,
-            "recipe": project.recipe,
-            "recipe_version": project.recipe_version,
-            "hparams": project.hparams,
-            "data_mode": get_recipe(project.recipe).data_mode,
-            "data_columns": data_columns,
-            "strategy": {"name": project.strategy["name"], **project.strategy.get("params", {})},
-            "mode": settings.mode,
-            "status": project.status,
-            "current_version": project.current_version,
-            "model_digest": version.digest if version else None,
-            "public_key": project.public_key,
-            "key_fingerprint": fingerprint(project.public_key),
-            "invite_required": settings.invite_required,
-            "codec": settings.codec,
-            "page_url": f"/p/{project.name}",
-        }
+            )
+        return protocol.Project(
+            name=project.name,
+            description=project.description,
+            recipe=project.recipe,
+            recipe_version=project.recipe_version,
+            hparams=project.hparams,
+            data_mode=get_recipe(project.recipe).data_mode,
+            data_columns=data_columns,
+            strategy={"name": project.strategy["name"], **project.strategy.get("params", {})},
+            mode=cast(Mode, settings.mode),
+            status=cast(Status, project.status),
+            current_version=project.current_version,
+            model_digest=version.digest if version else None,
+            public_key=project.public_key,
+            key_fingerprint=fingerprint(project.public_key),
+            invite_required=settings.invite_required,
+            codec=settings.codec,
+            page_url=f"/p/{project.name}",
+        )
+
+    def project_list(self) -> protocol.ProjectList:
+        """The protocol's ``ProjectList``: a summary of every project."""
+        return protocol.ProjectList(
+            projects=[summary(self.project_view(p)) for p in self._ctx.projects()]
+        )
+
+
+def summary(view: protocol.Project) -> protocol.ProjectSummary:
+    """The ``ProjectSummary`` of a project's view (its fields, no more)."""
+    return protocol.ProjectSummary(
+        name=view.name,
+        description=view.description,
+        recipe=view.recipe,
+        mode=view.mode,
+        status=view.status,
+        current_version=view.current_version,
+        invite_required=view.invite_required,
+        page_url=view.page_url,
+        data_mode=view.data_mode,
+    )
 
 
 def _evaluate_initial(

@@ -3,24 +3,21 @@ row, and the receipt of an accepted update."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from backend import credit as credit_math
 from backend.services.context import ServiceContext
-from backend.settings import CREDIT_UNIT
 from backend.store import ClientRecord, ProjectRecord, UpdateRecord
+from federated import protocol
 
 
-def receipt(update: UpdateRecord) -> dict[str, Any]:
+def receipt(update: UpdateRecord) -> protocol.Receipt:
     """The protocol's ``Receipt`` for an accepted update."""
-    return {
-        "update_id": update.id,
-        "task_id": update.task_id,
-        "payload_digest": update.payload_digest,
-        "accepted_at": int(update.accepted_at),
-        "credit": update.credit,
-        "credit_unit": CREDIT_UNIT,
-    }
+    return protocol.Receipt(
+        update_id=update.id,
+        task_id=update.task_id,
+        payload_digest=update.payload_digest,
+        accepted_at=int(update.accepted_at),
+        credit=update.credit,
+    )
 
 
 class StandingsService:
@@ -29,52 +26,52 @@ class StandingsService:
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
 
-    def leaderboard(self, project: ProjectRecord) -> dict[str, Any]:
+    def leaderboard(self, project: ProjectRecord) -> protocol.Leaderboard:
         now = self._ctx.clock()
         with self._ctx.store.read() as tx:
             clients = tx.clients(project.id)
-        rows: list[dict[str, Any]] = [
-            {
-                "client_id": c.id,
-                "name": c.display_name,
-                "display_name": c.display_name,
-                "team": c.team,
-                "credit": c.credit,
-                "recent_credit": credit_math.recent_average(c.recent_sum, c.recent_time, now),
-                "updates_accepted": c.accepted,
-                "updates_rejected": c.rejected,
-                "last_seen": int(c.last_seen),
-            }
+        rows = [
+            protocol.LeaderboardContributor(
+                client_id=c.id,
+                name=c.display_name,
+                display_name=c.display_name,
+                team=c.team,
+                credit=c.credit,
+                recent_credit=credit_math.recent_average(c.recent_sum, c.recent_time, now),
+                updates_accepted=c.accepted,
+                updates_rejected=c.rejected,
+                last_seen=int(c.last_seen),
+            )
             for c in clients
         ]
-        rows.sort(key=lambda r: (-r["credit"], -r["updates_accepted"], r["display_name"]))
+        rows.sort(key=lambda r: (-r.credit, -r.updates_accepted, r.display_name))
         for rank, row in enumerate(rows, start=1):
-            row["rank"] = rank
-        teams: dict[str, dict[str, Any]] = {}
+            row.rank = rank
+        teams: dict[str, protocol.LeaderboardTeam] = {}
         for row in rows:
-            if not row["team"]:
+            if not row.team:
                 continue
             team = teams.setdefault(
-                row["team"],
-                {
-                    "name": row["team"],
-                    "team": row["team"],
-                    "members": 0,
-                    "credit": 0.0,
-                    "recent_credit": 0.0,
-                    "updates_accepted": 0,
-                },
+                row.team,
+                protocol.LeaderboardTeam(
+                    name=row.team,
+                    team=row.team,
+                    members=0,
+                    credit=0.0,
+                    recent_credit=0.0,
+                    updates_accepted=0,
+                ),
             )
-            team["members"] += 1
-            team["credit"] += row["credit"]
-            team["recent_credit"] += row["recent_credit"]
-            team["updates_accepted"] += row["updates_accepted"]
-        team_rows = sorted(teams.values(), key=lambda t: (-t["credit"], t["team"]))
+            team.members += 1
+            team.credit += row.credit
+            team.recent_credit += row.recent_credit
+            team.updates_accepted += row.updates_accepted
+        team_rows = sorted(teams.values(), key=lambda t: (-t.credit, t.team))
         for rank, team in enumerate(team_rows, start=1):
-            team["rank"] = rank
-        return {"contributors": rows, "teams": team_rows, "credit_unit": CREDIT_UNIT}
+            team.rank = rank
+        return protocol.Leaderboard(contributors=rows, teams=team_rows)
 
-    def stats(self, project: ProjectRecord) -> dict[str, Any]:
+    def stats(self, project: ProjectRecord) -> protocol.Stats:
         now = self._ctx.clock()
         with self._ctx.store.read() as tx:
             versions = tx.versions(project.id)
@@ -84,33 +81,45 @@ class StandingsService:
             rejected_tasks = tx.rejected_tasks(project.id)
             aggregated = tx.updates_with_status(project.id, "aggregated")
             dropped = tx.updates_with_status(project.id, "dropped")
-        return {
-            "project": project.name,
-            "current_version": project.current_version,
-            "versions": [
-                {
-                    "version": v.version,
-                    "digest": v.digest,
-                    "created_at": int(v.created_at),
-                    "metrics": v.metrics,
-                    "updates": v.updates,
-                    "contributors": v.contributors,
-                }
+            quarantined = tx.updates_with_status(project.id, "quarantined")
+        return protocol.Stats(
+            project=project.name,
+            current_version=project.current_version,
+            versions=[
+                protocol.VersionStats(
+                    version=v.version,
+                    digest=v.digest,
+                    created_at=int(v.created_at),
+                    metrics=dict(v.metrics),
+                    updates=v.updates,
+                    contributors=v.contributors,
+                )
                 for v in versions
             ],
-            "contributors": len(clients),
-            "updates_accepted": sum(c.accepted for c in clients),
-            "updates_rejected": sum(c.rejected for c in clients),
-            "total_credit": sum(c.credit for c in clients),
-            "credit_unit": CREDIT_UNIT,
-            "live_leases": live,
-            "pending_updates": pending,
-            "updates_aggregated": aggregated,
-            "updates_dropped": dropped,
-            "tasks_rejected": rejected_tasks,
-        }
+            contributors=len(clients),
+            updates_accepted=sum(c.accepted for c in clients),
+            updates_rejected=sum(c.rejected for c in clients),
+            total_credit=sum(c.credit for c in clients),
+            live_leases=live,
+            pending_updates=pending,
+            updates_aggregated=aggregated,
+            updates_dropped=dropped,
+            tasks_rejected=rejected_tasks,
+            updates_quarantined=quarantined,
+        )
 
-    def me(self, project: ProjectRecord, client: ClientRecord) -> dict[str, Any]:
+    def me(self, project: ProjectRecord, client: ClientRecord) -> protocol.Me:
         board = self.leaderboard(project)
-        row = next(r for r in board["contributors"] if r["client_id"] == client.id)
-        return {**row, "credit_unit": CREDIT_UNIT}
+        row = next(r for r in board.contributors if r.client_id == client.id)
+        return protocol.Me(
+            client_id=row.client_id,
+            name=row.name,
+            display_name=row.display_name,
+            team=row.team,
+            credit=row.credit,
+            recent_credit=row.recent_credit,
+            updates_accepted=row.updates_accepted,
+            updates_rejected=row.updates_rejected,
+            last_seen=row.last_seen,
+            rank=row.rank,
+        )

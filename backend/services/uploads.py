@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from backend import credit as credit_math
 from backend.errors import FINAL_UPLOAD_CODES, PAYLOAD_CODES, HTTPError, api_error, refusal
@@ -95,7 +94,7 @@ class UploadService:
         tmp: Path,
         digest: str,
         size: int,
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, protocol.Receipt]:
         """Verify the update in ``tmp`` (``size`` bytes, sha256 ``digest``) against its
         base64 manifest and signature and commit it: (201, receipt), or (200, the first
         receipt) for a retry of an accepted update. ``tmp`` is moved into the blob store
@@ -217,7 +216,7 @@ class UploadService:
         manifest_b64: str,
         signature: str,
         digest: str,
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, protocol.Receipt]:
         ctx = self._ctx
         now = ctx.clock()
         gflop = credit_math.update_credit(

@@ -104,8 +104,9 @@ class UpdateRecord:
     manifest_b64: str
     signature: str
     metrics: dict[str, float] = field(default_factory=dict)
-    status: str = "pending"  # pending | claimed | aggregated | dropped
+    status: str = "pending"  # pending | claimed | aggregated | dropped | quarantined
     aggregation_id: int | None = None
+    quarantine_reason: str | None = None  # why it made its aggregation fail
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,14 @@ class ReadTx(Protocol):
     def rejected_tasks(self, project_id: int) -> int: ...
     def updates_with_status(self, project_id: int, status: str) -> int: ...
     def aggregation_running(self, project_id: int) -> bool: ...
+    def running_claims(self) -> list[tuple[int, str, float]]:
+        """(project id, owner, claimed at) of every running aggregation."""
+        ...
+
+    def oldest_pending_at(self, project_id: int) -> float | None:
+        """When the oldest pending update of the project was accepted."""
+        ...
+
     def invite_count(self, project_id: int) -> int: ...
     def challenge_valid(self, project_id: int, challenge: str, now: float) -> bool: ...
 
@@ -219,6 +228,9 @@ class WriteTx(ReadTx, Protocol):
         self, claim: AggregationClaim, version: VersionRecord, dropped: list[str]
     ) -> None: ...
     def release_stale_claims(self, is_stale: Callable[[str, float], bool]) -> int: ...
+    def quarantine_updates(self, claim_id: int, reasons: dict[str, str]) -> None:
+        """Set the claim's updates in ``reasons`` aside for good, each with its reason."""
+        ...
 
 
 class Store(Protocol):

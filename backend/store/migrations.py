@@ -129,6 +129,14 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "ALTER TABLE clients ADD COLUMN pace_examples INTEGER",
         ),
     ),
+    (
+        3,
+        (
+            # An update that made its project's aggregation fail (status 'quarantined'):
+            # why, so that the organiser and the contributor can see it.
+            "ALTER TABLE updates ADD COLUMN quarantine_reason TEXT",
+        ),
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

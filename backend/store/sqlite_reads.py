@@ -165,6 +165,19 @@ class SQLiteReads:
         )
         return row is not None
 
+    def running_claims(self) -> list[tuple[int, str, float]]:
+        rows = self._all(
+            "SELECT project_id, owner, claimed_at FROM aggregations WHERE status = 'running'"
+        )
+        return [(int(r[0]), str(r[1]), float(r[2])) for r in rows]
+
+    def oldest_pending_at(self, project_id: int) -> float | None:
+        row = self._one(
+            "SELECT MIN(accepted_at) FROM updates WHERE project_id = ? AND status = 'pending'",
+            project_id,
+        )
+        return float(row[0]) if row and row[0] is not None else None
+
     def invite_count(self, project_id: int) -> int:
         row = self._one("SELECT COUNT(*) FROM invites WHERE project_id = ?", project_id)
         return int(row[0]) if row else 0

@@ -357,6 +357,13 @@ class SQLiteTx(SQLiteReads):
         )
         self._run("UPDATE aggregations SET status = 'done' WHERE id = ?", claim.id)
 
+    def quarantine_updates(self, claim_id: int, reasons: dict[str, str]) -> None:
+        self._c.executemany(
+            """UPDATE updates SET status = 'quarantined', quarantine_reason = ?
+               WHERE id = ? AND aggregation_id = ? AND status = 'claimed'""",
+            [(reason[:500], uid, claim_id) for uid, reason in reasons.items()],
+        )
+
     def release_stale_claims(self, is_stale: Callable[[str, float], bool]) -> int:
         rows = self._all("SELECT id, owner, claimed_at FROM aggregations WHERE status = 'running'")
         released = 0

@@ -93,12 +93,29 @@ EXAMPLES: dict[type[Any], Any] = {
     m.Leaderboard: m.Leaderboard(
         contributors=[
             m.LeaderboardContributor(
-                rank=1, name="Ada", team="Analytical Engines", credit=120.5, updates_accepted=9
+                client_id=_CLIENT,
+                rank=1,
+                name="Ada",
+                display_name="Ada",
+                team="Analytical Engines",
+                credit=120.5,
+                updates_accepted=9,
+                last_seen=1764220001,
             )
         ],
-        teams=[m.LeaderboardTeam(rank=1, name="Analytical Engines", members=1, credit=120.5)],
+        teams=[
+            m.LeaderboardTeam(
+                rank=1,
+                name="Analytical Engines",
+                team="Analytical Engines",
+                members=1,
+                credit=120.5,
+            )
+        ],
     ),
     m.Stats: m.Stats(
+        project="digits",
+        current_version=1,
         versions=[
             m.VersionStats(
                 version=1,
@@ -109,15 +126,20 @@ EXAMPLES: dict[type[Any], Any] = {
                 contributors=3,
             )
         ],
+        contributors=3,
+        updates_accepted=3,
+        total_credit=37.5,
         live_leases=2,
     ),
     m.Me: m.Me(
         client_id=_CLIENT,
+        name="Ada",
         display_name="Ada",
         credit=120.5,
         updates_accepted=9,
         updates_rejected=0,
         rank=1,
+        last_seen=1764220001,
     ),
 }
 EXAMPLES[m.SignedTask] = m.SignedTask(manifest=EXAMPLES[m.TaskManifest], signature=_SIG)

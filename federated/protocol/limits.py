@@ -24,6 +24,9 @@ MAX_CHALLENGE_CHARS = 100
 MAX_METRICS = 32
 """An update manifest reports at most this many metrics."""
 MAX_METRIC_NAME_CHARS = 64
+MAX_METRIC_ABS = 1e9
+"""A reported metric (a loss, seconds, examples per second) is within ±1e9: larger is not
+physical, and a sum of a buffer's reports must never overflow to infinity."""
 MAX_CODEC_CHARS = 32
 MAX_EXAMPLES = 2**31 - 1
 """No update claims more examples than this (a task caps it far lower)."""

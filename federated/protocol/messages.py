@@ -22,6 +22,7 @@ from federated.protocol.types import (
     Examples,
     HParams,
     MetricName,
+    MetricValue,
     PositiveInt,
     ProjectName,
     PublicKey,
@@ -78,6 +79,16 @@ class JoinRequest(_Request):
             )
 
 
+class JoinStatement(_Request):
+    """What a joining contributor signs (with the key it registers): proof of possession,
+    bound to this project and this single-use challenge."""
+
+    challenge: str
+    project: ProjectName
+    public_key: PublicKey
+    purpose: Literal["join"] = "join"
+
+
 class UpdateManifest(_Request):
     """What a contributor signs for one update: the body's digest and what it claims.
 
@@ -92,11 +103,11 @@ class UpdateManifest(_Request):
     codec: CodecName
     num_examples: Examples
     metrics: Annotated[
-        dict[MetricName, float],
+        dict[MetricName, MetricValue],
         msgspec.Meta(
             max_length=limits.MAX_METRICS,
-            description="At most 32 finite numbers, e.g. loss_before, loss_after, seconds, "
-            "examples_per_second.",
+            description="At most 32 numbers within ±1e9, e.g. loss_before, loss_after, "
+            "seconds, examples_per_second.",
         ),
     ] = msgspec.field(default_factory=dict)
 
@@ -114,7 +125,10 @@ class ErrorBody(_Answer):
 
 
 class Health(_Answer):
-    status: Literal["ok"]
+    """``degraded`` (answered 503) while some project's aggregation is overdue."""
+
+    status: Literal["ok", "degraded"]
+    aggregation_overdue: list[ProjectName] = msgspec.field(default_factory=list)
 
 
 class DataColumns(_Answer):
@@ -138,12 +152,15 @@ class ProjectList(_Answer):
     projects: list[ProjectSummary]
 
 
-class Project(_Answer):
+class Project(_Answer, kw_only=True):
+    # In the order the coordinator sends them (kw_only, so defaults may come first).
     name: ProjectName
+    description: str = ""
     recipe: str
     recipe_version: Count
     hparams: HParams
     data_mode: DataMode
+    data_columns: DataColumns | None = None
     strategy: Annotated[
         dict[str, Any],
         msgspec.Meta(description="The aggregation strategy: its name and its settings."),
@@ -151,12 +168,10 @@ class Project(_Answer):
     mode: Mode
     status: Status
     current_version: Count
+    model_digest: Digest | None = None
     public_key: PublicKey
     key_fingerprint: str
     invite_required: bool
-    description: str = ""
-    data_columns: DataColumns | None = None
-    model_digest: Digest | None = None
     codec: str = ""
     page_url: str = ""
 
@@ -221,7 +236,7 @@ class Receipt(_Answer):
     update_id: str
     task_id: ServerId
     payload_digest: Digest
-    accepted_at: Annotated[float, msgspec.Meta(ge=0)]
+    accepted_at: UnixSeconds
     credit: Annotated[float, msgspec.Meta(ge=0)]
     credit_unit: Literal["GFLOP"] = CREDIT_UNIT
 
@@ -230,7 +245,7 @@ class ModelManifest(_Answer):
     project: ProjectName
     version: Count
     digest: Digest
-    created_at: Annotated[float, msgspec.Meta(ge=0)]
+    created_at: UnixSeconds
 
 
 class SignedModel(_Answer):
@@ -238,24 +253,27 @@ class SignedModel(_Answer):
     signature: Signature
 
 
-class LeaderboardContributor(_Answer):
+class LeaderboardContributor(_Answer, kw_only=True):
+    client_id: ServerId
     name: str
-    credit: float
-    rank: Rank | None = None
+    display_name: Annotated[str, msgspec.Meta(description="The same as ``name``.")]
     team: str | None = None
+    credit: float
     recent_credit: float = 0.0
     updates_accepted: Count = 0
     updates_rejected: Count = 0
-    last_seen: float | None = None
-
-
-class LeaderboardTeam(_Answer):
-    name: str
-    credit: float
+    last_seen: UnixSeconds | None = None
     rank: Rank | None = None
+
+
+class LeaderboardTeam(_Answer, kw_only=True):
+    name: str
+    team: Annotated[str, msgspec.Meta(description="The same as ``name``.")]
     members: Count = 0
+    credit: float
     recent_credit: float = 0.0
     updates_accepted: Count = 0
+    rank: Rank | None = None
 
 
 class Leaderboard(_Answer):
@@ -267,7 +285,7 @@ class Leaderboard(_Answer):
 class VersionStats(_Answer):
     version: Count
     digest: Digest
-    created_at: float
+    created_at: UnixSeconds
     metrics: Annotated[
         dict[str, float | None],
         msgspec.Meta(description="Held-out evaluation, e.g. accuracy and loss."),
@@ -277,7 +295,14 @@ class VersionStats(_Answer):
 
 
 class Stats(_Answer):
+    project: ProjectName
+    current_version: Count
     versions: list[VersionStats]
+    contributors: Count = 0
+    updates_accepted: Count = 0
+    updates_rejected: Count = 0
+    total_credit: float = 0.0
+    credit_unit: Literal["GFLOP"] = CREDIT_UNIT
     live_leases: Count = 0
     pending_updates: Count = 0
     updates_aggregated: Annotated[
@@ -291,17 +316,28 @@ class Stats(_Answer):
         int,
         msgspec.Meta(ge=0, description="Tasks ended for good by a final refusal of their update."),
     ] = 0
+    updates_quarantined: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0, description="Accepted updates set aside because they broke an aggregation."
+        ),
+    ] = 0
 
 
-class Me(_Answer):
-    credit: float
-    updates_accepted: Count
-    updates_rejected: Count
+class Me(_Answer, kw_only=True):
+    """The caller's own row of the leaderboard."""
+
     client_id: ServerId | None = None
+    name: str | None = None
     display_name: str | None = None
     team: str | None = None
+    credit: float
     recent_credit: float = 0.0
+    updates_accepted: Count
+    updates_rejected: Count
+    last_seen: UnixSeconds | None = None
     rank: Rank | None = None
+    credit_unit: Literal["GFLOP"] = CREDIT_UNIT
 
 
 MESSAGES: tuple[type[msgspec.Struct], ...] = (

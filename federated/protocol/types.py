@@ -47,6 +47,7 @@ Rank = Annotated[int, msgspec.Meta(ge=1)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Examples = Annotated[int, msgspec.Meta(ge=1, le=limits.MAX_EXAMPLES)]
 CodecName = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_CODEC_CHARS)]
+MetricValue = Annotated[float, msgspec.Meta(ge=-limits.MAX_METRIC_ABS, le=limits.MAX_METRIC_ABS)]
 MetricName = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_METRIC_NAME_CHARS)]
 HParamValue = int | float | str | bool
 HParams = Annotated[

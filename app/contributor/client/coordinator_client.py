@@ -12,6 +12,11 @@ Retrying is safe for every call: a lease retried returns the client's live task,
 retried returns the first receipt, a release or heartbeat retried does it once. Join is
 retried as a pair with a fresh challenge (see ``join``).
 
+Answers are read as their ``federated.protocol`` messages (``Project``, ``Heartbeat``,
+``Receipt``, ``Me``, ...), checked strictly. An answer of the wrong shape is not retried
+(asking again gets the same answer): it is ``UnavailableError``, or ``UntrustedError`` for a
+signed task or model, which is verified against the pinned key over the raw JSON first.
+
 The client never imports torch: model bytes go to the cache, the trainer child decodes them.
 """
 
@@ -65,7 +70,7 @@ _T = TypeVar("_T")
 class JoinResult:
     client_id: str
     token: str
-    project: dict[str, Any]
+    project: protocol.Project
 
 
 @dataclass(frozen=True)
@@ -263,9 +268,20 @@ class CoordinatorClient:
             f"{tries} tries ({last}); check the network, it will be retried later"
         )
 
+    def _answer(self, body: Any, type_: type[_T], what: str) -> _T:
+        """``body`` as the message ``type_``; an answer of another shape is UnavailableError
+        (not retried: the same question gets the same answer)."""
+        try:
+            return protocol.convert(body, type_, what=what)
+        except protocol.ProtocolError as exc:
+            raise UnavailableError(
+                f"the coordinator at {self.server_url} sent an unusable answer ({exc}); "
+                "it may run another version of Barnraise"
+            ) from None
+
     # --- projects and joining --------------------------------------------------------------
-    def get_project(self) -> dict[str, Any]:
-        return dict(self.request_json("GET", self.api))
+    def get_project(self) -> protocol.Project:
+        return self._answer(self.request_json("GET", self.api), protocol.Project, "the project")
 
     def join(
         self,
@@ -284,23 +300,24 @@ class CoordinatorClient:
         public_key = signing_key.public_key_b64
         last: Exception | None = None
         for attempt in range(self.retry.attempts):
-            challenge = self.request_json("POST", f"{self.api}/challenge")["challenge"]
-            signature = signing_key.sign(
-                {
-                    "challenge": challenge,
-                    "project": self.project,
-                    "public_key": public_key,
-                    "purpose": "join",
-                }
+            challenge = self._answer(
+                self.request_json("POST", f"{self.api}/challenge"),
+                protocol.Challenge,
+                "the join challenge",
+            ).challenge
+            statement = protocol.JoinStatement(
+                challenge=challenge, project=self.project, public_key=public_key
             )
-            body = {
-                "display_name": display_name,
-                "team": team,
-                "public_key": public_key,
-                "challenge": challenge,
-                "signature": signature,
-                "invite": invite,
-            }
+            body = protocol.to_wire(
+                protocol.JoinRequest(
+                    display_name=display_name,
+                    team=team,
+                    public_key=public_key,
+                    challenge=challenge,
+                    signature=signing_key.sign(protocol.to_wire(statement)),
+                    invite=invite,
+                )
+            )
             try:
                 # One attempt: sending the same consumed challenge again would be refused.
                 answer = self._attempts(
@@ -311,10 +328,9 @@ class CoordinatorClient:
                 if attempt + 1 < self.retry.attempts:
                     self._sleep(self.retry.delay(attempt))
                 continue
+            joined = self._answer(answer, protocol.JoinResponse, "the join answer")
             return JoinResult(
-                client_id=str(answer["client_id"]),
-                token=str(answer["token"]),
-                project=answer["project"],
+                client_id=joined.client_id, token=joined.token, project=joined.project
             )
         raise UnavailableError(
             f"could not join {self.project!r} at {self.server_url} after "
@@ -322,6 +338,26 @@ class CoordinatorClient:
         )
 
     # --- signatures ------------------------------------------------------------------------
+    def _verified(self, what: str, body: Any, type_: type[_T]) -> tuple[dict[str, Any], _T]:
+        """A signed answer (``{"manifest", "signature"}``): its raw manifest, verified against
+        the pinned key, and the whole answer as ``type_``. Anything else is UntrustedError."""
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("manifest"), dict)
+            or not isinstance(body.get("signature"), str)
+        ):
+            raise UntrustedError(
+                f"refused a {what} for project {self.project!r}: the answer is not a signed "
+                "manifest"
+            )
+        manifest: dict[str, Any] = body["manifest"]
+        self.verify_signed(what, manifest, body["signature"])
+        try:  # signed, but still checked: what this engine cannot read is not used
+            message = protocol.convert(body, type_, what=f"the {what}")
+        except protocol.ProtocolError as exc:
+            raise UntrustedError(f"refused a {what} for project {self.project!r}: {exc}") from None
+        return manifest, message
+
     def verify_signed(self, what: str, manifest: Mapping[str, Any], signature: str) -> None:
         if not self.project_public_key_b64:
             raise UntrustedError(f"no pinned key for project {self.project!r}; join it again")
@@ -350,18 +386,13 @@ class CoordinatorClient:
         )
         if body is None:  # 204: no task now
             return None
-        manifest, signature = body["manifest"], str(body["signature"])
-        self.verify_signed("task", manifest, signature)
-        try:  # signed, but still checked: a task this engine cannot read is not worked on
-            protocol.convert(manifest, protocol.TaskManifest, what="the leased task")
-        except protocol.ProtocolError as exc:
-            raise UntrustedError(f"refused a task for project {self.project!r}: {exc}") from None
-        return LeasedTask(manifest=dict(manifest), signature=signature)
+        manifest, signed = self._verified("task", body, protocol.SignedTask)
+        return LeasedTask(manifest=dict(manifest), signature=signed.signature)
 
     def heartbeat(self, task_id: str) -> float:
         """Extend the lease; returns the new deadline (epoch seconds)."""
         body = self.request_json("POST", f"{self.api}/tasks/{task_id}/heartbeat", auth=True)
-        return float(body["deadline"])
+        return float(self._answer(body, protocol.Heartbeat, "the heartbeat").deadline)
 
     def release(self, task_id: str) -> None:
         self.request("POST", f"{self.api}/tasks/{task_id}/release", auth=True).close()
@@ -372,7 +403,7 @@ class CoordinatorClient:
         payload: bytes,
         manifest: protocol.UpdateManifest,
         signing_key: SigningKey,
-    ) -> dict[str, Any]:
+    ) -> protocol.Receipt:
         """PUT the update and return the receipt. Retried as a whole when the answer is
         lost: the same payload again returns the first receipt (idempotent)."""
         canonical = protocol.encode_canonical(manifest)
@@ -388,20 +419,21 @@ class CoordinatorClient:
             headers=headers,
             body_factory=lambda: ThrottledBody(payload, self.upload_kbps_cap, cancel=self.cancel),
         )
-        return dict(receipt)
+        return self._answer(receipt, protocol.Receipt, "the upload receipt")
 
-    def me(self) -> dict[str, Any]:
-        return dict(self.request_json("GET", f"{self.api}/me", auth=True))
+    def me(self) -> protocol.Me:
+        body = self.request_json("GET", f"{self.api}/me", auth=True)
+        return self._answer(body, protocol.Me, "who this contributor is")
 
-    def leaderboard(self) -> dict[str, Any]:
-        return dict(self.request_json("GET", f"{self.api}/leaderboard"))
+    def leaderboard(self) -> protocol.Leaderboard:
+        body = self.request_json("GET", f"{self.api}/leaderboard")
+        return self._answer(body, protocol.Leaderboard, "the leaderboard")
 
     # --- models ----------------------------------------------------------------------------
-    def current_model(self) -> dict[str, Any]:
+    def current_model(self) -> protocol.ModelManifest:
         """The verified manifest of the current model (project, version, digest, created_at)."""
         body = self.request_json("GET", f"{self.api}/models/current")
-        self.verify_signed("model", body["manifest"], str(body["signature"]))
-        return dict(body["manifest"])
+        return self._verified("model", body, protocol.SignedModel)[1].manifest
 
     def model_path(self, digest: str) -> Path:
         if self.cache_dir is None:

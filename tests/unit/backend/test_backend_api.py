@@ -334,7 +334,10 @@ def test_pages_escape_user_text(
 
 def test_health_metrics_openapi(http: requests.Session, make_project: Any) -> None:
     make_project("digits")
-    assert http.get(f"{IN_PROCESS_URL}/healthz").json() == {"status": "ok"}
+    assert http.get(f"{IN_PROCESS_URL}/healthz").json() == {
+        "status": "ok",
+        "aggregation_overdue": [],
+    }
     metrics = http.get(f"{IN_PROCESS_URL}/metrics")
     assert metrics.status_code == 200 and "barnraise_http_requests_total" in metrics.text
     doc = http.get(f"{IN_PROCESS_URL}/api/v1/openapi.json").json()

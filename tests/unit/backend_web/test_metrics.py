@@ -168,6 +168,8 @@ def test_backend_metrics_on_an_isolated_registry() -> None:
         "barnraise_updates_rejected_total",
         "barnraise_aggregation_seconds",
         "barnraise_model_version",
+        "barnraise_aggregation_overdue",
+        "barnraise_aggregation_failures_total",
         "barnraise_rate_limited_total",
     }
     rejected = ("barnraise_updates_rejected_total", {"project": "digits", "reason": "non_finite"})

@@ -25,12 +25,21 @@ from app.contributor.client import (
     UntrustedError,
     check_transport,
 )
-from federated.protocol import TaskManifest, to_wire
+from federated.protocol import (
+    Leaderboard,
+    Me,
+    ModelManifest,
+    Project,
+    Receipt,
+    TaskManifest,
+    to_wire,
+)
 from federated.protocol.examples import EXAMPLES
 from federated.signing import SigningKey, canonical_json, verify
 
 FAST = RetryPolicy(attempts=5, base_s=0.001, cap_s=0.01)
 PROJECT_KEY = SigningKey.generate()
+PROJECT = to_wire(EXAMPLES[Project])  # the project "digits", as the coordinator sends it
 
 
 def client(server: ScriptServer, tmp_path: Path | None = None, **kw: object) -> CoordinatorClient:
@@ -108,14 +117,14 @@ def test_retries_5xx_then_succeeds(script_server: ScriptServer) -> None:
     failures = iter(
         [error(503, "busy", **{"Retry-After": "0"}), error(500, "oops"), error(502, "bad")]
     )
-    script_server.handler = lambda r: next(failures, ok({"name": "digits"}))
-    assert client(script_server).get_project() == {"name": "digits"}
+    script_server.handler = lambda r: next(failures, ok(PROJECT))
+    assert client(script_server).get_project() == EXAMPLES[Project]
     assert len(script_server.requests) == 4
 
 
 def test_retry_after_is_honoured(script_server: ScriptServer) -> None:
     failures = iter([error(429, "rate_limited", **{"Retry-After": "0.3"})])
-    script_server.handler = lambda r: next(failures, ok({"name": "digits"}))
+    script_server.handler = lambda r: next(failures, ok(PROJECT))
     slow = RetryPolicy(attempts=3, base_s=0.001, cap_s=5.0)
     started = time.monotonic()
     client(script_server, retry=slow).get_project()
@@ -124,8 +133,8 @@ def test_retry_after_is_honoured(script_server: ScriptServer) -> None:
 
 def test_connection_drops_are_retried(script_server: ScriptServer) -> None:
     failures = iter([None, None])
-    script_server.handler = lambda r: next(failures, ok({"name": "digits"}))
-    assert client(script_server).get_project()["name"] == "digits"
+    script_server.handler = lambda r: next(failures, ok(PROJECT))
+    assert client(script_server).get_project().name == "digits"
     assert len(script_server.requests) == 3
 
 
@@ -216,7 +225,60 @@ def test_current_model_is_verified(script_server: ScriptServer) -> None:
     script_server.handler = lambda r: ok(
         {"manifest": manifest, "signature": PROJECT_KEY.sign(manifest)}
     )
-    assert client(script_server).current_model()["version"] == 3
+    assert client(script_server).current_model() == ModelManifest(
+        project="digits", version=3, digest="a" * 64, created_at=1
+    )
+
+
+def test_a_signed_model_of_the_wrong_shape_is_refused(script_server: ScriptServer) -> None:
+    manifest = {"project": "digits", "version": -1, "digest": "a" * 64, "created_at": 1}
+    script_server.handler = lambda r: ok(
+        {"manifest": manifest, "signature": PROJECT_KEY.sign(manifest)}
+    )
+    with pytest.raises(UntrustedError, match=r"refused a model.*version"):
+        client(script_server).current_model()
+    script_server.handler = lambda r: ok({"manifest": "nope"})
+    with pytest.raises(UntrustedError, match="not a signed manifest"):
+        client(script_server).current_model()
+
+
+# --- answers are read as their protocol messages ---------------------------------------------
+@pytest.mark.parametrize(
+    ("call", "answer"),
+    [
+        ("get_project", {**PROJECT, "public_key": "not a key"}),
+        ("get_project", {"name": "digits"}),
+        ("heartbeat", {"deadline": "soon"}),
+        ("heartbeat", {"deadline": 2.5e9}),  # whole seconds
+        ("me", {"credit": 1.0}),
+        ("leaderboard", {"contributors": [{"name": "Ada"}], "teams": []}),
+    ],
+)
+def test_an_answer_of_the_wrong_shape_is_unavailable_and_not_retried(
+    script_server: ScriptServer, call: str, answer: dict[str, object]
+) -> None:
+    script_server.handler = lambda r: ok(answer)
+    c = client(script_server)
+    with pytest.raises(UnavailableError, match="unusable answer"):
+        if call == "heartbeat":
+            c.heartbeat("task-0001")
+        else:
+            getattr(c, call)()
+    assert len(script_server.requests) == 1
+
+
+def test_answers_are_typed(script_server: ScriptServer) -> None:
+    answers = {
+        "/me": to_wire(EXAMPLES[Me]),
+        "/leaderboard": to_wire(EXAMPLES[Leaderboard]),
+        "/heartbeat": {"deadline": 1764220600, "extra": "ignored"},
+    }
+    script_server.handler = lambda r: ok(next(v for k, v in answers.items() if r.path.endswith(k)))
+    c = client(script_server)
+    assert c.me() == EXAMPLES[Me]
+    assert c.me().rank == 1
+    assert c.leaderboard().contributors[0].name == "Ada"
+    assert c.heartbeat("task-0001") == 1764220600.0
 
 
 # --- downloads -----------------------------------------------------------------------------
@@ -282,7 +344,15 @@ def test_upload_is_signed_and_idempotent(script_server: ScriptServer) -> None:
         digest = hashlib.sha256(r.body).hexdigest()
         first = digest not in receipts
         receipts.setdefault(
-            digest, {"update_id": f"u{len(receipts)}", "payload_digest": digest, "credit": 1.5}
+            digest,
+            {
+                "update_id": f"u{len(receipts)}",
+                "task_id": "task-0001",
+                "payload_digest": digest,
+                "accepted_at": 1764220001,
+                "credit": 1.5,
+                "credit_unit": "GFLOP",
+            },
         )
         if len(script_server.requests) == 1:
             return error(503, "busy", **{"Retry-After": "0"})  # the first attempt fails
@@ -299,6 +369,13 @@ def test_upload_is_signed_and_idempotent(script_server: ScriptServer) -> None:
     first = c.upload_update("task-0001", payload, manifest, CLIENT_KEY)
     again = c.upload_update("task-0001", payload, manifest, CLIENT_KEY)
     assert first == again
+    assert first == Receipt(
+        update_id="u0",
+        task_id="task-0001",
+        payload_digest=hashlib.sha256(payload).hexdigest(),
+        accepted_at=1764220001,
+        credit=1.5,
+    )
     assert all(r.body == payload for r in script_server.requests)
     assert script_server.requests[0].headers["content-length"] == str(len(payload))
     assert canonical_json(manifest) == base64.b64decode(

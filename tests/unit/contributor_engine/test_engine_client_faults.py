@@ -33,10 +33,13 @@ from backend.coordinator import Coordinator
 from backend.metrics import BackendMetrics, Registry
 from backend.testing import IN_PROCESS_URL, WSGIAdapter, small_delta
 from backend.wsgi import App
+from federated import protocol
 from federated.codec import encode_update
+from federated.protocol.examples import EXAMPLES
 from federated.signing import SigningKey
 
 FAST = RetryPolicy(attempts=5, base_s=0.001, cap_s=0.01)
+PROJECT = protocol.to_wire(EXAMPLES[protocol.Project])  # the project "digits"
 
 
 def ok(obj: object) -> Reply:
@@ -50,7 +53,7 @@ def script_client(server: ScriptServer, **kw: Any) -> CoordinatorClient:
 
 # --- a real socket, cut or reset -----------------------------------------------------------
 def test_a_body_cut_midway_is_retried(script_server: ScriptServer) -> None:
-    body = json.dumps({"deadline": 2e9, "padding": "x" * 5000}).encode()
+    body = json.dumps({"deadline": 2_000_000_000, "padding": "x" * 5000}).encode()
     replies = iter([Reply(200, body, {"Content-Type": "application/json"}, cut_after=100)] * 2)
     script_server.handler = lambda r: next(replies, Reply(200, body, {}))
     assert script_client(script_server).heartbeat("task-0001") == 2e9
@@ -58,17 +61,17 @@ def test_a_body_cut_midway_is_retried(script_server: ScriptServer) -> None:
 
 
 def test_a_body_cut_after_the_headers_is_retried(script_server: ScriptServer) -> None:
-    replies = iter([Reply(200, b'{"name": "digits"}', {}, cut_after=0)])
-    script_server.handler = lambda r: next(replies, ok({"name": "digits"}))
-    assert script_client(script_server).get_project() == {"name": "digits"}
+    replies = iter([Reply(200, json.dumps(PROJECT).encode(), {}, cut_after=0)])
+    script_server.handler = lambda r: next(replies, ok(PROJECT))
+    assert script_client(script_server).get_project() == EXAMPLES[protocol.Project]
     assert len(script_server.requests) == 2
 
 
 def test_truncated_json_that_fails_to_parse_is_retried(script_server: ScriptServer) -> None:
     # A whole HTTP message whose JSON is cut (a proxy that rewrote the length): not JSON.
     replies = iter([Reply(200, b'{"name": "dig', {"Content-Type": "application/json"})])
-    script_server.handler = lambda r: next(replies, ok({"name": "digits"}))
-    assert script_client(script_server).get_project() == {"name": "digits"}
+    script_server.handler = lambda r: next(replies, ok(PROJECT))
+    assert script_client(script_server).get_project() == EXAMPLES[protocol.Project]
     assert len(script_server.requests) == 2
 
 
@@ -147,10 +150,10 @@ class ResettingServer:
 
 
 def test_a_reset_mid_body_is_retried() -> None:
-    server = ResettingServer(json.dumps({"name": "digits", "pad": "y" * 20000}).encode(), 2)
+    server = ResettingServer(json.dumps({**PROJECT, "pad": "y" * 20000}).encode(), 2)
     try:
         c = CoordinatorClient(server.url, "digits", retry=FAST)
-        assert c.get_project()["name"] == "digits"
+        assert c.get_project().name == "digits"
         assert server.requests == 3
     finally:
         server.close()
@@ -256,7 +259,7 @@ def test_a_lost_join_answer_rejoins_with_a_fresh_challenge(
         clients = tx.clients(project.id)
     assert [cl.id for cl in clients] == [answer.client_id]  # one identity, not three
     c.token = answer.token
-    assert c.me()["client_id"] == answer.client_id  # the last token is the one that works
+    assert c.me().client_id == answer.client_id  # the last token is the one that works
 
 
 def test_a_join_that_keeps_failing_says_so(coordinator: Coordinator) -> None:
@@ -296,7 +299,7 @@ def test_a_lost_upload_receipt_is_recovered_once(coordinator: Coordinator, fault
     manifest = {
         "project": "digits",
         "task_id": task.task_id,
-        "client_id": c.me()["client_id"],
+        "client_id": c.me().client_id,
         "base_digest": task.manifest["base_digest"],
         "payload_digest": encoded.digest,
         "codec": task.manifest["codec"],
@@ -307,8 +310,8 @@ def test_a_lost_upload_receipt_is_recovered_once(coordinator: Coordinator, fault
     with coordinator.store.read() as tx:
         updates = tx.updates(project.id)
         client = tx.client(updates[0].client_id)
-    assert [u.id for u in updates] == [receipt["update_id"]]  # stored once
-    assert client is not None and client.credit == pytest.approx(receipt["credit"])
+    assert [u.id for u in updates] == [receipt.update_id]  # stored once
+    assert client is not None and client.credit == pytest.approx(receipt.credit)
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
@@ -322,12 +325,13 @@ def test_a_lost_heartbeat_answer_is_retried(coordinator: Coordinator, fault: str
 def test_an_upload_the_coordinator_got_cut_short_is_sent_again(script_server: ScriptServer) -> None:
     body = json.dumps({"error": {"code": "incomplete_body", "message": "cut"}}).encode()
     replies = iter([Reply(400, body, {"Content-Type": "application/json"})])
-    script_server.handler = lambda r: next(replies, ok({"update_id": "u1", "credit": 1.0}))
+    receipt_u1 = protocol.to_wire(EXAMPLES[protocol.Receipt]) | {"update_id": "u1", "credit": 1.0}
+    script_server.handler = lambda r: next(replies, ok(receipt_u1))
     manifest = {"project": "digits", "task_id": "task-0001"}
     receipt = script_client(script_server).upload_update(
         "task-0001", b"\x01" * 100, manifest, SigningKey.generate()
     )
-    assert receipt["update_id"] == "u1"
+    assert receipt.update_id == "u1" and receipt.credit == 1.0
     assert len(script_server.requests) == 2
     assert all(r.body == b"\x01" * 100 for r in script_server.requests)
 
