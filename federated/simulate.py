@@ -112,10 +112,16 @@ def simulate(
         raise ValueError(
             f"recipe {recipe!r} trains on participants' own files; simulate a built-in one"
         )
-    hp = the_recipe.resolve_hparams(
-        {**(hparams or {}), "partition": partition, "num_shards": clients, "seed": seed}
-    )
     server_strategy = build_strategy(strategy, strategy_params)
+    hp = the_recipe.resolve_hparams(
+        {
+            **(hparams or {}),
+            **server_strategy.client_hparams(),  # FedProx's μ, as the coordinator sends it
+            "partition": partition,
+            "num_shards": clients,
+            "seed": seed,
+        }
+    )
     spec = the_recipe.tensor_spec(hp)
     shards = [the_recipe.load_shard(hp, i) for i in range(clients)]
     test = the_recipe.load_test(hp)
@@ -133,6 +139,7 @@ def simulate(
             "rounds": rounds,
             "partition": partition,
             "strategy": server_strategy.describe(),
+            "hparams": dict(hp),
             "codec": codec,
             "fraction": fraction,
             "attackers": attackers,

@@ -55,9 +55,20 @@ class ProjectService:
         if not check_name_ok(name):
             raise ValueError(f"{name!r} is not a project name: use a-z, 0-9 and '-', at most 63")
         recipe_obj = get_recipe(recipe)
-        resolved = recipe_obj.resolve_hparams(hparams)
         project_settings = ProjectSettings.from_dict(dict(settings or {}))
         strategy_obj = build_strategy(strategy, dict(strategy_params or {}))
+        smallest = (
+            project_settings.min_updates
+            if project_settings.mode == "sync"
+            else project_settings.buffer_size
+        )
+        try:
+            strategy_obj.check_round_size(smallest)
+        except ValueError as exc:
+            setting = "min_updates" if project_settings.mode == "sync" else "buffer_size"
+            raise ValueError(f"{exc}; raise {setting} or choose another strategy") from None
+        # The strategy's own task settings (FedProx's μ) are part of every task.
+        resolved = recipe_obj.resolve_hparams({**(hparams or {}), **strategy_obj.client_hparams()})
         strategy_desc = {"name": strategy, "params": dict(strategy_params or {})}
         with ctx.store.read() as tx:
             if tx.project_by_name(name) is not None:

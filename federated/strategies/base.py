@@ -40,3 +40,12 @@ class Strategy(ABC):
     def describe(self) -> dict[str, Any]:
         """JSON-able parameters, shown on project pages and stored with the project."""
         return {"name": self.name}
+
+    def client_hparams(self) -> dict[str, Any]:
+        """Task hyperparameters the contributors must train with (FedProx's μ)."""
+        return {}
+
+    def check_round_size(self, updates: int) -> None:
+        """ValueError if an aggregation of ``updates`` updates could never succeed, so a
+        project that cannot work is refused when it is created, not stuck afterwards."""
+        return None  # most strategies aggregate any non-empty round

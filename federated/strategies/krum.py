@@ -51,6 +51,19 @@ class MultiKrum(Strategy):
         total_delta, total_weight, _ = weighted_delta_sum(base, (kept[i] for i in selected))
         return add_scaled_into(base, total_delta, 1.0 / total_weight)
 
+    def check_round_size(self, updates: int) -> None:
+        needed = 2 * self.num_byzantine + 3
+        if updates < needed:
+            raise ValueError(
+                f"multi-krum with num_byzantine = {self.num_byzantine} needs 2f + 3 = {needed} "
+                f"updates per aggregation, but a round may aggregate {updates}"
+            )
+        if self.num_selected is not None and self.num_selected > updates - self.num_byzantine:
+            raise ValueError(
+                f"multi-krum keeps num_selected = {self.num_selected} updates, more than "
+                f"the {updates - self.num_byzantine} it may trust in a round of {updates}"
+            )
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -44,5 +44,11 @@ class NormBound(Strategy):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.inner.load_state_tensors(tensors)
 
+    def client_hparams(self) -> dict[str, Any]:
+        return self.inner.client_hparams()
+
+    def check_round_size(self, updates: int) -> None:
+        self.inner.check_round_size(updates)
+
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "norm_bound": self.max_norm}
