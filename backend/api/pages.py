@@ -18,6 +18,9 @@ from backend.pages import (
 )
 from backend.pages.render import CONTRIBUTOR_ROWS_SHOWN
 
+SHORT_ID_CHARS = 6
+"""Shown beside each name on the page: enough to tell two look-alike names apart."""
+
 if TYPE_CHECKING:
     from backend.wsgi import App
 
@@ -66,6 +69,7 @@ def project_page(app: App, req: Request, project: str) -> Response:
     contributors = tuple(
         ContributorRow(
             name=r.display_name,
+            short_id=r.client_id[:SHORT_ID_CHARS],
             team=r.team,
             credit=r.credit,
             recent_credit=r.recent_credit,

@@ -280,10 +280,11 @@ def _contributor_row(rank: int, row: ContributorRow, now: float) -> str:
     team = _h(row.team) if row.team else '<span class="muted">&ndash;</span>'
     rejected_class = "num bad" if row.updates_rejected else "num"
     top = ' class="top"' if rank <= 3 else ""
+    short_id = f' <span class="muted id">#{_h(row.short_id)}</span>' if row.short_id else ""
     return (
         f"<tr{top}>"
         f'<td class="rank num">{rank}</td>'
-        f'<td class="name">{_h(row.name)}</td>'
+        f'<td class="name">{_h(row.name)}{short_id}</td>'
         f'<td class="team">{team}</td>'
         f'<td class="num" title="{row.credit:,.3f} {CREDIT_UNIT}">{format_credit(row.credit)}</td>'
         f'<td class="num">{format_credit(row.recent_credit)}</td>'

@@ -38,6 +38,7 @@ class ContributorRow:
     updates_accepted: int
     updates_rejected: int
     last_seen: float | None  # unix seconds; None: never
+    short_id: str = ""  # the first characters of the client id: names alone can look alike
 
 
 @dataclass(frozen=True)

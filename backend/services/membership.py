@@ -10,12 +10,14 @@ import secrets
 
 from backend.errors import HTTPError, Unauthorized, api_error
 from backend.ids import check_server_id, new_id
+from backend.names import name_key
 from backend.services.context import ServiceContext
 from backend.services.projects import ProjectService
 from backend.settings import CHALLENGE_TTL_S, ProjectSettings
 from backend.store import ClientRecord, ProjectRecord
 from federated import protocol
 from federated.errors import SignatureError
+from federated.protocol.names import clean_text
 from federated.signing import verify
 
 
@@ -65,8 +67,8 @@ class MembershipService:
                 "project_closed", f"project {name!r} is closed and takes no new members"
             )
         settings = ProjectSettings.from_dict(project.settings)
-        display_name = body.display_name.strip()
-        team = body.team.strip() or None if body.team is not None else None
+        display_name = clean_text(body.display_name)
+        team = clean_text(body.team) or None if body.team is not None else None
         public_key, challenge, signature, invite = (
             body.public_key,
             body.challenge,
@@ -91,6 +93,14 @@ class MembershipService:
             # A key that already joined (a retry whose answer was lost, a rename) proved
             # possession above and keeps its identity; its invite was used the first time.
             existing = tx.client_by_key(project.id, public_key)
+            key = name_key(display_name)
+            for other in tx.clients(project.id):
+                if other.public_key != public_key and name_key(other.display_name) == key:
+                    raise api_error(
+                        "name_taken",
+                        f"another contributor of {name!r} is called {other.display_name!r}, "
+                        f"which reads the same as {display_name!r}; choose another name",
+                    )
             if existing is None and settings.invite_required:
                 if invite_hash is None:
                     raise api_error(

@@ -29,6 +29,7 @@ ERROR_STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "wrong_base": 409,
     "task_already_answered": 409,
+    "name_taken": 409,
     "project_closed": 410,
     "lease_expired": 410,
     "task_rejected": 410,

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from federated.protocol import limits
+from federated.protocol.names import clean_text
 from federated.protocol.types import (
     ChallengeText,
     CodecName,
@@ -68,12 +69,12 @@ class JoinRequest(_Request):
     invite: Annotated[str, msgspec.Meta(max_length=limits.MAX_INVITE_CHARS)] | None = None
 
     def __post_init__(self) -> None:
-        if not 1 <= len(self.display_name.strip()) <= limits.MAX_DISPLAY_NAME_CHARS:
+        if not 1 <= len(clean_text(self.display_name)) <= limits.MAX_DISPLAY_NAME_CHARS:
             raise ValueError(
-                f"display_name must be 1 to {limits.MAX_DISPLAY_NAME_CHARS} characters "
-                "after stripping - at `$.display_name`"
+                f"display_name must be 1 to {limits.MAX_DISPLAY_NAME_CHARS} visible characters "
+                "(control, bidi and zero-width characters do not count) - at `$.display_name`"
             )
-        if self.team is not None and len(self.team.strip()) > limits.MAX_TEAM_CHARS:
+        if self.team is not None and len(clean_text(self.team)) > limits.MAX_TEAM_CHARS:
             raise ValueError(
                 f"team must be null or at most {limits.MAX_TEAM_CHARS} characters - at `$.team`"
             )

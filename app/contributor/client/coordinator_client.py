@@ -38,6 +38,7 @@ from app.contributor.client.errors import (
     _RETRIED_CODES,
     AuthError,
     Cancelled,
+    ClientError,
     UnavailableError,
     UntrustedError,
     _error_of,
@@ -308,16 +309,19 @@ class CoordinatorClient:
             statement = protocol.JoinStatement(
                 challenge=challenge, project=self.project, public_key=public_key
             )
-            body = protocol.to_wire(
-                protocol.JoinRequest(
-                    display_name=display_name,
-                    team=team,
-                    public_key=public_key,
-                    challenge=challenge,
-                    signature=signing_key.sign(protocol.to_wire(statement)),
-                    invite=invite,
+            try:
+                body = protocol.to_wire(
+                    protocol.JoinRequest(
+                        display_name=display_name,
+                        team=team,
+                        public_key=public_key,
+                        challenge=challenge,
+                        signature=signing_key.sign(protocol.to_wire(statement)),
+                        invite=invite,
+                    )
                 )
-            )
+            except ValueError as exc:  # a name of nothing visible, a team too long
+                raise ClientError(f"cannot join with these details: {exc}") from None
             try:
                 # One attempt: sending the same consumed challenge again would be refused.
                 answer = self._attempts(
