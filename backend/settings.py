@@ -12,14 +12,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-JSON_BODY_LIMIT = 64 * 1024
-"""Bytes; larger JSON control bodies are answered 413 payload_too_large."""
+from federated.protocol import limits
 
-DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
-"""Bytes; the default cap on one update body (per project, in each task manifest)."""
-
-LONG_POLL_MAX_S = 30.0
-"""Seconds; ``?wait=`` on lease is clamped to [0, this]."""
+# Limits of the wire contract, named once in federated.protocol.limits.
+JSON_BODY_LIMIT = limits.MAX_JSON_BODY_BYTES
+DEFAULT_MAX_PAYLOAD_BYTES = limits.DEFAULT_MAX_PAYLOAD_BYTES
+LONG_POLL_MAX_S = limits.MAX_LONG_POLL_S
+CHALLENGE_TTL_S = limits.CHALLENGE_TTL_S
 
 LONG_POLL_RECHECK_S = 5.0
 """Seconds; a waiting lease re-reads the database this often even without a wake-up, so a
@@ -31,8 +30,6 @@ RETRY_AFTER_NO_WORK_S = 5
 RETRY_AFTER_PAUSED_S = 60
 """Seconds in ``Retry-After`` of a 503 project_paused."""
 
-CHALLENGE_TTL_S = 300
-"""Seconds a join challenge stays valid (single use)."""
 
 AGGREGATION_CLAIM_TTL_S = 600.0
 """Seconds an aggregation claim holds before another process may take it over; a claim by a
