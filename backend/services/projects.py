@@ -8,8 +8,6 @@ from typing import Any, cast
 
 import torch
 
-from backend.errors import HTTPError
-from backend.ids import check_project_name
 from backend.services.context import ServiceContext
 from backend.services.models import evaluate_state, model_manifest, save_tensors, sign_model
 from backend.settings import ProjectSettings
@@ -20,14 +18,6 @@ from federated.protocol.messages import DataColumns, Mode, Status
 from federated.recipes import Recipe, get_recipe
 from federated.signing import fingerprint
 from federated.strategies import build_strategy
-
-
-def check_name_ok(name: str) -> bool:
-    try:
-        check_project_name(name)
-    except HTTPError:
-        return False
-    return True
 
 
 class ProjectService:
@@ -52,7 +42,7 @@ class ProjectService:
         Raises ValueError (RecipeError included) naming what is wrong.
         """
         ctx = self._ctx
-        if not check_name_ok(name):
+        if not protocol.is_project_name(name):
             raise ValueError(f"{name!r} is not a project name: use a-z, 0-9 and '-', at most 63")
         recipe_obj = get_recipe(recipe)
         project_settings = ProjectSettings.from_dict(dict(settings or {}))

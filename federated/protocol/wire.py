@@ -115,9 +115,4 @@ def _readable(text: str) -> str:
     return text if len(text) <= 300 else text[:300] + "…"
 
 
-def field_error(what: str, path: str, problem: str, *, code: str = "bad_request") -> ProtocolError:
-    """A refusal in the same words ``convert`` uses, for checks a type cannot express."""
-    return ProtocolError(code, f"{what}: {problem} - at `$.{path}`")
-
-
-__all__ = ["convert", "decode", "encode_canonical", "field_error", "parse_json", "to_wire"]
+__all__ = ["convert", "decode", "encode_canonical", "parse_json", "to_wire"]
