@@ -409,7 +409,9 @@ class AggregationWorker:
         ctx = self.ctx
         now = ctx.clock()
         candidates = [WORKER_MAX_SLEEP_S]
-        candidates += [not_before - now + 0.01 for not_before in self._failing.values()]
+        # Only pauses still running: a past one whose project is not ready again would
+        # otherwise wake the worker every 10 ms.
+        candidates += [t - now + 0.01 for t in self._failing.values() if t > now]
         with ctx.store.read() as tx:
             deadline = tx.next_deadline(now)
             if deadline is not None:

@@ -172,3 +172,14 @@ def test_non_physical_client_metrics_are_refused_at_upload(
     assert r.status_code == 422
     error = r.json()["error"]
     assert error["code"] == "manifest_mismatch" and "$.metrics" in error["message"]
+
+
+def test_a_pause_that_is_over_does_not_make_the_worker_spin(
+    coordinator: Coordinator, make_project: Any, clock: FakeClock
+) -> None:
+    make_project("digits")
+    worker = coordinator.worker
+    worker._failing[coordinator.project("digits").id] = clock() + 30.0
+    assert 29.0 < worker._next_wake_s() <= 30.01  # wakes when the pause ends
+    clock.advance(60.0)  # the pause is over, and the project has no complete round
+    assert worker._next_wake_s() > 1.0
