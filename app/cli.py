@@ -7,6 +7,8 @@
     barnraise pause | resume | snooze [DURATION]
     barnraise retry                      ask for work now (after "can't reach the server")
     barnraise trust PROJECT --fingerprint FP   accept a project's new key (after checking it)
+    barnraise verify --server URL --project P --receipt FILE_OR_JSON [--version N]
+                                         prove a receipt's update is in a signed version
     barnraise --version
     barnraise                            the tray app (when installed)
 
@@ -39,6 +41,7 @@ from app.cli_headless import run_headless
 from app.cli_join import cmd_join, cmd_leave, cmd_trust
 from app.cli_parser import build_parser
 from app.cli_tray import TRAY_ONLY_OPTIONS, _run_tray_launch, _start_tray, tray_arguments
+from app.cli_verify import cmd_verify
 
 if TYPE_CHECKING:
     from app.contributor.snapshot import EngineSnapshot
@@ -199,6 +202,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         "snooze": cmd_remote,
         "retry": cmd_remote,
         "trust": cmd_trust,
+        "verify": cmd_verify,
     }
     try:
         if args.command is not None:

@@ -1,4 +1,5 @@
-"""``barnraise-backend``: serve, manage projects and invites, run the demo.
+"""``barnraise-backend``: serve, manage projects and invites, verify a project's chain of
+versions (``backend.cli_verify``), run the demo.
 
 Every subcommand takes ``--data DIR`` (default: the platform's user data folder for
 ``barnraise-backend``).
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 # The demo project, re-exported: tests and benches import it from here.
+from backend.cli_verify import add_verify_parser, run_verify
 from backend.demo_headless import DEMO_HPARAMS as DEMO_HPARAMS
 from backend.demo_headless import DEMO_PROJECT as DEMO_PROJECT
 from backend.settings import SETTING_HELP, ProjectSettings
@@ -113,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     ic.add_argument("--uses", type=int, default=1, help="how many joins it allows (default 1)")
     ic.add_argument("--url", default="http://127.0.0.1:8080", help="the server's public base URL")
 
+    add_verify_parser(sub, data)
+
     demo = sub.add_parser(
         "demo", parents=[data], help="a local digits project with in-process contributors"
     )
@@ -163,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _invite(args, data_dir)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "verify":
+            return run_verify(args, data_dir, sys.stdout)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

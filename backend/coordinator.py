@@ -23,13 +23,14 @@ from typing import Any
 
 from backend.keys import KeyStore
 from backend.metrics import METRICS, BackendMetrics
-from backend.services.aggregation import AggregationWorker
+from backend.services.aggregation_worker import AggregationWorker
 from backend.services.context import ProjectRuntime, ServiceContext
 from backend.services.leasing import LeasingService
 from backend.services.membership import MembershipService, hash_token
 from backend.services.models import ModelService
 from backend.services.notifier import Notifier
 from backend.services.projects import ProjectService
+from backend.services.provenance import ProvenanceService
 from backend.services.standings import StandingsService
 from backend.services.uploads import UploadService
 from backend.store import BlobStore, ClientRecord, ProjectRecord, SQLiteStore, Store
@@ -55,6 +56,7 @@ class Services:
     uploads: UploadService
     models: ModelService
     standings: StandingsService
+    provenance: ProvenanceService
 
 
 class Coordinator:
@@ -94,6 +96,7 @@ class Coordinator:
             uploads=UploadService(ctx),
             models=ModelService(ctx),
             standings=StandingsService(ctx),
+            provenance=ProvenanceService(ctx),
         )
         self.worker = AggregationWorker(ctx)
         if start_worker:

@@ -21,7 +21,7 @@ from federated import protocol
 from federated.codec import decode_model, encode_update
 from federated.recipes import get_recipe
 from federated.signing import SigningKey, verify
-from federated.training import train_locally
+from federated.training import task_seed, train_locally
 
 LEASE_WAIT_S = 10
 """Seconds each lease request long-polls for work."""
@@ -107,9 +107,13 @@ class DemoContributor:
         hp = task["hparams"]
         base = decode_model(self.model(task["base_digest"]), recipe.tensor_spec(hp))
         data = recipe.load_shard(hp, int(task["shard_index"]))
-        seed = int.from_bytes(hashlib.sha256(task["task_id"].encode()).digest()[:4], "big")
         result = train_locally(
-            recipe, hp, base, data, max_examples=int(task["max_examples"]), seed=seed
+            recipe,
+            hp,
+            base,
+            data,
+            max_examples=int(task["max_examples"]),
+            seed=task_seed(task["task_id"]),
         )
         encoded = encode_update(result.delta, task["codec"])
         manifest = protocol.UpdateManifest(

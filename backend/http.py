@@ -7,6 +7,7 @@ No body is ever read without a cap: JSON control bodies stop at ``JSON_BODY_LIMI
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -52,6 +53,19 @@ class Request:
     @property
     def remote_addr(self) -> str:
         return str(self.environ.get("REMOTE_ADDR") or "-")
+
+    @property
+    def remote_network(self) -> str | None:
+        """The caller's network, for share limits against Sybils: its IPv4 /24 or IPv6 /48
+        (an IPv4-mapped IPv6 address counts as IPv4); None when the address is unknown."""
+        try:
+            addr = ipaddress.ip_address(self.remote_addr)
+        except ValueError:
+            return None
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        prefix = 24 if addr.version == 4 else 48
+        return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 
     def content_length(self) -> int | None:
         raw = self.header("content-length")

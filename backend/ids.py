@@ -29,6 +29,22 @@ def check_digest(value: str) -> str:
     return value
 
 
+_VERSION_DIGITS = 10
+
+
+def check_version_number(value: str) -> int:
+    """A version number from a path: decimal digits, no sign or leading zero, at most 10."""
+    if (
+        not value
+        or len(value) > _VERSION_DIGITS
+        or not value.isascii()
+        or not value.isdigit()
+        or (value != "0" and value.startswith("0"))
+    ):
+        raise BadRequest(f"{value[:80]!r} is not a version number", code="bad_id")
+    return int(value)
+
+
 def new_id() -> str:
     """A server-made id: 128 random bits, URL-safe base64 (22 characters)."""
     return secrets.token_urlsafe(16)

@@ -147,6 +147,9 @@ class BackendMetrics:
     aggregation_overdue: Gauge  # barnraise_aggregation_overdue{project}
     aggregation_failures: Counter  # barnraise_aggregation_failures_total{project,outcome}
     rate_limited: Counter  # barnraise_rate_limited_total{route}
+    contributed_gflop: Counter  # barnraise_contributed_gflop_total{project}
+    verification_gflop: Counter  # barnraise_verification_gflop_total{project}
+    updates_kept_out: Counter  # barnraise_updates_kept_out_total{project,reason}
     registry: CollectorRegistry
 
     @classmethod
@@ -176,7 +179,7 @@ class BackendMetrics:
             ),
             updates_accepted=Counter(
                 "barnraise_updates_accepted_total",
-                "Updates verified, stored and credited.",
+                "Updates verified and stored (their credit pending until aggregated).",
                 ("project",),
                 registry=reg,
             ),
@@ -225,6 +228,26 @@ class BackendMetrics:
                 "barnraise_rate_limited_total",
                 "Requests refused with 429 by the per-client rate limit.",
                 ("route",),
+                registry=reg,
+            ),
+            contributed_gflop=Counter(
+                "barnraise_contributed_gflop_total",
+                "Training work of the accepted updates (what their tasks asked), in GFLOP.",
+                ("project",),
+                registry=reg,
+            ),
+            verification_gflop=Counter(
+                "barnraise_verification_gflop_total",
+                "Work the coordinator spent checking updates (re-execution, evaluation), "
+                "in GFLOP: its overhead is this over barnraise_contributed_gflop_total.",
+                ("project",),
+                registry=reg,
+            ),
+            updates_kept_out=Counter(
+                "barnraise_updates_kept_out_total",
+                "Accepted updates kept out of their aggregate, by reason code; their credit "
+                "is withheld.",
+                ("project", "reason"),
                 registry=reg,
             ),
             registry=reg,

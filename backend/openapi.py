@@ -68,6 +68,7 @@ def _schemas() -> dict[str, Schema]:
         "ProjectName": (protocol.PROJECT_NAME_PATTERN, "Lower-case letters, digits, '-'."),
         "Id": (protocol.ID_PATTERN, "A server-made id."),
         "Digest": (protocol.DIGEST_PATTERN, "sha256, hex."),
+        "VersionNumber": (r"^(0|[1-9][0-9]{0,9})$", "A model version number, from 0."),
         "PublicKey": (B64_32_PATTERN, "Raw 32-byte Ed25519 public key, base64."),
         "Signature": (B64_64_PATTERN, "Raw 64-byte Ed25519 signature, base64."),
     }
@@ -154,7 +155,13 @@ def _operation(route: Route) -> Schema:
     return op
 
 
-_PATH_PARAM_SCHEMA = {"project": "ProjectName", "task_id": "Id", "digest": "Digest"}
+_PATH_PARAM_SCHEMA = {
+    "project": "ProjectName",
+    "task_id": "Id",
+    "update_id": "Id",
+    "digest": "Digest",
+    "version": "VersionNumber",
+}
 
 
 def _paths() -> dict[str, Schema]:

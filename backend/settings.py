@@ -61,6 +61,13 @@ class ProjectSettings:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     invite_required: bool = False
     fit_tasks: bool = True
+    max_local_examples: int = 50_000
+    outlier_norm_ratio: float = 8.0
+    clip_norm_ratio: float = 3.0
+    max_client_share: float = 0.5
+    max_network_share: float = 1.0
+    spot_check_rate: float = 0.05
+    replication_tolerance: float = 0.1
 
     def validate(self) -> ProjectSettings:
         """Return self, or raise ValueError naming the first bad setting."""
@@ -87,7 +94,25 @@ class ProjectSettings:
             raise ValueError("staleness_exponent must be within [0, 10]")
         if not (1024 <= self.max_payload_bytes <= 4 * 1024**3):
             raise ValueError("max_payload_bytes must be within [1 KiB, 4 GiB]")
+        if not (1 <= self.max_local_examples <= 1_000_000_000):
+            raise ValueError("max_local_examples must be within [1, 1e9]")
+        for name in ("outlier_norm_ratio", "clip_norm_ratio"):
+            value = float(getattr(self, name))
+            if not (value == 0 or 1.0 <= value <= 1000.0):
+                raise ValueError(f"{name} must be 0 (off) or within [1, 1000], got {value!r}")
+        if not (0.0 <= self.spot_check_rate <= 1.0):
+            raise ValueError(f"spot_check_rate must be within [0, 1], got {self.spot_check_rate!r}")
+        if not (0.0 < self.replication_tolerance <= 10.0):
+            raise ValueError("replication_tolerance must be within (0, 10]")
+        for name in ("max_client_share", "max_network_share"):
+            value = float(getattr(self, name))
+            if not (0.0 < value <= 1.0):
+                raise ValueError(f"{name} must be within (0, 1], got {value!r}")
         return self
+
+    def per_source_cap(self, share: float, updates: int) -> int:
+        """How many of ``updates`` in one aggregate one contributor or network may supply."""
+        return max(1, math.floor(share * updates + 1e-9))
 
     @property
     def leases_per_round(self) -> int:
@@ -130,6 +155,13 @@ SETTING_HELP: dict[str, str] = {
     "max_update_norm": "updates with a larger global L2 norm are rejected (norm_too_large)",
     "max_payload_bytes": "largest update body accepted (413 payload_too_large)",
     "invite_required": "joining needs an invite code (barnraise-backend invite create)",
+    "max_local_examples": "local-data projects: the most examples one task may claim; its credit and FedAvg weight stop there",
+    "outlier_norm_ratio": "an update whose L2 norm is over this x the median of its aggregate is kept out (norm_outlier; 0: off)",
+    "clip_norm_ratio": "the other updates of an aggregate are scaled down to at most this x its median norm (0: off)",
+    "max_client_share": "async: the largest share of one aggregate that one contributor may supply (at least one update)",
+    "max_network_share": "the largest share of one aggregate that one network (IPv4 /24, IPv6 /48) may supply; below 1 only where volunteers are not behind one NAT",
+    "spot_check_rate": "built-in data: the least share of a contributor's updates the coordinator re-executes and compares (newcomers and anyone who failed a check: every update); 0: off",
+    "replication_tolerance": "a spot check passes when the update differs from its re-execution by at most this (relative L2)",
     "fit_tasks": "size each task (full, 1/2 or 1/4 of its steps) to the contributor's measured pace so its update arrives while still useful, and withhold it when even 1/4 would not",
 }
 """One line per ProjectSettings field: shown by the CLI, checked against the docs."""

@@ -8,6 +8,7 @@ real loopback connection.
 from __future__ import annotations
 
 import io
+import itertools
 import socket
 import threading
 import time
@@ -138,14 +139,26 @@ def wait_until_healthy(base_url: str, timeout: float = 30.0) -> None:
     raise TimeoutError(f"{base_url}/healthz did not answer within {timeout} s ({last})")
 
 
-def small_delta(spec: Any, value: float = 1e-3) -> dict[str, Any]:
-    """A valid, tiny update delta for a model of ``spec`` (name -> (shape, dtype))."""
+_deltas_made = itertools.count(1)
+
+
+def small_delta(spec: Any, value: float = 1e-3, key: str | None = None) -> dict[str, Any]:
+    """A valid, small update delta for a model of ``spec`` (name -> (shape, dtype)): every
+    entry ``value`` but the first of each tensor, which differs from call to call (or from
+    ``key`` to ``key``: the same key, the same delta), so that two tasks never send the same
+    payload (the coordinator refuses a payload sent twice)."""
+    import hashlib
+
     import torch
 
-    return {
-        name: torch.full(tuple(shape), value, dtype=torch.float32)
-        for name, (shape, _dtype) in spec.items()
-    }
+    n = next(_deltas_made) if key is None else int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    bump = value * (1 + n % 1000) / 1000
+    delta = {}
+    for name, (shape, _dtype) in spec.items():
+        tensor = torch.full(tuple(shape), value, dtype=torch.float32)
+        tensor.view(-1)[0] += bump
+        delta[name] = tensor
+    return delta
 
 
 def upload_request(

@@ -21,6 +21,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
+from federated.protocol.ids import task_seed as task_seed
 from federated.recipes.base import Dataset, HParamValue, Recipe
 from federated.tensors import StateDict
 

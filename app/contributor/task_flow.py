@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -48,6 +47,7 @@ from app.contributor.projects import Project, ProjectBook
 from app.contributor.trainer import TrainerCrashed, TrainerError, TrainJob, TrainOutcome
 from federated import protocol
 from federated.errors import UPDATE_REJECTION_CODES
+from federated.protocol.ids import task_seed
 
 __all__ = ["TaskFlow"]
 
@@ -218,7 +218,7 @@ class TaskFlow:
             max_examples=int(manifest["max_examples"]) if manifest.get("max_examples") else None,
             feedback_path=str(project.dir / "error-feedback.safetensors"),
             data_path=project_data_path(core.paths, project.ref.key, name),
-            seed=int(hashlib.sha256(task.task_id.encode()).hexdigest()[:8], 16) % (2**31),
+            seed=task_seed(task.task_id),
             max_update_norm=float(max_norm) if isinstance(max_norm, int | float) else None,
             max_payload_bytes=int(max_bytes) if isinstance(max_bytes, int) else None,
         )

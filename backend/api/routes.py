@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from backend.api import models, pages, projects, stats, system, tasks
+from backend.api import models, pages, projects, provenance, stats, system, tasks
 from federated import protocol as p
 
 API = "/api/v1"
@@ -77,6 +77,7 @@ def _compile(path: str, trailing_slash: bool) -> re.Pattern[str]:
 
 
 _P = f"{API}/projects/{{project}}"
+_V = f"{_P}/versions/{{version}}"
 _T = f"{_P}/tasks/{{task_id}}"
 _JSON_BODY = (400, 413, 415)
 _LIMITED = (429,)
@@ -90,6 +91,14 @@ UPLOAD_DESCRIPTION = (
     "bad_request/bad_json, 403 bad_signature, 409 wrong_base, 413, 415, 422) ends the task "
     "for good: it is never leased again, and later uploads and heartbeats for it answer 410 "
     "task_rejected. 400 incomplete_body (the body was cut short) does not: send it again."
+)
+
+_UPDATE_PARAM = Param(
+    "update",
+    "query",
+    "The update: its id (from the receipt) or its payload digest.",
+    {"type": "string", "pattern": p.ID_PATTERN},
+    required=True,
 )
 
 ROUTE_TABLE: tuple[Route, ...] = (
@@ -332,8 +341,40 @@ ROUTE_TABLE: tuple[Route, ...] = (
         stats.project_stats,
         "The model's progress over versions.",
         "stats",
-        {200: Answer("Per-version metrics.", p.Stats)},
+        {200: Answer("Per-version metrics and the chain of versions.", p.Stats)},
         (400, 404, 429),
+    ),
+    Route(
+        "version_manifest",
+        "GET",
+        f"{_V}/manifest",
+        provenance.version_manifest,
+        "Any version's signed manifest: its model, parent and updates root (provenance).",
+        "provenance",
+        {200: Answer("The version's manifest and its signature.", p.SignedModel)},
+        (400, 404, 429),
+    ),
+    Route(
+        "version_proof",
+        "GET",
+        f"{_V}/proof",
+        provenance.version_proof,
+        "The proof that an update is one of the updates under a version's updates_root.",
+        "provenance",
+        {200: Answer("The inclusion proof.", p.InclusionProof)},
+        (400, 404, 429),
+        params=(_UPDATE_PARAM,),
+    ),
+    Route(
+        "update_proof",
+        "GET",
+        f"{_P}/proof",
+        provenance.update_proof,
+        "The proof that an update is in the version it was aggregated into.",
+        "provenance",
+        {200: Answer("The inclusion proof, naming that version.", p.InclusionProof)},
+        (400, 404, 429),
+        params=(_UPDATE_PARAM,),
     ),
     Route(
         "me",
@@ -343,6 +384,18 @@ ROUTE_TABLE: tuple[Route, ...] = (
         "The caller's credit, rank and update counts.",
         "stats",
         {200: Answer("This client.", p.Me)},
+        (400, 401, 404, 429),
+        bearer=True,
+    ),
+    Route(
+        "update_status",
+        "GET",
+        f"{_P}/updates/{{update_id}}",
+        stats.update_status,
+        "What became of one of the caller's accepted updates: aggregated, pending or kept "
+        "out (with the verdict), and whether its credit is granted.",
+        "stats",
+        {200: Answer("The update's status.", p.UpdateStatus)},
         (400, 401, 404, 429),
         bearer=True,
     ),

@@ -62,6 +62,7 @@ def upload_update(app: App, req: Request, project: str, task_id: str) -> Respons
         client = app.authenticate(req, record)
     uploads = app.coordinator.services.uploads
     with uploads.attempt(record, client, task_id) as attempt:
+        attempt.source_net = req.remote_network
         limit = uploads.admit(attempt)  # project open: before anything of the body is read
         ctype = (req.header("content-type") or "").split(";")[0].strip().lower()
         if ctype != "application/octet-stream":

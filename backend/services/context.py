@@ -22,7 +22,10 @@ from backend.services.notifier import Notifier
 from backend.settings import ProjectSettings
 from backend.store import BlobStore, ProjectRecord, Store
 from federated.recipes import Dataset, Recipe, get_recipe
-from federated.tensors import TensorSpec
+from federated.tensors import StateDict, TensorSpec
+
+_MODELS_KEPT = 3
+"""Decoded model versions a project keeps in memory for screening uploads."""
 
 
 @dataclass
@@ -36,7 +39,21 @@ class ProjectRuntime:
     settings: ProjectSettings
     _test: Dataset | None = None
     _test_loaded: bool = False
+    _models: dict[str, StateDict] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def model_state(self, digest: str, load: Callable[[], StateDict]) -> StateDict:
+        """The decoded model ``digest`` (``load()`` decodes it), kept for the few latest
+        versions: every upload's screening compares its delta with its base."""
+        with self._lock:
+            state = self._models.get(digest)
+        if state is None:
+            state = load()
+            with self._lock:
+                self._models[digest] = state
+                while len(self._models) > _MODELS_KEPT:
+                    self._models.pop(next(iter(self._models)))
+        return state
 
     def test_data(self) -> Dataset | None:
         with self._lock:

@@ -222,11 +222,21 @@ def _lease_in_tx(
         round_waits_for_it = counts.live_leases + counts.answered < settings.min_updates
     elif tx.live_leases(project.id, now) >= settings.max_concurrent_leases:
         return None, expired
+    elif tx.client_pending_updates(project.id, client_id) >= settings.per_source_cap(
+        settings.max_client_share, settings.buffer_size
+    ):
+        # Its share of the next buffer is waiting already: more work now would only wait
+        # (and go stale) behind it, or let one contributor fill a buffer.
+        return None, expired
     base = tx.version(project.id, version)
     assert base is not None
     num_shards = len(project.shard_sizes) if project.shard_sizes else 1
     shard = tx.next_shard(project.id, num_shards)
-    max_examples = project.shard_sizes[shard] if project.shard_sizes else 1_000_000_000
+    # Built-in data: the shard's size. Local data: the project's cap, so no claim of a
+    # huge local data set can buy credit or FedAvg weight beyond it.
+    max_examples = (
+        project.shard_sizes[shard] if project.shard_sizes else settings.max_local_examples
+    )
     hparams, useful_until = _fit_task(
         tx,
         project,

@@ -7,14 +7,15 @@ Project creation (version 0) and aggregation (every later version) use them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from backend.services.context import ServiceContext
-from backend.store import ProjectRecord
+from backend.store import ProjectRecord, UpdateRecord, VersionRecord
 from federated import protocol
+from federated.provenance import Leaf, manifest_digest, merkle_root, ordered_leaves
 from federated.recipes import Dataset, Recipe
 from federated.signing import SigningKey
 
@@ -31,10 +32,7 @@ class ModelService:
             version = tx.version(project.id, project.current_version)
         assert version is not None
         return protocol.SignedModel(
-            manifest=model_manifest(
-                project.name, version.version, version.digest, version.created_at
-            ),
-            signature=version.signature,
+            manifest=version_manifest(project.name, version), signature=version.signature
         )
 
     def model_known(self, project: ProjectRecord, digest: str) -> bool:
@@ -43,11 +41,60 @@ class ModelService:
 
 
 def model_manifest(
-    project: str, version: int, digest: str, created_at: float
+    project: str,
+    version: int,
+    digest: str,
+    created_at: float,
+    *,
+    parent: VersionRecord | None = None,
+    updates: Sequence[UpdateRecord] = (),
+    strategy_state_digest: str | None = None,
 ) -> protocol.ModelManifest:
-    """The manifest a version is published (and signed) as; whole seconds."""
+    """The manifest a new version is published (and signed) as; whole seconds.
+
+    ``parent`` is the version it was aggregated from (None only for version 0) and
+    ``updates`` the updates aggregated into it: the manifest names the parent's model and
+    signed manifest, and the Merkle root of those updates (``federated.provenance``)."""
+    leaves = update_leaves(updates)
     return protocol.ModelManifest(
-        project=project, version=version, digest=digest, created_at=int(created_at)
+        project=project,
+        version=version,
+        digest=digest,
+        created_at=int(created_at),
+        parent_digest=None if parent is None else parent.digest,
+        parent_manifest_digest=(
+            None
+            if parent is None
+            else manifest_digest(protocol.to_wire(version_manifest(project, parent)))
+        ),
+        strategy_state_digest=strategy_state_digest,
+        updates_root=merkle_root(Leaf(*pair) for pair in leaves),
+        updates=len(leaves),
+    )
+
+
+def update_leaves(updates: Sequence[UpdateRecord]) -> tuple[tuple[str, str], ...]:
+    """(update id, payload digest) of ``updates`` in Merkle tree order: what a version
+    record keeps so that proofs can be served (``VersionRecord.leaves``)."""
+    tree = ordered_leaves(Leaf(u.id, u.payload_digest) for u in updates)
+    return tuple((leaf.update_id, leaf.payload_digest) for leaf in tree)
+
+
+def version_manifest(project: str, version: VersionRecord) -> protocol.ModelManifest:
+    """The manifest ``version`` was signed as, rebuilt from its record: exactly what
+    ``model_manifest`` made when it was published. A version published before provenance
+    (no ``updates_root``) had only project, version, digest and created_at."""
+    legacy = version.updates_root is None
+    return protocol.ModelManifest(
+        project=project,
+        version=version.version,
+        digest=version.digest,
+        created_at=int(version.created_at),
+        parent_digest=version.parent_digest,
+        parent_manifest_digest=version.parent_manifest_digest,
+        strategy_state_digest=None if legacy else version.strategy_state_digest,
+        updates_root=version.updates_root,
+        updates=0 if legacy else version.updates,
     )
 
 

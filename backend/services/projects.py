@@ -89,7 +89,7 @@ class ProjectService:
             created_at=now,
             shard_sizes=shard_sizes,
         )
-        manifest = model_manifest(name, 0, digest, now)
+        manifest = model_manifest(name, 0, digest, now, strategy_state_digest=state_digest)
         with ctx.store.write() as wtx:
             project_id = wtx.insert_project(record)
             wtx.insert_version(
@@ -101,6 +101,7 @@ class ProjectService:
                     signature=sign_model(key, manifest),
                     metrics=_evaluate_initial(recipe_obj, resolved, state),
                     strategy_state_digest=state_digest,
+                    updates_root=manifest.updates_root,
                 )
             )
         return ctx.project(name)

@@ -4,6 +4,7 @@ row, and the receipt of an accepted update."""
 from __future__ import annotations
 
 from backend import credit as credit_math
+from backend.errors import NotFound
 from backend.services.context import ServiceContext
 from backend.store import ClientRecord, ProjectRecord, UpdateRecord
 from federated import protocol
@@ -82,6 +83,7 @@ class StandingsService:
             aggregated = tx.updates_with_status(project.id, "aggregated")
             dropped = tx.updates_with_status(project.id, "dropped")
             quarantined = tx.updates_with_status(project.id, "quarantined")
+            kept_out = tx.updates_with_status(project.id, "rejected")
         return protocol.Stats(
             project=project.name,
             current_version=project.current_version,
@@ -93,6 +95,9 @@ class StandingsService:
                     metrics=dict(v.metrics),
                     updates=v.updates,
                     contributors=v.contributors,
+                    parent_digest=v.parent_digest,
+                    parent_manifest_digest=v.parent_manifest_digest,
+                    updates_root=v.updates_root,
                 )
                 for v in versions
             ],
@@ -106,6 +111,8 @@ class StandingsService:
             updates_dropped=dropped,
             tasks_rejected=rejected_tasks,
             updates_quarantined=quarantined,
+            updates_kept_out=kept_out,
+            credit_pending=max(0.0, sum(c.credit_pending for c in clients)),
         )
 
     def me(self, project: ProjectRecord, client: ClientRecord) -> protocol.Me:
@@ -122,4 +129,32 @@ class StandingsService:
             updates_rejected=row.updates_rejected,
             last_seen=row.last_seen,
             rank=row.rank,
+            credit_pending=max(0.0, client_pending(self._ctx, client)),
         )
+
+    def update_status(
+        self, project: ProjectRecord, client: ClientRecord, update_id: str
+    ) -> protocol.UpdateStatus:
+        """The fate of one of ``client``'s updates (404 for anyone else's: not theirs to see)."""
+        with self._ctx.store.read() as tx:
+            update = tx.update(update_id)
+        if update is None or update.project_id != project.id or update.client_id != client.id:
+            raise NotFound(f"you have no update {update_id!r} in project {project.name!r}")
+        status = "pending" if update.status == "claimed" else update.status
+        detail = update.verdict_detail or update.quarantine_reason
+        return protocol.UpdateStatus(
+            update_id=update.id,
+            task_id=update.task_id,
+            status=status,  # type: ignore[arg-type]
+            credit=update.credit,
+            credit_state=update.credit_state,  # type: ignore[arg-type]
+            verdict=update.verdict,
+            detail=detail,
+        )
+
+
+def client_pending(ctx: ServiceContext, client: ClientRecord) -> float:
+    """The client's pending credit as stored now (``client`` may be an older read)."""
+    with ctx.store.read() as tx:
+        fresh = tx.client(client.id)
+    return fresh.credit_pending if fresh is not None else client.credit_pending

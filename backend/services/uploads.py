@@ -16,6 +16,7 @@ the blob is stored (durable) before the record that points at it.
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,13 +32,19 @@ from backend.services.tasks import check_live, owned_task, record_pace
 from backend.settings import ProjectSettings
 from backend.store import ClientRecord, ProjectRecord, TaskRecord, UpdateRecord
 from federated import protocol
-from federated.codec import decode_update
+from federated.codec import decode_model, decode_update
 from federated.errors import SignatureError, UpdateRejected
+from federated.screening import free_ride_reason
 from federated.signing import verify_bytes
+from federated.tensors import StateDict, l2_norm
 
 log = logging.getLogger(__name__)
 
 _PAYLOAD_CODES = frozenset(PAYLOAD_CODES)
+
+_TYPICAL_NORM_UPDATES = 32
+"""The typical norm a new update is compared with: the median of the project's last this
+many updates."""
 
 
 @dataclass
@@ -51,6 +58,7 @@ class UploadAttempt:
     task_id: str
     task: TaskRecord | None = None
     num_examples: int | None = None
+    source_net: str | None = None
 
 
 class UploadService:
@@ -166,7 +174,7 @@ class UploadService:
         rt = ctx.runtime(project)
         payload = tmp.read_bytes()
         try:
-            decode_update(
+            delta = decode_update(
                 payload,
                 rt.spec,
                 max_norm=settings.max_update_norm,
@@ -177,11 +185,41 @@ class UploadService:
                 exc.code if exc.code in _PAYLOAD_CODES else "bad_payload", str(exc)
             ) from None
         del payload
+        # 8. the update carries work of its own
+        norm = l2_norm(delta)
+        self._screen(project, task, rt, delta, norm, digest)
+        del delta
         # commit: the blob first (durable), then the record that points at it
         ctx.blobs.adopt(tmp, digest)
         return self._commit_update(
-            project, client, task, rt, manifest, manifest_header, signature, digest
+            attempt, task, rt, manifest, manifest_header, signature, digest, norm
         )
+
+    def _screen(
+        self,
+        project: ProjectRecord,
+        task: TaskRecord,
+        rt: ProjectRuntime,
+        delta: StateDict,
+        norm: float,
+        digest: str,
+    ) -> None:
+        """Refuse a free ride: a payload another task sent, an empty delta, the base model
+        sent back (``federated.screening``)."""
+        ctx = self._ctx
+        with ctx.store.read() as tx:
+            _check_not_duplicate(tx.update_with_payload(project.id, digest), task)
+            norms = tx.recent_norms(project.id, _TYPICAL_NORM_UPDATES)
+            base = tx.version(project.id, task.base_version)
+        typical = statistics.median(norms) if len(norms) >= 3 else None
+        base_state = None
+        if base is not None:
+            base_state = rt.model_state(
+                base.digest, lambda: decode_model(ctx.blobs.read(base.digest), rt.spec)
+            )
+        finding = free_ride_reason(delta, norm, base_state, typical)
+        if finding is not None:
+            raise api_error(finding.code, finding.message)
 
     def metrics_rejected(self, project: str, reason: str) -> None:
         self._ctx.metrics.updates_rejected.labels(project=project, reason=reason).inc()
@@ -208,19 +246,24 @@ class UploadService:
 
     def _commit_update(
         self,
-        project: ProjectRecord,
-        client: ClientRecord,
+        attempt: UploadAttempt,
         task: TaskRecord,
         rt: ProjectRuntime,
         manifest: protocol.UpdateManifest,
         manifest_b64: str,
         signature: str,
         digest: str,
+        norm: float,
     ) -> tuple[int, protocol.Receipt]:
         ctx = self._ctx
+        project, client = attempt.project, attempt.client
         now = ctx.clock()
+        hparams = task.manifest.get("hparams")
         gflop = credit_math.update_credit(
-            manifest.num_examples, task.max_examples, rt.flops_per_example
+            manifest.num_examples,
+            task.max_examples,
+            rt.flops_per_example,
+            hparams if isinstance(hparams, dict) else {},
         )
         update = UpdateRecord(
             id=new_id(),
@@ -236,6 +279,8 @@ class UploadService:
             manifest_b64=manifest_b64,
             signature=signature,
             metrics=dict(manifest.metrics),
+            norm=norm,
+            source_net=attempt.source_net,
         )
         with ctx.store.write() as tx:
             # Re-checked under the writer lock: another request may have answered meanwhile.
@@ -253,6 +298,7 @@ class UploadService:
                     "wrong_base", "the round of this task has been aggregated; lease a new task"
                 )
             check_live(fresh, now)
+            _check_not_duplicate(tx.update_with_payload(project.id, digest), task)
             latest = tx.project_by_id(project.id)
             assert latest is not None
             settings = rt.settings
@@ -262,14 +308,10 @@ class UploadService:
                 raise api_error("wrong_base", "the round of this task has closed; lease a new task")
             tx.insert_update(update)
             tx.set_task_status(task.id, "answered")
-            fresh_client = tx.client(client.id)
-            assert fresh_client is not None
-            recent = credit_math.add_credit(
-                fresh_client.recent_sum, fresh_client.recent_time, gflop, now
-            )
-            tx.credit_client(client.id, gflop, recent, now)
-            record_pace(tx, client.id, fresh, update.num_examples, now, fresh_client)
+            tx.add_pending_credit(client.id, gflop, now)
+            record_pace(tx, client.id, fresh, update.num_examples, now)
         ctx.metrics.updates_accepted.labels(project=project.name).inc()
+        ctx.metrics.contributed_gflop.labels(project=project.name).inc(gflop)
         ctx.wake_worker()
         return 201, receipt(update)
 
@@ -295,3 +337,19 @@ def _check_manifest(
                 "manifest_mismatch",
                 f"manifest field {key!r} does not match the task ({value!r})",
             )
+    if manifest.num_examples > task.max_examples:
+        raise api_error(
+            "too_many_examples",
+            f"num_examples {manifest.num_examples} is more than the task gave "
+            f"(max_examples {task.max_examples})",
+        )
+
+
+def _check_not_duplicate(first: UpdateRecord | None, task: TaskRecord) -> None:
+    """Refuse a payload that an update of another task already sent."""
+    if first is not None and first.task_id != task.id:
+        raise api_error(
+            "duplicate_payload",
+            "this payload was already sent as the update of another task; every task's "
+            "update is its own training",
+        )

@@ -48,6 +48,15 @@ class VersionRecord:
     updates: int = 0
     contributors: int = 0
     strategy_state_digest: str | None = None
+    # Provenance (migration 5; None for versions published before it): what the signed
+    # manifest names besides the model (backend.services.models.version_manifest).
+    parent_digest: str | None = None
+    parent_manifest_digest: str | None = None
+    updates_root: str | None = None
+    # (update id, payload digest) of each update under ``updates_root``, in tree order.
+    # Written by ``insert_version``; ``version()``/``versions()`` leave it empty (it can be
+    # long): ``version_leaves`` reads it.
+    leaves: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,10 @@ class ClientRecord:
     pace_samples: int = 0
     pace_at: float | None = None
     pace_examples: int | None = None
+    credit_pending: float = 0.0  # GFLOP of accepted updates not yet settled
+    checks_passed: int = 0  # spot checks (re-executions) that matched
+    checks_failed: int = 0
+    last_check_passed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -104,9 +117,15 @@ class UpdateRecord:
     manifest_b64: str
     signature: str
     metrics: dict[str, float] = field(default_factory=dict)
-    status: str = "pending"  # pending | claimed | aggregated | dropped | quarantined
+    status: str = "pending"  # pending | claimed | aggregated | dropped | quarantined | rejected
     aggregation_id: int | None = None
     quarantine_reason: str | None = None  # why it made its aggregation fail
+    norm: float | None = None  # global L2 norm of the delta
+    source_net: str | None = None  # the uploader's network: IPv4 /24 or IPv6 /48
+    credit_state: str = "pending"  # pending | granted | withheld | revoked
+    verdict: str | None = None  # status 'rejected': the reason code ...
+    verdict_detail: str | None = None  # ... and the sentence the contributor sees
+    check_error: float | None = None  # spot-checked: relative difference to its re-execution
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,15 @@ class ReadTx(Protocol):
     def project_by_id(self, project_id: int) -> ProjectRecord | None: ...
     def version(self, project_id: int, version: int) -> VersionRecord | None: ...
     def versions(self, project_id: int) -> list[VersionRecord]: ...
+    def version_leaves(self, project_id: int, version: int) -> list[tuple[str, str]]:
+        """(update id, payload digest) under the version's ``updates_root``, in tree order."""
+        ...
+
+    def leaves_matching(self, project_id: int, update: str) -> list[tuple[int, str, str]]:
+        """(version, update id, payload digest) of every leaf whose update id or payload
+        digest is ``update``, oldest version first."""
+        ...
+
     def client(self, client_id: str) -> ClientRecord | None: ...
     def client_by_key(self, project_id: int, public_key: str) -> ClientRecord | None: ...
     def clients(self, project_id: int) -> list[ClientRecord]: ...
@@ -142,6 +170,10 @@ class ReadTx(Protocol):
     def round_counts(self, project_id: int, base_version: int, now: float) -> RoundCounts: ...
     def live_leases(self, project_id: int, now: float) -> int: ...
     def pending_updates(self, project_id: int) -> int: ...
+    def client_pending_updates(self, project_id: int, client_id: str) -> int:
+        """The client's updates of the project not aggregated yet (pending or claimed)."""
+        ...
+
     def pending_update_records(
         self, project_id: int, base_version: int | None, limit: int | None
     ) -> list[UpdateRecord]: ...
@@ -152,6 +184,19 @@ class ReadTx(Protocol):
 
     def rejected_tasks(self, project_id: int) -> int: ...
     def updates_with_status(self, project_id: int, status: str) -> int: ...
+    def update(self, update_id: str) -> UpdateRecord | None: ...
+    def update_with_payload(self, project_id: int, digest: str) -> UpdateRecord | None:
+        """The project's first update with this payload sha256 (any status)."""
+        ...
+
+    def granted_updates_since(self, client_id: str, since: float) -> list[UpdateRecord]:
+        """The client's updates accepted after ``since`` whose credit was granted."""
+        ...
+
+    def recent_norms(self, project_id: int, limit: int) -> list[float]:
+        """Norms of the project's latest ``limit`` updates not kept out, newest first."""
+        ...
+
     def aggregation_running(self, project_id: int) -> bool: ...
     def running_claims(self) -> list[tuple[int, str, float]]:
         """(project id, owner, claimed at) of every running aggregation."""
@@ -215,9 +260,35 @@ class WriteTx(ReadTx, Protocol):
     ) -> None: ...
     def insert_update(self, update: UpdateRecord) -> None: ...
     def drop_updates(self, update_ids: list[str]) -> None: ...
-    def credit_client(
+    def add_pending_credit(self, client_id: str, credit: float, now: float) -> None:
+        """An accepted update: one more accepted, its credit pending until it is settled."""
+        ...
+
+    def settle_credit(self, update_ids: list[str], state: str) -> list[tuple[str, float]]:
+        """Settle these updates' pending credit as ``granted`` or ``withheld``; returns
+        (client id, credit) for each that was still pending."""
+        ...
+
+    def grant_credit(
         self, client_id: str, credit: float, recent_sum: float, now: float
     ) -> None: ...
+    def record_check(
+        self, client_id: str, update_id: str, error: float, passed: bool, now: float
+    ) -> None:
+        """A spot check of ``update_id``: its difference, and one more in the record."""
+        ...
+
+    def revoke_credit(
+        self, client_id: str, update_ids: list[str], credit: float, recent_sum: float, now: float
+    ) -> None:
+        """Take the granted credit of these updates back (state ``revoked``)."""
+        ...
+
+    def reject_updates(self, claim_id: int, verdicts: dict[str, tuple[str, str]]) -> None:
+        """Keep these claimed updates out of the aggregate (status ``rejected``), each with
+        its (reason code, sentence)."""
+        ...
+
     def count_rejection(self, client_id: str, now: float) -> None: ...
     def claim_aggregation(
         self, project_id: int, base_version: int, owner: str, now: float, update_ids: list[str]

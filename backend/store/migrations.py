@@ -137,6 +137,52 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "ALTER TABLE updates ADD COLUMN quarantine_reason TEXT",
         ),
     ),
+    (
+        4,
+        (
+            # Screening and pending credit (backend.services.crediting): each update's
+            # global L2 norm and the network it came from (an IPv4 /24 or IPv6 /48), whether
+            # its credit is pending, granted or withheld, and the reason code and sentence
+            # when it was kept out of an aggregate (status 'rejected'). Updates stored before
+            # this had their credit at upload: granted.
+            "ALTER TABLE updates ADD COLUMN norm REAL",
+            "ALTER TABLE updates ADD COLUMN source_net TEXT",
+            "ALTER TABLE updates ADD COLUMN credit_state TEXT NOT NULL DEFAULT 'granted'",
+            "ALTER TABLE updates ADD COLUMN verdict TEXT",
+            "ALTER TABLE updates ADD COLUMN verdict_detail TEXT",
+            "CREATE INDEX updates_digest ON updates (project_id, payload_digest)",
+            "ALTER TABLE clients ADD COLUMN credit_pending REAL NOT NULL DEFAULT 0",
+            # Spot checks (federated.replication): the relative difference between an
+            # update and its re-execution, and each contributor's record of checks.
+            "ALTER TABLE updates ADD COLUMN check_error REAL",
+            "ALTER TABLE clients ADD COLUMN checks_passed INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE clients ADD COLUMN checks_failed INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE clients ADD COLUMN last_check_passed_at REAL",
+        ),
+    ),
+    (
+        5,
+        (
+            # Provenance (federated.provenance): what each version's signed manifest names
+            # besides its model: the parent's model digest and signed-manifest digest, and
+            # the Merkle root of its updates; and the ordered leaves under that root, so that
+            # an inclusion proof can be served for any of them. Versions published before
+            # this keep NULL here: their manifests (and signatures) had none of it.
+            "ALTER TABLE versions ADD COLUMN parent_digest TEXT",
+            "ALTER TABLE versions ADD COLUMN parent_manifest_digest TEXT",
+            "ALTER TABLE versions ADD COLUMN updates_root TEXT",
+            """CREATE TABLE version_updates (
+                project_id INTEGER NOT NULL REFERENCES projects(id),
+                version INTEGER NOT NULL,
+                position INTEGER NOT NULL,
+                update_id TEXT NOT NULL,
+                payload_digest TEXT NOT NULL,
+                PRIMARY KEY (project_id, version, position)
+            )""",
+            "CREATE INDEX version_updates_id ON version_updates (project_id, update_id)",
+            "CREATE INDEX version_updates_digest ON version_updates (project_id, payload_digest)",
+        ),
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

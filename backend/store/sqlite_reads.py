@@ -66,6 +66,26 @@ class SQLiteReads:
         rows = self._all("SELECT * FROM versions WHERE project_id = ? ORDER BY version", project_id)
         return [version_from_row(r) for r in rows]
 
+    def version_leaves(self, project_id: int, version: int) -> list[tuple[str, str]]:
+        rows = self._all(
+            """SELECT update_id, payload_digest FROM version_updates
+               WHERE project_id = ? AND version = ? ORDER BY position""",
+            project_id,
+            version,
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def leaves_matching(self, project_id: int, update: str) -> list[tuple[int, str, str]]:
+        rows = self._all(
+            """SELECT version, update_id, payload_digest FROM version_updates
+               WHERE project_id = ? AND (update_id = ? OR payload_digest = ?)
+               ORDER BY version, position LIMIT 100""",
+            project_id,
+            update,
+            update,
+        )
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
     def client(self, client_id: str) -> ClientRecord | None:
         row = self._one("SELECT * FROM clients WHERE id = ?", client_id)
         return client_from_row(row) if row else None
@@ -89,6 +109,38 @@ class SQLiteReads:
     def update_for_task(self, task_id: str) -> UpdateRecord | None:
         row = self._one("SELECT * FROM updates WHERE task_id = ?", task_id)
         return update_from_row(row) if row else None
+
+    def update(self, update_id: str) -> UpdateRecord | None:
+        row = self._one("SELECT * FROM updates WHERE id = ?", update_id)
+        return update_from_row(row) if row else None
+
+    def update_with_payload(self, project_id: int, digest: str) -> UpdateRecord | None:
+        """The first update of the project whose payload has this sha256."""
+        row = self._one(
+            "SELECT * FROM updates WHERE project_id = ? AND payload_digest = ? ORDER BY seq LIMIT 1",
+            project_id,
+            digest,
+        )
+        return update_from_row(row) if row else None
+
+    def granted_updates_since(self, client_id: str, since: float) -> list[UpdateRecord]:
+        rows = self._all(
+            """SELECT * FROM updates WHERE client_id = ? AND credit_state = 'granted'
+                 AND accepted_at > ? ORDER BY seq""",
+            client_id,
+            since,
+        )
+        return [update_from_row(r) for r in rows]
+
+    def recent_norms(self, project_id: int, limit: int) -> list[float]:
+        """Norms of the project's last ``limit`` updates that were aggregated or wait to be."""
+        rows = self._all(
+            """SELECT norm FROM updates WHERE project_id = ? AND norm IS NOT NULL
+                 AND status IN ('pending', 'claimed', 'aggregated') ORDER BY seq DESC LIMIT ?""",
+            project_id,
+            limit,
+        )
+        return [float(r[0]) for r in rows]
 
     def updates(self, project_id: int) -> list[UpdateRecord]:
         rows = self._all("SELECT * FROM updates WHERE project_id = ? ORDER BY seq", project_id)
@@ -118,6 +170,15 @@ class SQLiteReads:
     def pending_updates(self, project_id: int) -> int:
         row = self._one(
             "SELECT COUNT(*) FROM updates WHERE project_id = ? AND status = 'pending'", project_id
+        )
+        return int(row[0]) if row else 0
+
+    def client_pending_updates(self, project_id: int, client_id: str) -> int:
+        row = self._one(
+            """SELECT COUNT(*) FROM updates WHERE project_id = ? AND client_id = ?
+                 AND status IN ('pending', 'claimed')""",
+            project_id,
+            client_id,
         )
         return int(row[0]) if row else 0
 

@@ -69,6 +69,9 @@ def version_from_row(row: sqlite3.Row) -> VersionRecord:
         updates=row["updates"],
         contributors=row["contributors"],
         strategy_state_digest=row["strategy_state_digest"],
+        parent_digest=row["parent_digest"],
+        parent_manifest_digest=row["parent_manifest_digest"],
+        updates_root=row["updates_root"],
     )
 
 

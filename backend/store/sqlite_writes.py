@@ -57,7 +57,9 @@ class SQLiteTx(SQLiteReads):
     def insert_version(self, version: VersionRecord) -> None:
         self._run(
             """INSERT INTO versions (project_id, version, digest, created_at, signature, metrics,
-                 updates, contributors, strategy_state_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                 updates, contributors, strategy_state_digest, parent_digest,
+                 parent_manifest_digest, updates_root)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             version.project_id,
             version.version,
             version.digest,
@@ -67,6 +69,17 @@ class SQLiteTx(SQLiteReads):
             version.updates,
             version.contributors,
             version.strategy_state_digest,
+            version.parent_digest,
+            version.parent_manifest_digest,
+            version.updates_root,
+        )
+        self._c.executemany(
+            """INSERT INTO version_updates (project_id, version, position, update_id,
+                 payload_digest) VALUES (?, ?, ?, ?, ?)""",
+            [
+                (version.project_id, version.version, i, update_id, digest)
+                for i, (update_id, digest) in enumerate(version.leaves)
+            ],
         )
 
     def insert_challenge(self, project_id: int, challenge: str, expires_at: float) -> None:
@@ -254,8 +267,8 @@ class SQLiteTx(SQLiteReads):
         self._run(
             """INSERT INTO updates (id, project_id, task_id, client_id, base_version, payload_digest,
                  num_examples, max_examples, credit, accepted_at, manifest_b64, signature, metrics,
-                 status, aggregation_id)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                 status, aggregation_id, norm, source_net, credit_state)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             update.id,
             update.project_id,
             update.task_id,
@@ -271,6 +284,9 @@ class SQLiteTx(SQLiteReads):
             dump(update.metrics),
             update.status,
             update.aggregation_id,
+            update.norm,
+            update.source_net,
+            update.credit_state,
         )
 
     def drop_updates(self, update_ids: list[str]) -> None:
@@ -279,15 +295,87 @@ class SQLiteTx(SQLiteReads):
             [(uid,) for uid in update_ids],
         )
 
-    def credit_client(self, client_id: str, credit: float, recent_sum: float, now: float) -> None:
+    def add_pending_credit(self, client_id: str, credit: float, now: float) -> None:
         self._run(
-            """UPDATE clients SET credit = credit + ?, recent_sum = ?, recent_time = ?,
-                 accepted = accepted + 1, last_seen = ? WHERE id = ?""",
+            """UPDATE clients SET credit_pending = credit_pending + ?, accepted = accepted + 1,
+                 last_seen = ? WHERE id = ?""",
+            credit,
+            now,
+            client_id,
+        )
+
+    def settle_credit(self, update_ids: list[str], state: str) -> list[tuple[str, float]]:
+        """Mark the pending credit of these updates ``state`` (granted or withheld) and
+        take it off their contributors' pending sums; returns (client id, credit) of the
+        updates that were pending (each settles once)."""
+        settled: list[tuple[str, float]] = []
+        for uid in update_ids:
+            row = self._one(
+                "SELECT client_id, credit FROM updates WHERE id = ? AND credit_state = 'pending'",
+                uid,
+            )
+            if row is None:
+                continue
+            self._run("UPDATE updates SET credit_state = ? WHERE id = ?", state, uid)
+            self._run(
+                "UPDATE clients SET credit_pending = MAX(0, credit_pending - ?) WHERE id = ?",
+                row["credit"],
+                row["client_id"],
+            )
+            settled.append((str(row["client_id"]), float(row["credit"])))
+        return settled
+
+    def grant_credit(self, client_id: str, credit: float, recent_sum: float, now: float) -> None:
+        self._run(
+            "UPDATE clients SET credit = credit + ?, recent_sum = ?, recent_time = ? WHERE id = ?",
             credit,
             recent_sum,
             now,
+            client_id,
+        )
+
+    def record_check(
+        self, client_id: str, update_id: str, error: float, passed: bool, now: float
+    ) -> None:
+        self._run(
+            "UPDATE updates SET check_error = ? WHERE id = ?",
+            error if error != float("inf") else 1e300,
+            update_id,
+        )
+        if passed:
+            self._run(
+                """UPDATE clients SET checks_passed = checks_passed + 1,
+                     last_check_passed_at = ? WHERE id = ?""",
+                now,
+                client_id,
+            )
+        else:
+            self._run(
+                "UPDATE clients SET checks_failed = checks_failed + 1 WHERE id = ?", client_id
+            )
+
+    def revoke_credit(
+        self, client_id: str, update_ids: list[str], credit: float, recent_sum: float, now: float
+    ) -> None:
+        self._c.executemany(
+            "UPDATE updates SET credit_state = 'revoked' WHERE id = ? AND credit_state = 'granted'",
+            [(uid,) for uid in update_ids],
+        )
+        self._run(
+            """UPDATE clients SET credit = MAX(0, credit - ?), recent_sum = ?, recent_time = ?
+               WHERE id = ?""",
+            credit,
+            recent_sum,
             now,
             client_id,
+        )
+
+    def reject_updates(self, claim_id: int, verdicts: dict[str, tuple[str, str]]) -> None:
+        """Keep these claimed updates out of the aggregate, each with its reason."""
+        self._c.executemany(
+            """UPDATE updates SET status = 'rejected', verdict = ?, verdict_detail = ?
+               WHERE id = ? AND aggregation_id = ? AND status = 'claimed'""",
+            [(code, detail[:500], uid, claim_id) for uid, (code, detail) in verdicts.items()],
         )
 
     def count_rejection(self, client_id: str, now: float) -> None:

@@ -11,6 +11,8 @@ from federated.protocol.errors import (
     ERROR_STATUS,
     FINAL_UPLOAD_CODES,
     PAYLOAD_CODES,
+    SCREENING_CODES,
+    VERDICT_CODES,
     ProtocolError,
 )
 from federated.protocol.ids import (
@@ -38,6 +40,7 @@ from federated.protocol.messages import (
     ErrorDetail,
     Health,
     Heartbeat,
+    InclusionProof,
     JoinRequest,
     JoinResponse,
     JoinStatement,
@@ -55,6 +58,7 @@ from federated.protocol.messages import (
     Stats,
     TaskManifest,
     UpdateManifest,
+    UpdateStatus,
     VersionStats,
 )
 from federated.protocol.wire import (
@@ -81,11 +85,14 @@ __all__ = [
     "MAX_TEAM_CHARS",
     "PAYLOAD_CODES",
     "PROJECT_NAME_PATTERN",
+    "SCREENING_CODES",
+    "VERDICT_CODES",
     "Challenge",
     "ErrorBody",
     "ErrorDetail",
     "Health",
     "Heartbeat",
+    "InclusionProof",
     "JoinRequest",
     "JoinResponse",
     "JoinStatement",
@@ -104,6 +111,7 @@ __all__ = [
     "Stats",
     "TaskManifest",
     "UpdateManifest",
+    "UpdateStatus",
     "VersionStats",
     "convert",
     "decode",

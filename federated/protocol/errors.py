@@ -11,6 +11,21 @@ from federated.errors import UPDATE_REJECTION_CODES, FederatedError
 PAYLOAD_CODES: tuple[str, ...] = UPDATE_REJECTION_CODES
 """The codes of ``federated.errors.UpdateRejected``, answered as 422 under the same name."""
 
+SCREENING_CODES: tuple[str, ...] = (
+    "too_many_examples",
+    "empty_update",
+    "echoes_base",
+    "duplicate_payload",
+)
+"""Upload refusals of an update that is well formed but carries no work of its own: more
+examples claimed than the task gave, a delta of (almost) no length, the base model sent
+back, a payload that another update already sent. 422, final, no credit."""
+
+VERDICT_CODES: tuple[str, ...] = ("norm_outlier", "replication_mismatch")
+"""Why an accepted update was kept out of its aggregate (``UpdateStatus.verdict``): its
+norm was far above the median of the updates aggregated with it, or the coordinator
+trained its task again and got something else. Its credit is withheld."""
+
 ERROR_STATUS: dict[str, int] = {
     "bad_id": 400,
     "bad_json": 400,
@@ -39,6 +54,7 @@ ERROR_STATUS: dict[str, int] = {
     "manifest_mismatch": 422,
     "digest_mismatch": 422,
     **dict.fromkeys(PAYLOAD_CODES, 422),
+    **dict.fromkeys(SCREENING_CODES, 422),
     "rate_limited": 429,
     "project_paused": 503,
     "unavailable": 503,
@@ -57,6 +73,7 @@ FINAL_UPLOAD_CODES: frozenset[str] = frozenset(
         "manifest_mismatch",
         "digest_mismatch",
         *PAYLOAD_CODES,
+        *SCREENING_CODES,
     }
 )
 """Upload refusals that end the task for good (status ``rejected``): sending the same

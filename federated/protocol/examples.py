@@ -10,6 +10,9 @@ _KEY = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="
 _SIG = "q" * 86 + "=="
 _DIGEST = "3f" * 32
 _PAYLOAD = "9a" * 32
+_PARENT = "2e" * 32
+_PARENT_MANIFEST = "7d" * 32
+_ROOT = "b1" * 32
 _TASK = "tK4v1b0xQ2m8c1wZ9rA3"
 _CLIENT = "cL7n2p9qR4s6t8u0v1w2"
 
@@ -87,8 +90,34 @@ EXAMPLES: dict[type[Any], Any] = {
         accepted_at=1764220001,
         credit=12.5,
     ),
+    m.UpdateStatus: m.UpdateStatus(
+        update_id="uP3d4t3Id0000001",
+        task_id=_TASK,
+        status="rejected",
+        credit=12.5,
+        credit_state="withheld",
+        verdict="norm_outlier",
+        detail="its L2 norm 41.2 is over 8 x the median 1.37 of the 3 updates aggregated with it",
+    ),
     m.ModelManifest: m.ModelManifest(
-        project="digits", version=3, digest=_DIGEST, created_at=1764220000
+        project="digits",
+        version=3,
+        digest=_DIGEST,
+        created_at=1764220000,
+        parent_digest=_PARENT,
+        parent_manifest_digest=_PARENT_MANIFEST,
+        updates_root=_ROOT,
+        updates=3,
+    ),
+    m.InclusionProof: m.InclusionProof(
+        project="digits",
+        version=3,
+        update_id="uP3d4t3Id0000001",
+        payload_digest=_PAYLOAD,
+        index=1,
+        size=3,
+        path=["5e" * 32, "c0" * 32],
+        updates_root=_ROOT,
     ),
     m.Leaderboard: m.Leaderboard(
         contributors=[
@@ -124,6 +153,9 @@ EXAMPLES: dict[type[Any], Any] = {
                 metrics={"accuracy": 0.91, "loss": 0.3},
                 updates=3,
                 contributors=3,
+                parent_digest=_PARENT,
+                parent_manifest_digest=_PARENT_MANIFEST,
+                updates_root=_ROOT,
             )
         ],
         contributors=3,

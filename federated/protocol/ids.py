@@ -7,6 +7,7 @@ and the message types use the ``\\Z`` form (see ``python_pattern``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 PROJECT_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -38,3 +39,10 @@ def is_server_id(value: object) -> bool:
 
 def is_digest(value: object) -> bool:
     return isinstance(value, str) and _DIGEST.match(value) is not None
+
+
+def task_seed(task_id: str) -> int:
+    """The batch-order seed a task is trained with. Part of the contract: every contributor
+    trains a task with it, so the coordinator can train it again and compare
+    (``federated.replication``)."""
+    return int(hashlib.sha256(task_id.encode("utf-8")).hexdigest()[:8], 16) % (2**31)

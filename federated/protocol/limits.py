@@ -30,3 +30,5 @@ physical, and a sum of a buffer's reports must never overflow to infinity."""
 MAX_CODEC_CHARS = 32
 MAX_EXAMPLES = 2**31 - 1
 """No update claims more examples than this (a task caps it far lower)."""
+MAX_PROOF_PATH = 64
+"""A Merkle inclusion proof has at most this many sibling hashes (a tree of 2**64 leaves)."""

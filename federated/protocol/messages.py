@@ -238,20 +238,104 @@ class Receipt(_Answer):
     task_id: ServerId
     payload_digest: Digest
     accepted_at: UnixSeconds
-    credit: Annotated[float, msgspec.Meta(ge=0)]
+    credit: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            description="The work the task asked for, in GFLOP; pending until the update is "
+            "aggregated (see UpdateStatus).",
+        ),
+    ]
     credit_unit: Literal["GFLOP"] = CREDIT_UNIT
 
 
-class ModelManifest(_Answer):
+CreditState = Literal["pending", "granted", "withheld", "revoked"]
+
+
+class UpdateStatus(_Answer, kw_only=True):
+    """What became of one accepted update, for the contributor who sent it."""
+
+    update_id: str
+    task_id: ServerId
+    status: Annotated[
+        Literal["pending", "aggregated", "dropped", "rejected", "quarantined"],
+        msgspec.Meta(
+            description="pending: waits for its aggregate; aggregated: in a version; dropped: "
+            "too stale by then, or its network had its share; rejected: kept out (verdict); "
+            "quarantined: it broke an aggregation."
+        ),
+    ]
+    credit: Annotated[float, msgspec.Meta(ge=0)]
+    credit_state: CreditState
+    verdict: Annotated[
+        str | None, msgspec.Meta(description="Why it was kept out: a code of VERDICT_CODES.")
+    ] = None
+    detail: str | None = None
+    credit_unit: Literal["GFLOP"] = CREDIT_UNIT
+
+
+class ModelManifest(_Answer, omit_defaults=True):
+    """What the project key signs for each published version (``federated.provenance``).
+
+    The provenance fields make the versions a hash chain: each names its parent's model
+    digest and the sha256 of its parent's signed manifest, the strategy state it carries
+    and the Merkle root of the updates aggregated into it. Fields at their default are left
+    out of the wire form (and so of the signed bytes): a version published before these
+    fields existed keeps exactly the manifest, and the signature, it had."""
+
     project: ProjectName
     version: Count
     digest: Digest
     created_at: UnixSeconds
+    parent_digest: Annotated[
+        Digest | None,
+        msgspec.Meta(description="The model digest of version - 1; absent for version 0."),
+    ] = None
+    parent_manifest_digest: Annotated[
+        Digest | None,
+        msgspec.Meta(
+            description="sha256 of the canonical JSON of version - 1's signed manifest; "
+            "absent for version 0."
+        ),
+    ] = None
+    strategy_state_digest: Annotated[
+        Digest | None,
+        msgspec.Meta(description="The strategy state blob (momentum, …), if the strategy has one."),
+    ] = None
+    updates_root: Annotated[
+        Digest | None,
+        msgspec.Meta(
+            description="Merkle root (RFC 6962 hashing) of the updates aggregated into this "
+            "version; for version 0 the root of no updates, sha256 of nothing."
+        ),
+    ] = None
+    updates: Annotated[
+        int, msgspec.Meta(ge=0, description="How many leaves ``updates_root`` covers.")
+    ] = 0
 
 
 class SignedModel(_Answer):
     manifest: ModelManifest
     signature: Signature
+
+
+class InclusionProof(_Answer):
+    """That an update is one of the leaves under a version's signed ``updates_root``."""
+
+    project: ProjectName
+    version: Count
+    update_id: ServerId
+    payload_digest: Digest
+    index: Annotated[int, msgspec.Meta(ge=0, description="The leaf's place, from 0.")]
+    size: Annotated[int, msgspec.Meta(ge=1, description="Leaves in the tree (``updates``).")]
+    path: Annotated[
+        list[Digest],
+        msgspec.Meta(
+            max_length=limits.MAX_PROOF_PATH,
+            description="Sibling hashes from the leaf up (RFC 9162 inclusion path).",
+        ),
+    ]
+    updates_root: Digest
 
 
 class LeaderboardContributor(_Answer, kw_only=True):
@@ -293,6 +377,9 @@ class VersionStats(_Answer):
     ]
     updates: Count = 0
     contributors: Count = 0
+    parent_digest: Digest | None = None
+    parent_manifest_digest: Digest | None = None
+    updates_root: Digest | None = None
 
 
 class Stats(_Answer):
@@ -323,6 +410,17 @@ class Stats(_Answer):
             ge=0, description="Accepted updates set aside because they broke an aggregation."
         ),
     ] = 0
+    updates_kept_out: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description="Accepted updates kept out of their aggregate (a verdict such as "
+            "norm_outlier); their credit was withheld.",
+        ),
+    ] = 0
+    credit_pending: Annotated[
+        float, msgspec.Meta(ge=0, description="Credit of updates not aggregated yet.")
+    ] = 0.0
 
 
 class Me(_Answer, kw_only=True):
@@ -338,6 +436,10 @@ class Me(_Answer, kw_only=True):
     updates_rejected: Count
     last_seen: UnixSeconds | None = None
     rank: Rank | None = None
+    credit_pending: Annotated[
+        float,
+        msgspec.Meta(ge=0, description="Credit of accepted updates not aggregated yet."),
+    ] = 0.0
     credit_unit: Literal["GFLOP"] = CREDIT_UNIT
 
 
@@ -355,8 +457,10 @@ MESSAGES: tuple[type[msgspec.Struct], ...] = (
     Heartbeat,
     UpdateManifest,
     Receipt,
+    UpdateStatus,
     ModelManifest,
     SignedModel,
+    InclusionProof,
     Leaderboard,
     Stats,
     Me,

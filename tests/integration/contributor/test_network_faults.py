@@ -323,10 +323,12 @@ def check_books(app: Any, project: str, engines: list[Engine], problems: list[st
             problems.append(f"{e.name}: ledger rows twice for {doubled}")
         credited = sum(u.credit for u in updates if u.client_id == e.client_id)
         client = clients[e.client_id]
-        if abs(client.credit - credited) > 1e-6 * max(1.0, credited):
+        # Granted once aggregated, pending before: together, each accepted update once.
+        held = client.credit + client.credit_pending
+        if abs(held - credited) > 1e-6 * max(1.0, credited):
             problems.append(
-                f"{e.name}: server credit {client.credit} is not the sum of its accepted "
-                f"updates {credited} (credited twice?)"
+                f"{e.name}: server credit {client.credit} + pending {client.credit_pending} "
+                f"is not the sum of its accepted updates {credited} (credited twice?)"
             )
         if lost == extra == [] and abs(e.ledger_credit() - credited) > 1e-6 * max(1.0, credited):
             problems.append(

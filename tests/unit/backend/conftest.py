@@ -54,10 +54,18 @@ Join = Callable[..., DemoContributor]
 
 @pytest.fixture
 def make_project(coordinator: Coordinator) -> MakeProject:
-    """``make_project(name="digits", **settings)``: a small digits-mlp project (2 per round)."""
+    """``make_project(name="digits", **settings)``: a small digits-mlp project (2 per round).
+
+    Spot checks are off unless asked for: these tests upload made-up deltas, which a
+    re-execution would (rightly) keep out."""
 
     def make(name: str = "digits", **settings: Any) -> ProjectRecord:
-        base: dict[str, Any] = {"clients_per_round": 2, "min_updates": 2, "codec": "int8"}
+        base: dict[str, Any] = {
+            "clients_per_round": 2,
+            "min_updates": 2,
+            "codec": "int8",
+            "spot_check_rate": 0,
+        }
         base.update(settings)
         return coordinator.create_project(
             name, recipe="digits-mlp", hparams=SMALL_DIGITS, settings=base

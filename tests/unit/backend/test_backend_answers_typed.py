@@ -90,9 +90,9 @@ def test_every_answer_of_a_round_is_exactly_its_protocol_message(
     verify(project.public_key, protocol.to_wire(again.manifest), again.signature)
 
     spec = coordinator.runtime(coordinator.project("digits")).spec
-    payload = encode_update(small_delta(spec), "int8").payload
 
     def upload(token: str, signer: SigningKey, client_id: str, t: dict[str, Any]) -> Any:
+        payload = encode_update(small_delta(spec, key=t["task_id"]), "int8").payload
         return upload_request(
             http,
             IN_PROCESS_URL,

@@ -20,9 +20,11 @@ from federated.signing import verify, verify_bytes
 API = f"{IN_PROCESS_URL}/api/v1/projects"
 
 
-def payload_for(coordinator: Coordinator, project: str, value: float = 1e-3) -> bytes:
+def payload_for(
+    coordinator: Coordinator, project: str, value: float = 1e-3, key: str | None = None
+) -> bytes:
     spec = coordinator.runtime(coordinator.project(project)).spec
-    return encode_update(small_delta(spec, value), "int8").payload
+    return encode_update(small_delta(spec, value, key), "int8").payload
 
 
 def upload(
@@ -40,7 +42,7 @@ def upload(
         key=c.key,
         task=task,
         client_id=c.client_id,
-        payload=payload_for(coordinator, task["project"], value),
+        payload=payload_for(coordinator, task["project"], value, task["task_id"]),
     )
 
 
@@ -196,11 +198,13 @@ def test_upload_retry_is_idempotent(
             task["max_examples"],
             task["max_examples"],
             coordinator.runtime(coordinator.project("digits")).flops_per_example,
+            task["hparams"],
         )
     )
     assert first.json()["credit_unit"] == "GFLOP" and hp["num_shards"] == 4
     me = http.get(f"{API}/digits/me", headers={"Authorization": f"Bearer {c.token}"}).json()
-    assert me["updates_accepted"] == 1 and me["credit"] == pytest.approx(first.json()["credit"])
+    assert me["updates_accepted"] == 1 and me["credit"] == 0.0  # pending until aggregated
+    assert me["credit_pending"] == pytest.approx(first.json()["credit"])
 
 
 def test_sync_round_publishes_a_signed_evaluated_version(
@@ -299,7 +303,7 @@ def test_strategy_state_persists_with_each_version(
         recipe="digits-mlp",
         strategy="fedadam",
         hparams={"num_shards": 2, "hidden": 8},
-        settings={"clients_per_round": 1, "min_updates": 1},
+        settings={"clients_per_round": 1, "min_updates": 1, "spot_check_rate": 0},
     )
     a = join("adam", "Ada")
     task = a.lease(0)

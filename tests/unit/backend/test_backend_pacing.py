@@ -242,6 +242,8 @@ def test_a_middling_contributor_gets_a_smaller_task(
     # 60 s for a full task, 6 versions behind: accepted. A fresh task is useful for 70 s,
     # less than the full task needs with the margin.
     assert upload(http, coordinator, mid, task).status_code == 201
+    assert mid.lease(0) is None  # its update waits for the buffer: its share of it
+    assert coordinator.worker.run_once()
     small = mid.lease(0)
     assert small is not None
     full = full_steps(coordinator, small)

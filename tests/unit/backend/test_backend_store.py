@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from backend.coordinator import Coordinator
-from backend.services.aggregation import AggregationWorker, claim_ready
+from backend.services.aggregation import claim_ready
+from backend.services.aggregation_worker import AggregationWorker
 from backend.store import BlobStore, SQLiteStore
 from backend.store.migrations import LATEST_VERSION, MIGRATIONS
 from backend.testing import IN_PROCESS_URL, bare_project_record, small_delta, upload_request

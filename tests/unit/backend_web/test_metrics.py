@@ -171,6 +171,9 @@ def test_backend_metrics_on_an_isolated_registry() -> None:
         "barnraise_aggregation_overdue",
         "barnraise_aggregation_failures_total",
         "barnraise_rate_limited_total",
+        "barnraise_contributed_gflop_total",
+        "barnraise_verification_gflop_total",
+        "barnraise_updates_kept_out_total",
     }
     rejected = ("barnraise_updates_rejected_total", {"project": "digits", "reason": "non_finite"})
     assert sample_value(m, *rejected) == 1
