@@ -67,6 +67,7 @@ class ProjectSettings:
     max_client_share: float = 0.5
     max_network_share: float = 1.0
     spot_check_rate: float = 0.05
+    max_loss_regression: float = 0.25
     replication_tolerance: float = 0.1
 
     def validate(self) -> ProjectSettings:
@@ -102,6 +103,8 @@ class ProjectSettings:
                 raise ValueError(f"{name} must be 0 (off) or within [1, 1000], got {value!r}")
         if not (0.0 <= self.spot_check_rate <= 1.0):
             raise ValueError(f"spot_check_rate must be within [0, 1], got {self.spot_check_rate!r}")
+        if not (0.0 <= self.max_loss_regression <= 100.0):
+            raise ValueError("max_loss_regression must be within [0, 100]")
         if not (0.0 < self.replication_tolerance <= 10.0):
             raise ValueError("replication_tolerance must be within (0, 10]")
         for name in ("max_client_share", "max_network_share"):
@@ -162,6 +165,7 @@ SETTING_HELP: dict[str, str] = {
     "max_network_share": "the largest share of one aggregate that one network (IPv4 /24, IPv6 /48) may supply; below 1 only where volunteers are not behind one NAT",
     "spot_check_rate": "built-in data: the least share of a contributor's updates the coordinator re-executes and compares (newcomers and anyone who failed a check: every update); 0: off",
     "replication_tolerance": "a spot check passes when the update differs from its re-execution by at most this (relative L2)",
+    "max_loss_regression": "a new version whose held-out loss is more than this share above its base version's is not published: the updates that cause it are kept out (harms_model); 0: off",
     "fit_tasks": "size each task (full, 1/2 or 1/4 of its steps) to the contributor's measured pace so its update arrives while still useful, and withhold it when even 1/4 would not",
 }
 """One line per ProjectSettings field: shown by the CLI, checked against the docs."""

@@ -38,6 +38,7 @@ from collections.abc import Iterator
 
 from backend.services import crediting
 from backend.services.context import ServiceContext
+from backend.services.gate import Aggregate, gate
 from backend.services.models import (
     evaluate_state,
     load_tensors,
@@ -169,35 +170,48 @@ def run_aggregation(
         base = tx.version(project.id, claim.base_version)
     assert base is not None
     base_state = decode_model(ctx.blobs.read(base.digest), rt.spec)
-    strategy = build_strategy(project.strategy["name"], project.strategy.get("params") or {})
+    base_strategy_state = None
     if base.strategy_state_digest:
-        strategy.load_state_tensors(load_tensors(ctx.blobs.read(base.strategy_state_digest)))
+        base_strategy_state = load_tensors(ctx.blobs.read(base.strategy_state_digest))
     vetting = judge(ctx, project, rt, claim.updates)
     if not vetting.kept:
         _keep_all_out(ctx, project, claim, vetting)
         return None
+    clip_norm = vetting.clip_norm
 
-    def updates() -> Iterator[ClientUpdate]:
-        for u in vetting.kept:
+    def updates(chosen: list[UpdateRecord]) -> Iterator[ClientUpdate]:
+        for u in chosen:
             delta = decode_update(
                 ctx.blobs.read(u.payload_digest),
                 rt.spec,
                 max_norm=settings.max_update_norm,
                 expected_codec=settings.codec,
             )
-            if vetting.clip_norm is not None:
-                delta = clip_delta(delta, u.norm, vetting.clip_norm)
+            if clip_norm is not None:
+                delta = clip_delta(delta, u.norm, clip_norm)
             staleness = claim.base_version - u.base_version
             factor = 1.0
             if settings.mode == "async":
                 factor = staleness_factor(staleness, exponent=settings.staleness_exponent)
             yield ClientUpdate(delta, u.num_examples, u.max_examples, factor, u.client_id)
 
-    new_state = strategy.aggregate(base_state, updates())
-    metrics: dict[str, float] = {}
     test = rt.test_data()
-    if test is not None:
-        metrics = evaluate_state(rt.recipe, rt.hparams, new_state, test)
+
+    def aggregate_of(chosen: list[UpdateRecord]) -> Aggregate:
+        strategy = build_strategy(project.strategy["name"], project.strategy.get("params") or {})
+        if base_strategy_state is not None:
+            strategy.load_state_tensors(dict(base_strategy_state))
+        state = strategy.aggregate(base_state, updates(chosen))
+        metrics = {} if test is None else evaluate_state(rt.recipe, rt.hparams, state, test)
+        return Aggregate(state, strategy, metrics)
+
+    gated = gate(aggregate_of, vetting.kept, base.metrics.get("loss"), settings.max_loss_regression)
+    vetting = vetting.without(gated.kept, gated.verdicts)
+    if gated.aggregate is None:
+        _keep_all_out(ctx, project, claim, vetting)
+        return None
+    new_state, strategy = gated.aggregate.state, gated.aggregate.strategy
+    metrics = dict(gated.aggregate.metrics)
     # The median: one contributor's report cannot move it far.
     losses = [u.metrics["loss_after"] for u in vetting.kept if "loss_after" in u.metrics]
     if losses:
@@ -259,6 +273,10 @@ def _keep_all_out(
             return
         vetting_record(tx, claim.id, vetting, ctx.clock())
         tx.release_stale_claims(functools.partial(_owned_by, claim.owner))
+        if ctx.runtime(project).settings.mode == "sync":  # they may train this round again
+            for u in claim.updates:
+                if vetting.verdicts.get(u.id, ("",))[0] == "version_gate":
+                    tx.set_task_status(u.task_id, "cancelled")
     _count_kept_out(ctx, project, vetting)
     log.warning("project %s: every update of aggregation %s was kept out", project.name, claim.id)
 

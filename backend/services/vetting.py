@@ -59,6 +59,10 @@ class Vetting:
     clip_norm: float | None
     checks: tuple[CheckOutcome, ...] = ()
 
+    def without(self, kept: list[UpdateRecord], verdicts: dict[str, tuple[str, str]]) -> Vetting:
+        """This vetting with ``kept`` left in and ``verdicts`` added (the version gate's)."""
+        return Vetting(kept, {**self.verdicts, **verdicts}, self.clip_norm, self.checks)
+
 
 def vet(updates: list[UpdateRecord], settings: ProjectSettings) -> Vetting:
     """Keep out the norm outliers of one aggregate; the norm the rest are clipped to."""

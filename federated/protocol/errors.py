@@ -21,10 +21,17 @@ SCREENING_CODES: tuple[str, ...] = (
 examples claimed than the task gave, a delta of (almost) no length, the base model sent
 back, a payload that another update already sent. 422, final, no credit."""
 
-VERDICT_CODES: tuple[str, ...] = ("norm_outlier", "replication_mismatch")
+VERDICT_CODES: tuple[str, ...] = (
+    "norm_outlier",
+    "replication_mismatch",
+    "harms_model",
+    "version_gate",
+)
 """Why an accepted update was kept out of its aggregate (``UpdateStatus.verdict``): its
-norm was far above the median of the updates aggregated with it, or the coordinator
-trained its task again and got something else. Its credit is withheld."""
+norm was far above the median of the updates aggregated with it; the coordinator trained
+its task again and got something else; the version was worse on held-out data with it
+than without it; or no version made of it and the others was good enough to publish.
+Its credit is withheld."""
 
 ERROR_STATUS: dict[str, int] = {
     "bad_id": 400,

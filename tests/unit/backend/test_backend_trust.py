@@ -275,3 +275,71 @@ def test_client_reported_loss_is_a_median_one_liar_cannot_move(
     assert coordinator.worker.run_once()
     metrics = http.get(f"{API}/digits/stats").json()["versions"][-1]["metrics"]
     assert metrics["client_loss_after"] == pytest.approx(0.6)
+
+
+def poisoned(spec: Any, key: str, shift: float) -> StateDict:
+    """A small delta that pushes every answer towards class 0: the kind of update no norm
+    test flags (the norm tests are off here) but the held-out loss does."""
+    delta = small_delta(spec, key=key)
+    delta["2.bias"][0] += shift
+    return delta
+
+
+def test_the_version_gate_keeps_out_the_update_that_makes_the_model_worse(
+    coordinator: Coordinator, http: requests.Session, make_project: Any, join: Any
+) -> None:
+    make_project(
+        "digits",
+        clients_per_round=3,
+        min_updates=3,
+        outlier_norm_ratio=0,
+        clip_norm_ratio=0,
+        max_loss_regression=0.05,
+    )
+    spec = spec_of(coordinator, "digits")
+    receipts = {}
+    for name in ("Ada", "Bob", "Mallory"):
+        c = join("digits", name)
+        task = c.lease(0)
+        assert task is not None
+        delta = (
+            poisoned(spec, task["task_id"], 15.0)
+            if name == "Mallory"
+            else small_delta(spec, key=task["task_id"])
+        )
+        r = send(http, c, task, delta)
+        assert r.status_code == 201
+        receipts[name] = (c, r.json())
+    assert coordinator.worker.run_once()
+    c, receipt = receipts["Mallory"]
+    st = status_of(http, c, receipt["update_id"])
+    assert st["status"] == "rejected" and st["verdict"] == "harms_model"
+    assert st["credit_state"] == "withheld" and "without it" in st["detail"]
+    stats = http.get(f"{API}/digits/stats").json()
+    v1, v0 = stats["versions"][-1], stats["versions"][0]
+    assert v1["updates"] == 2 and v1["metrics"]["loss"] <= v0["metrics"]["loss"] * 1.05
+    for name in ("Ada", "Bob"):
+        c, receipt = receipts[name]
+        assert status_of(http, c, receipt["update_id"])["status"] == "aggregated"
+
+
+def test_a_round_no_subset_of_which_passes_the_gate_publishes_nothing(
+    coordinator: Coordinator, http: requests.Session, make_project: Any, join: Any
+) -> None:
+    make_project(
+        "digits", outlier_norm_ratio=0, clip_norm_ratio=0, max_loss_regression=0.05
+    )  # two per round
+    spec = spec_of(coordinator, "digits")
+    people = [join("digits", name) for name in ("Mallory", "Trudy")]
+    for i, c in enumerate(people):
+        task = c.lease(0)
+        assert task is not None
+        assert send(http, c, task, poisoned(spec, task["task_id"], 15.0 + i)).status_code == 201
+    assert not coordinator.worker.run_once()
+    assert coordinator.project("digits").current_version == 0
+    with coordinator.store.read() as tx:
+        verdicts = sorted(u.verdict or "" for u in tx.updates(coordinator.project("digits").id))
+    assert verdicts == ["harms_model", "version_gate"]
+    # The one whose update was not found to blame may train this round again; the other not.
+    again = [c.lease(0) is not None for c in people]
+    assert sorted(again) == [False, True]
