@@ -94,7 +94,10 @@ class MembershipService:
             # possession above and keeps its identity; its invite was used the first time.
             existing = tx.client_by_key(project.id, public_key)
             key = name_key(display_name)
-            for other in tx.clients(project.id):
+            members = tx.clients(project.id)
+            if team is not None:
+                team = _team_as_spelled(members, team)
+            for other in members:
                 if other.public_key != public_key and name_key(other.display_name) == key:
                     raise api_error(
                         "name_taken",
@@ -162,3 +165,14 @@ class MembershipService:
         if client.project_id != project.id:
             raise bad
         return client
+
+
+def _team_as_spelled(members: list[ClientRecord], team: str) -> str:
+    """The spelling of the team that reads the same as ``team`` (case, look-alikes), as its
+    first member wrote it: a look-alike of a team is that team, never a second one beside
+    it on the board."""
+    key = name_key(team)
+    for other in sorted(members, key=lambda c: c.created_at):
+        if other.team and name_key(other.team) == key:
+            return other.team
+    return team

@@ -98,3 +98,16 @@ def test_the_page_shows_a_short_id_beside_each_name(
     ada = join("digits", "Ada")
     page = http.get(f"{IN_PROCESS_URL}/p/digits").text
     assert ada.client_id[:6] in page
+
+
+def test_a_look_alike_team_is_the_team_it_looks_like(
+    coordinator: Coordinator, make_project: Any, join: Any
+) -> None:
+    make_project("digits")
+    join("digits", "Ada", team="Analytical Engines")
+    join("digits", "Mallory", team="\u0410nalytical engines")  # Cyrillic А, lower case
+    join("digits", "Bob", team="Difference Engines")
+    board = coordinator.leaderboard(coordinator.project("digits"))
+    teams = {r["name"]: r["team"] for r in board["contributors"]}
+    assert teams["Mallory"] == "Analytical Engines"  # one team on the board, not two
+    assert sorted(t["name"] for t in board["teams"]) == ["Analytical Engines", "Difference Engines"]
