@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from federated import screening
 from federated.protocol import limits
 
 # Limits of the wire contract, named once in federated.protocol.limits.
@@ -62,8 +63,8 @@ class ProjectSettings:
     invite_required: bool = False
     fit_tasks: bool = True
     max_local_examples: int = 50_000
-    outlier_norm_ratio: float = 8.0
-    clip_norm_ratio: float = 3.0
+    outlier_norm_ratio: float = screening.OUTLIER_NORM_RATIO
+    clip_norm_ratio: float = screening.CLIP_NORM_RATIO
     max_client_share: float = 0.5
     max_network_share: float = 1.0
     spot_check_rate: float = 0.05

@@ -17,6 +17,7 @@ can run both, so a defence is tried offline with the same code.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from federated.tensors import StateDict, l2_norm
+from federated.tensors import ClientUpdate, StateDict, l2_norm
 
 EMPTY_NORM = 1e-9
 """A delta shorter than this (global L2) is empty, whatever the model."""
@@ -32,6 +33,13 @@ EMPTY_NORM = 1e-9
 TINY_FRACTION = 0.01
 """A delta shorter than this share of the typical norm of the project's recent updates
 carries no real training: honest updates of a quarter task are about a third as long."""
+
+OUTLIER_NORM_RATIO = 8.0
+"""Default: an update over this x its aggregate's median norm is kept out (honest ones
+reached 5.2x in the measurement above)."""
+
+CLIP_NORM_RATIO = 3.0
+"""Default: the rest are scaled down to at most this x the median norm."""
 
 ECHO_COSINE = 0.95
 """A delta this aligned with the base model itself (and at least half its length) is the
@@ -90,6 +98,23 @@ def norm_outliers(norms: Sequence[float], ratio: float, *, min_updates: int = 3)
         return []
     cap = ratio * statistics.median(norms)
     return [i for i, n in enumerate(norms) if n > cap]
+
+
+def defend_round(
+    updates: Sequence[ClientUpdate],
+    outlier_ratio: float = OUTLIER_NORM_RATIO,
+    clip_ratio: float = CLIP_NORM_RATIO,
+) -> list[ClientUpdate]:
+    """One aggregate's updates as the coordinator lets them in: norm outliers out, the rest
+    clipped to ``clip_ratio`` x the median norm (for the simulator; the coordinator does the
+    same on the norms it recorded at upload)."""
+    norms = [l2_norm(u.delta) for u in updates]
+    out = set(norm_outliers(norms, outlier_ratio))
+    kept = [(u, n) for i, (u, n) in enumerate(zip(updates, norms, strict=True)) if i not in out]
+    if clip_ratio <= 0 or len(norms) < 3:
+        return [u for u, _ in kept]
+    cap = clip_ratio * statistics.median(norms)
+    return [dataclasses.replace(u, delta=clip_delta(u.delta, n, cap)) for u, n in kept]
 
 
 def clip_delta(delta: StateDict, norm: float | None, cap: float) -> StateDict:

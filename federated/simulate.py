@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 from federated.codec import ErrorFeedback, decode_update, encode_model, encode_update
 from federated.errors import FederatedError
 from federated.recipes import RECIPES, get_recipe
+from federated.screening import defend_round
 from federated.strategies import STRATEGIES, build_strategy
 from federated.tensors import ClientUpdate, StateDict
 from federated.training import load_state_into, train_locally
@@ -99,8 +100,12 @@ def simulate(
     seed: int = 0,
     hparams: dict[str, Any] | None = None,
     on_round: Any = None,
+    defend: bool = False,
 ) -> SimulationResult:
-    """Run ``rounds`` rounds and return per-round accuracy, loss and traffic."""
+    """Run ``rounds`` rounds and return per-round accuracy, loss and traffic.
+
+    ``defend``: each round's updates pass the coordinator's norm defences first
+    (``federated.screening.defend_round``: outliers out, the rest clipped to the median)."""
     if clients < 1 or rounds < 0 or not 0 < fraction <= 1:
         raise ValueError("need clients >= 1, rounds >= 0 and 0 < fraction <= 1")
     if not 0 <= attackers <= clients:
@@ -145,6 +150,7 @@ def simulate(
             "attackers": attackers,
             "attack": f"{attack.kind}:{attack.value:g}" if attack and attackers else None,
             "seed": seed,
+            "defend": defend,
         }
     )
     model_bytes = len(encode_model(global_state))
@@ -174,9 +180,10 @@ def simulate(
                     client_id=str(client),
                 )
 
-        global_state = server_strategy.aggregate(
-            global_state, updates(global_state, chosen, r, traffic)
-        )
+        round_updates: Iterable[ClientUpdate] = updates(global_state, chosen, r, traffic)
+        if defend:
+            round_updates = defend_round(list(round_updates))
+        global_state = server_strategy.aggregate(global_state, round_updates)
         load_state_into(model, global_state)
         metrics = the_recipe.evaluate(model, test)
         row = RoundResult(
@@ -230,6 +237,11 @@ def _build_parser() -> argparse.ArgumentParser:
         type=parse_attack,
         default=None,
         help="scale:FACTOR or noise:STD (default scale:-10)",
+    )
+    parser.add_argument(
+        "--defend",
+        action="store_true",
+        help="apply the coordinator's norm defences to each round (outliers out, clip to median)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -288,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             hparams=_key_values(args.hparam, "--hparam"),
             on_round=None if as_json else print_row,
+            defend=args.defend,
         )
     except (FederatedError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

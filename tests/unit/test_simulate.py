@@ -40,6 +40,19 @@ def test_robust_aggregation_survives_scaled_sign_flip_and_fedavg_does_not() -> N
     assert plain.final_accuracy < trimmed.final_accuracy - 0.2
 
 
+@pytest.mark.parametrize("attack", [Attack("scale", -10.0), Attack("noise", 0.5)])
+def test_the_coordinators_norm_defences_save_fedavg_from_two_attackers_in_ten(
+    attack: Attack,
+) -> None:
+    common = {**DIGITS, "partition": "iid", "rounds": 6, "clients": 10, "codec": "int8"}
+    clean = simulate(**common)
+    attacked = simulate(**common, attackers=2, attack=attack)
+    defended = simulate(**common, attackers=2, attack=attack, defend=True)
+    assert defended.final_accuracy >= clean.final_accuracy - 0.03
+    assert attacked.final_accuracy < defended.final_accuracy - 0.05
+    assert simulate(**common, defend=True).final_accuracy >= clean.final_accuracy - 0.01
+
+
 def test_cli_json_summary(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         ["--rounds", "2", "--clients", "3", "--partition", "iid", "--codec", "f16", "--json"]
