@@ -28,7 +28,7 @@ from backend.ids import check_server_id, new_id
 from backend.services.context import ProjectRuntime, ServiceContext
 from backend.services.inputs import b64decode_field
 from backend.services.standings import receipt
-from backend.services.tasks import check_live, owned_task, record_pace
+from backend.services.tasks import check_live, check_not_banned, owned_task, record_pace
 from backend.settings import ProjectSettings
 from backend.store import ClientRecord, ProjectRecord, TaskRecord, UpdateRecord
 from federated import protocol
@@ -44,7 +44,7 @@ _PAYLOAD_CODES = frozenset(PAYLOAD_CODES)
 
 _TYPICAL_NORM_UPDATES = 32
 """The typical norm a new update is compared with: the median of the project's last this
-many updates."""
+many aggregated updates."""
 
 
 @dataclass
@@ -74,6 +74,9 @@ class UploadService:
         """The block of one upload: a coded refusal raised in it is counted (metrics and the
         contributor's rejections) and, if final, ends the task; then it propagates."""
         attempt = UploadAttempt(project, client, task_id)
+        # Before the block: a banned caller's upload is neither counted nor final (the ban
+        # ended its leases already).
+        check_not_banned(project, client)
         try:
             yield attempt
         except HTTPError as exc:

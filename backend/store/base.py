@@ -83,6 +83,8 @@ class ClientRecord:
     checks_passed: int = 0  # spot checks (re-executions) that matched
     checks_failed: int = 0
     last_check_passed_at: float | None = None
+    banned_at: float | None = None  # banned by the organiser (backend.services.admin)
+    ban_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,20 @@ class AggregationClaim:
     owner: str
     claimed_at: float
     updates: list[UpdateRecord]
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """One organiser action (migration 6): ``action`` ban | unban | revoke | rollback;
+    ``target`` a client id, an update id or a version number; ``detail`` what it changed."""
+
+    id: int  # 0 until inserted
+    project_id: int
+    at: float
+    action: str
+    target: str
+    reason: str
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -194,7 +210,8 @@ class ReadTx(Protocol):
         ...
 
     def recent_norms(self, project_id: int, limit: int) -> list[float]:
-        """Norms of the project's latest ``limit`` updates not kept out, newest first."""
+        """Norms of the project's latest ``limit`` aggregated updates, newest first: only
+        what passed every check sets what is typical, so no flood of waiting uploads can."""
         ...
 
     def aggregation_running(self, project_id: int) -> bool: ...
@@ -208,6 +225,13 @@ class ReadTx(Protocol):
 
     def invite_count(self, project_id: int) -> int: ...
     def challenge_valid(self, project_id: int, challenge: str, now: float) -> bool: ...
+    def client_updates(self, client_id: str, credit_state: str) -> list[UpdateRecord]:
+        """The client's updates whose credit is in ``credit_state``, oldest first."""
+        ...
+
+    def actions(self, project_id: int, limit: int | None) -> list[ActionRecord]:
+        """The project's organiser actions, newest first (at most ``limit``)."""
+        ...
 
 
 class WriteTx(ReadTx, Protocol):
@@ -302,6 +326,29 @@ class WriteTx(ReadTx, Protocol):
     def quarantine_updates(self, claim_id: int, reasons: dict[str, str]) -> None:
         """Set the claim's updates in ``reasons`` aside for good, each with its reason."""
         ...
+
+    # --- organiser actions (backend.services.admin) ---------------------------------------
+    def set_client_ban(self, client_id: str, banned_at: float | None, reason: str | None) -> None:
+        """Ban the client (a time and a reason) or lift its ban (None, None)."""
+        ...
+
+    def end_client_leases(self, project_id: int, client_id: str) -> int:
+        """Cancel the client's leased tasks of the project; how many there were."""
+        ...
+
+    def set_aside_updates(
+        self, update_ids: list[str], verdict: str, detail: str, now: float
+    ) -> list[str]:
+        """Keep these pending (unclaimed) updates out of every aggregate for good (status
+        ``rejected`` with the verdict), and take their tasks out of their round's count
+        (status ``rejected``, code ``verdict``); returns the ids that were pending."""
+        ...
+
+    def publish_version(self, version: VersionRecord, expected_current: int) -> bool:
+        """Insert ``version`` and make it current, if ``expected_current`` still is."""
+        ...
+
+    def insert_action(self, action: ActionRecord) -> int: ...
 
 
 class Store(Protocol):

@@ -11,6 +11,7 @@ import sqlite3
 from typing import Any
 
 from backend.store.base import (
+    ActionRecord,
     ClientRecord,
     ProjectRecord,
     RoundCounts,
@@ -20,6 +21,7 @@ from backend.store.base import (
 )
 from backend.store.sqlite_rows import (
     SELECT_PROJECTS,
+    action_from_row,
     client_from_row,
     project_from_row,
     task_from_row,
@@ -133,10 +135,9 @@ class SQLiteReads:
         return [update_from_row(r) for r in rows]
 
     def recent_norms(self, project_id: int, limit: int) -> list[float]:
-        """Norms of the project's last ``limit`` updates that were aggregated or wait to be."""
         rows = self._all(
             """SELECT norm FROM updates WHERE project_id = ? AND norm IS NOT NULL
-                 AND status IN ('pending', 'claimed', 'aggregated') ORDER BY seq DESC LIMIT ?""",
+                 AND status = 'aggregated' ORDER BY seq DESC LIMIT ?""",
             project_id,
             limit,
         )
@@ -252,3 +253,19 @@ class SQLiteReads:
             now,
         )
         return row is not None
+
+    def client_updates(self, client_id: str, credit_state: str) -> list[UpdateRecord]:
+        rows = self._all(
+            "SELECT * FROM updates WHERE client_id = ? AND credit_state = ? ORDER BY seq",
+            client_id,
+            credit_state,
+        )
+        return [update_from_row(r) for r in rows]
+
+    def actions(self, project_id: int, limit: int | None) -> list[ActionRecord]:
+        rows = self._all(
+            "SELECT * FROM actions WHERE project_id = ? ORDER BY id DESC LIMIT ?",
+            project_id,
+            -1 if limit is None else limit,
+        )
+        return [action_from_row(r) for r in rows]

@@ -72,8 +72,9 @@ def honest_round(coordinator: Coordinator, people: list[DemoContributor]) -> lis
 
 def last_norm(coordinator: Coordinator) -> float:
     with coordinator.store.read() as tx:
-        norms = tx.recent_norms(coordinator.project("digits").id, 1)
-    return norms[0]
+        norm = tx.updates(coordinator.project("digits").id)[-1].norm
+    assert norm is not None
+    return norm
 
 
 def me(http: requests.Session, c: DemoContributor) -> dict[str, Any]:

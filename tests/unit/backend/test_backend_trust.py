@@ -74,19 +74,20 @@ def refused(r: requests.Response, code: str) -> None:
 
 
 def warm_up(http: requests.Session, coordinator: Coordinator, join: Any, project: str) -> None:
-    """Three honest-looking updates, so the project has a typical norm."""
+    """Three honest-looking updates aggregated, so the project has a typical norm."""
     for i in range(3):
         c = join(project, f"Warm{i}")
         task = c.lease(0)
         assert task is not None
         spec = spec_of(coordinator, project)
         assert send(http, c, task, small_delta(spec, key=task["task_id"])).status_code == 201
+    assert coordinator.worker.run_once()
 
 
 def test_free_riders_are_refused_with_a_reason_and_earn_nothing(
     coordinator: Coordinator, http: requests.Session, make_project: Any, join: Any
 ) -> None:
-    make_project("digits", mode="async", buffer_size=10)
+    make_project("digits", mode="async", buffer_size=3)
     warm_up(http, coordinator, join, "digits")
     spec = spec_of(coordinator, "digits")
     project = coordinator.project("digits")
