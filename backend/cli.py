@@ -1,5 +1,6 @@
 """``barnraise-backend``: serve, manage projects and invites, verify a project's chain of
-versions (``backend.cli_verify``), run the demo.
+versions (``backend.cli_verify``), ban, unban, revoke and roll back (``backend.cli_admin``),
+run the demo.
 
 Every subcommand takes ``--data DIR`` (default: the platform's user data folder for
 ``barnraise-backend``).
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 # The demo project, re-exported: tests and benches import it from here.
+from backend.cli_admin import ADMIN_COMMANDS, add_admin_parsers, run_admin
 from backend.cli_verify import add_verify_parser, run_verify
 from backend.demo_headless import DEMO_HPARAMS as DEMO_HPARAMS
 from backend.demo_headless import DEMO_PROJECT as DEMO_PROJECT
@@ -59,10 +61,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     serve.add_argument("--threads", type=int, default=None, help="server threads (default 64)")
     serve.add_argument(
+        "--public-url",
+        default=None,
+        help="where volunteers reach this server, as pages show it (default: the bind "
+        "address; set it behind a proxy or on 0.0.0.0; never taken from a request's Host)",
+    )
+    serve.add_argument(
         "--config",
         type=Path,
         default=None,
-        help="TOML file with host, port, tls_cert, tls_key, threads, rate, burst",
+        help="TOML file with host, port, tls_cert, tls_key, threads, rate, burst, public_url",
     )
 
     project = sub.add_parser("project", help="create and manage projects")
@@ -116,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     ic.add_argument("--url", default="http://127.0.0.1:8080", help="the server's public base URL")
 
     add_verify_parser(sub, data)
+    add_admin_parsers(sub, data)
 
     demo = sub.add_parser(
         "demo", parents=[data], help="a local digits project with in-process contributors"
@@ -169,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "verify":
             return run_verify(args, data_dir, sys.stdout)
+        if args.command in ADMIN_COMMANDS:
+            return run_admin(args, data_dir, sys.stdout)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -183,7 +194,7 @@ def _coordinator(data_dir: Path) -> Any:
 
 def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     from backend.server import DEFAULT_THREADS, bound_port, freeze_startup_heap, make_server
-    from backend.wsgi import DEFAULT_BURST, DEFAULT_RATE, create_app
+    from backend.wsgi import DEFAULT_BURST, DEFAULT_RATE, bind_url, check_public_url, create_app
 
     config: dict[str, Any] = {}
     if args.config:
@@ -194,6 +205,9 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     threads = args.threads or int(config.get("threads", DEFAULT_THREADS))
     cert = args.tls_cert or config.get("tls_cert")
     key = args.tls_key or config.get("tls_key")
+    public_url = args.public_url or config.get("public_url")
+    if public_url:
+        public_url = check_public_url(str(public_url))  # before anything is opened or bound
     app = create_app(
         data_dir, rate=config.get("rate", DEFAULT_RATE), burst=config.get("burst", DEFAULT_BURST)
     )
@@ -207,6 +221,7 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     server.prepare()
+    app.public_url = public_url or bind_url(host, bound_port(server), tls=bool(cert))
     scheme = "https" if cert else "http"
     print(
         f"barnraise-backend serving {data_dir} on {scheme}://{host}:{bound_port(server)}",

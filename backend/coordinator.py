@@ -7,8 +7,10 @@ its services); the CLI calls it directly for organiser commands. Nothing here se
 
 Data folder layout::
 
-    DATA/barnraise.sqlite3   the store (WAL mode)
+    DATA/                    0700 (an existing folder is tightened at start)
+    DATA/barnraise.sqlite3   the store (WAL mode; 0600, and so its -wal and -shm files)
     DATA/blobs/ab/abcd...    models, updates and strategy state, by sha256
+    DATA/blobs/tmp/          uploads being verified (what a crash left is removed at start)
     DATA/keys/NAME.ed25519   each project's signing key (0600)
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 
 from backend.keys import KeyStore
 from backend.metrics import METRICS, BackendMetrics
+from backend.services.admin import AdminService
 from backend.services.aggregation_worker import AggregationWorker
 from backend.services.context import ProjectRuntime, ServiceContext
 from backend.services.leasing import LeasingService
@@ -33,6 +36,7 @@ from backend.services.projects import ProjectService
 from backend.services.provenance import ProvenanceService
 from backend.services.standings import StandingsService
 from backend.services.uploads import UploadService
+from backend.storage import private_file, private_folder
 from backend.store import BlobStore, ClientRecord, ProjectRecord, SQLiteStore, Store
 from federated import protocol
 
@@ -57,6 +61,7 @@ class Services:
     models: ModelService
     standings: StandingsService
     provenance: ProvenanceService
+    admin: AdminService
 
 
 class Coordinator:
@@ -72,7 +77,11 @@ class Coordinator:
         store: Store | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(self.data_dir)
+        if store is None:
+            for name in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm"):
+                if name == DB_FILE or (self.data_dir / name).exists():
+                    private_file(self.data_dir / name)  # before SQLite opens (or makes) it
         self.context = ServiceContext(
             self.data_dir,
             clock=clock,
@@ -86,6 +95,7 @@ class Coordinator:
         self.metrics = ctx.metrics
         self.store = ctx.store
         self.blobs = ctx.blobs
+        self.storage = ctx.storage
         self.keys = ctx.keys
         self.notifier = ctx.notifier
         projects = ProjectService(ctx)
@@ -97,6 +107,7 @@ class Coordinator:
             models=ModelService(ctx),
             standings=StandingsService(ctx),
             provenance=ProvenanceService(ctx),
+            admin=AdminService(ctx),
         )
         self.worker = AggregationWorker(ctx)
         if start_worker:

@@ -56,7 +56,7 @@ def run_demo(
         )
     server = make_server(app, "127.0.0.1", port)
     start_in_thread(server)
-    base = f"http://127.0.0.1:{bound_port(server)}"
+    base = app.public_url = f"http://127.0.0.1:{bound_port(server)}"
 
     def say(text: str) -> None:
         if out is not None:

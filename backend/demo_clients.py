@@ -124,7 +124,7 @@ class DemoContributor:
             payload_digest=encoded.digest,
             codec=task["codec"],
             num_examples=int(result.num_examples),
-            metrics=result.metrics(),
+            metrics=protocol.limits.reportable_metrics(result.metrics()),
         )
         return self.upload(task["task_id"], encoded.payload, manifest)
 

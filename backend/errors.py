@@ -13,7 +13,8 @@
     ├── RangeNotSatisfiable        416 range_not_satisfiable
     ├── Unprocessable              422 manifest_mismatch, digest_mismatch, and the payload codes
     ├── TooManyRequests            429 rate_limited (Retry-After)
-    └── ServiceUnavailable         503 project_paused, unavailable (Retry-After)
+    ├── ServiceUnavailable         503 project_paused, unavailable (Retry-After)
+    └── InsufficientStorage        507 insufficient_storage (Retry-After): the disk is full
 
 The codes and their statuses are ``federated.protocol.ERROR_STATUS`` (both programs read
 that table); ``api_error`` is the one place a code becomes an error of its status.
@@ -123,6 +124,11 @@ class ServiceUnavailable(HTTPError):
     default_code = "unavailable"
 
 
+class InsufficientStorage(HTTPError):
+    status = 507
+    default_code = "insufficient_storage"
+
+
 _BY_STATUS: dict[int, type[HTTPError]] = {
     cls.status: cls
     for cls in (
@@ -139,6 +145,7 @@ _BY_STATUS: dict[int, type[HTTPError]] = {
         Unprocessable,
         TooManyRequests,
         ServiceUnavailable,
+        InsufficientStorage,
     )
 }
 

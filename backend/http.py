@@ -218,4 +218,5 @@ HTTP_REASONS: dict[int, str] = {
     429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
+    507: "Insufficient Storage",
 }

@@ -89,7 +89,7 @@ def _error_responses() -> dict[str, Schema]:
             "description": HTTPStatus(status).phrase + ": " + ", ".join(codes) + ".",
             "content": {"application/json": {"schema": _ref("ErrorBody")}},
         }
-        if status in (429, 503):
+        if status in (429, 503, 507):
             response["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
         out[str(status)] = response
     return out

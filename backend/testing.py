@@ -152,7 +152,8 @@ def small_delta(spec: Any, value: float = 1e-3, key: str | None = None) -> dict[
     import torch
 
     n = next(_deltas_made) if key is None else int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-    bump = value * (1 + n % 1000) / 1000
+    # A million steps apart by 1e-6 of ``value``: still a distinct float32 int8 scale each.
+    bump = value * (1 + n % 1_000_000) / 1_000_000
     delta = {}
     for name, (shape, _dtype) in spec.items():
         tensor = torch.full(tuple(shape), value, dtype=torch.float32)

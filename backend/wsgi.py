@@ -15,17 +15,27 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from backend.api.routes import API, HTML_ROUTES, ROUTE_TABLE
 from backend.coordinator import Coordinator
-from backend.errors import HTTPError, MethodNotAllowed, NotFound, TooManyRequests, error_body
+from backend.errors import (
+    HTTPError,
+    MethodNotAllowed,
+    NotFound,
+    TooManyRequests,
+    api_error,
+    error_body,
+)
 from backend.http import HTTP_REASONS, Request, Response
 from backend.openapi import build_openapi
 from backend.ratelimit import RateLimiter
+from backend.storage import STORAGE_RETRY_AFTER_S, is_storage_full
 from backend.store import ClientRecord, ProjectRecord
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,36 @@ DEFAULT_RATE = 50.0
 """Requests per second a client may sustain (token bucket refill)."""
 DEFAULT_BURST = 200.0
 """Requests a client may make at once."""
+
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8080"
+"""Where pages say the server is when nobody said (``serve`` says its bind address)."""
+
+
+def check_public_url(url: str) -> str:
+    """``url`` without its trailing slash, if it is ``http(s)://HOST[:PORT][/PATH]``."""
+    parts = urlsplit(url.strip())
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"the public URL {url!r} has a bad port") from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(f"the public URL {url!r} must look like https://HOST[:PORT][/PATH]")
+    return url.strip().rstrip("/")
+
+
+def bind_url(host: str, port: int, *, tls: bool = False) -> str:
+    """The URL of a bind address: the machine's name for a wildcard address."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 def resolve(method: str, path: str) -> tuple[str, Handler, dict[str, str]]:
@@ -63,7 +103,10 @@ def resolve(method: str, path: str) -> tuple[str, Handler, dict[str, str]]:
 
 
 class App:
-    """The WSGI callable over one ``Coordinator``."""
+    """The WSGI callable over one ``Coordinator``.
+
+    ``public_url`` is where volunteers reach this server, as pages show it (the join
+    address): configuration, never a request's ``Host`` header, which any caller sets."""
 
     def __init__(
         self,
@@ -71,8 +114,10 @@ class App:
         *,
         rate: float | None = DEFAULT_RATE,
         burst: float = DEFAULT_BURST,
+        public_url: str = DEFAULT_PUBLIC_URL,
     ) -> None:
         self.coordinator = coordinator
+        self.public_url = check_public_url(public_url)
         self.limiter = RateLimiter(rate=rate, burst=burst) if rate else None
         self.metrics = coordinator.metrics
         self._openapi: bytes | None = None
@@ -111,15 +156,28 @@ class App:
             response = handler(self, req, **args)
         except HTTPError as exc:
             response = self._error_response(req, exc)
-        except Exception:
-            log.exception("unexpected error answering %s %s", req.method, req.path[:200])
-            response = self._error_response(
-                req,
-                HTTPError(
-                    "the server hit an unexpected error; it has been logged, try again later"
-                ),
-            )
+        except Exception as exc:
+            response = self._error_response(req, self._unexpected(req, exc))
         return self._send(req, response, start_response, started)
+
+    def _unexpected(self, req: Request, exc: Exception) -> HTTPError:
+        """A full disk is 507, expected and logged as a warning without a traceback (not a
+        bug); anything else is a 500 whose traceback is logged."""
+        if not is_storage_full(exc):
+            log.exception("unexpected error answering %s %s", req.method, req.path[:200])
+            return HTTPError(
+                "the server hit an unexpected error; it has been logged, try again later"
+            )
+        self.coordinator.storage.failed()
+        log.warning(
+            "no space left to answer %s %s (%s): answered 507", req.method, req.path[:200], exc
+        )
+        return api_error(
+            "insufficient_storage",
+            "the coordinator's disk is full, so this request was not completed; send it "
+            "again after Retry-After seconds",
+            retry_after=STORAGE_RETRY_AFTER_S,
+        )
 
     def _error_response(self, req: Request, exc: HTTPError) -> Response:
         if req.route_name in HTML_ROUTES:
@@ -174,18 +232,25 @@ def create_app(
     *,
     rate: float | None = DEFAULT_RATE,
     burst: float = DEFAULT_BURST,
+    public_url: str = DEFAULT_PUBLIC_URL,
     **coordinator_options: Any,
 ) -> App:
     """The WSGI app over ``data_dir`` (created if missing), its aggregation worker started."""
-    return App(Coordinator(data_dir, **coordinator_options), rate=rate, burst=burst)
+    return App(
+        Coordinator(data_dir, **coordinator_options),
+        rate=rate,
+        burst=burst,
+        public_url=public_url,
+    )
 
 
 def app_from_env() -> App:
-    """For WSGI servers: ``gunicorn 'backend.wsgi:app_from_env()'`` with BARNRAISE_DATA set."""
+    """For WSGI servers: ``gunicorn 'backend.wsgi:app_from_env()'`` with BARNRAISE_DATA set
+    (and BARNRAISE_PUBLIC_URL, where pages say volunteers reach the server)."""
     from backend.coordinator import default_data_dir
     from backend.server import freeze_startup_heap
 
     data = os.environ.get("BARNRAISE_DATA") or str(default_data_dir())
-    app = create_app(data)
+    app = create_app(data, public_url=os.environ.get("BARNRAISE_PUBLIC_URL") or DEFAULT_PUBLIC_URL)
     freeze_startup_heap()
     return app

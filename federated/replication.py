@@ -32,6 +32,10 @@ TOLERANCE = 0.1
 FAIL_WEIGHT = 4
 """A failed check cancels this many clean ones in a contributor's record."""
 
+AUTO_BAN_FAILURES = 2
+"""Failed checks after which a contributor without a clean record to outweigh them is
+banned by the coordinator."""
+
 
 def reexecute(
     recipe: Recipe,
@@ -68,6 +72,13 @@ def check_probability(passed: int, failed: int, floor: float) -> float:
     if record <= 0:
         return 1.0
     return max(floor, 0.5**record)
+
+
+def should_ban(passed: int, failed: int) -> bool:
+    """Whether a record is that of a cheat: caught ``AUTO_BAN_FAILURES`` times at least,
+    with no clean record that outweighs it (an honest contributor's rare mismatch on odd
+    hardware does not end a long clean record)."""
+    return failed >= AUTO_BAN_FAILURES and passed - FAIL_WEIGHT * failed < 0
 
 
 def chosen_for_check(update_id: str, probability: float) -> bool:

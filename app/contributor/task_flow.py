@@ -316,10 +316,12 @@ class TaskFlow:
         self, project: Project, task: LeasedTask, outcome: TrainOutcome
     ) -> protocol.UpdateManifest:
         """The manifest to sign and send with the trained update (kept until acknowledged)."""
-        metrics = {
-            k: float(outcome.metrics[k])
-            for k in ("loss_before", "loss_after", "seconds", "examples_per_second")
-        }
+        metrics = protocol.limits.reportable_metrics(
+            {
+                k: float(outcome.metrics[k])
+                for k in ("loss_before", "loss_after", "seconds", "examples_per_second")
+            }
+        )
         return protocol.UpdateManifest(
             project=project.ref.project,
             task_id=task.task_id,

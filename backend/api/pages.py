@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 from backend.http import Request, Response
 from backend.pages import (
     PAGE_HEADERS,
+    ActionRow,
     ContributorRow,
     ProjectPageView,
     ProjectSummaryView,
     TeamRow,
     VersionPoint,
-    absolute_url,
     render_index,
     render_project_page,
 )
@@ -76,6 +76,7 @@ def project_page(app: App, req: Request, project: str) -> Response:
             updates_accepted=r.updates_accepted,
             updates_rejected=r.updates_rejected,
             last_seen=r.last_seen,
+            banned=r.banned,
         )
         for r in board.contributors[:PAGE_ROWS]
     )
@@ -102,7 +103,7 @@ def project_page(app: App, req: Request, project: str) -> Response:
     )
     page = ProjectPageView(
         name=record.name,
-        page_url=absolute_url(req.environ, f"/p/{record.name}"),
+        page_url=f"{app.public_url}/p/{record.name}",  # configured, never from Host
         now=coordinator.clock(),
         description=record.description,
         recipe=record.recipe,
@@ -122,5 +123,9 @@ def project_page(app: App, req: Request, project: str) -> Response:
         teams_total=len(board.teams),
         total_credit=stats.total_credit,
         updates_accepted_total=stats.updates_accepted,
+        actions=tuple(
+            ActionRow(at=a.at, action=a.action, target=a.target, reason=a.reason, detail=a.detail)
+            for a in stats.actions
+        ),
     )
     return _html(render_project_page(page))

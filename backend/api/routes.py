@@ -111,7 +111,10 @@ ROUTE_TABLE: tuple[Route, ...] = (
         "ops",
         {
             200: Answer("The server is up and no aggregation is overdue.", p.Health),
-            503: Answer("Up, but some project's aggregation is overdue (named).", p.Health),
+            503: Answer(
+                "Up, but some project's aggregation is overdue (named), or the disk is full.",
+                p.Health,
+            ),
         },
     ),
     Route(
@@ -182,7 +185,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
         "A single-use challenge to sign when joining (proof of possession).",
         "join",
         {200: Answer("A fresh challenge.", p.Challenge)},
-        (400, 404, 410, 429),
+        (400, 404, 410, 429, 507),
     ),
     Route(
         "join",
@@ -192,7 +195,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
         "Register a public key and get a client id and bearer token.",
         "join",
         {201: Answer("Joined.", p.JoinResponse)},
-        (*_JSON_BODY, 403, 404, 410, 429, 503),
+        (*_JSON_BODY, 403, 404, 410, 429, 503, 507),
         body=p.JoinRequest,
     ),
     Route(
@@ -208,7 +211,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
                 "No work now; ask again after Retry-After.", media=None, headers=("Retry-After",)
             ),
         },
-        (400, 401, 404, 410, 429, 503),
+        (400, 401, 403, 404, 410, 429, 503, 507),
         bearer=True,
         params=(
             Param(
@@ -228,7 +231,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
         "Extend a live lease.",
         "tasks",
         {200: Answer("The new deadline.", p.Heartbeat)},
-        (400, 401, 403, 404, 409, 410, 429),
+        (400, 401, 403, 404, 409, 410, 429, 507),
         bearer=True,
     ),
     Route(
@@ -240,7 +243,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
         "nothing changes).",
         "tasks",
         {204: Answer("Released.", media=None)},
-        (400, 401, 403, 404, 409, 410, 429),
+        (400, 401, 403, 404, 409, 410, 429, 507),
         bearer=True,
     ),
     Route(
@@ -254,7 +257,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
             201: Answer("Accepted and credited.", p.Receipt),
             200: Answer("Retry of an accepted upload: the first receipt.", p.Receipt),
         },
-        (400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 503),
+        (400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 503, 507),
         bearer=True,
         body="binary",
         description=UPLOAD_DESCRIPTION,
@@ -384,7 +387,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
         "The caller's credit, rank and update counts.",
         "stats",
         {200: Answer("This client.", p.Me)},
-        (400, 401, 404, 429),
+        (400, 401, 403, 404, 429),
         bearer=True,
     ),
     Route(

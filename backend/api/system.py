@@ -15,10 +15,14 @@ if TYPE_CHECKING:
 
 def healthz(app: App, req: Request) -> Response:
     """200 ``ok``; 503 ``degraded`` naming the projects whose aggregation is overdue (the
-    server answers, but a model is not moving forward)."""
+    server answers, but a model is not moving forward), or while the disk is full."""
     overdue = app.coordinator.overdue_projects()  # reads the store: a dead store is a 500
-    health = protocol.Health(status="degraded" if overdue else "ok", aggregation_overdue=overdue)
-    return Response.json(protocol.to_wire(health), status=503 if overdue else 200)
+    full = app.coordinator.storage.degraded()
+    degraded = bool(overdue) or full
+    health = protocol.Health(
+        status="degraded" if degraded else "ok", aggregation_overdue=overdue, storage_full=full
+    )
+    return Response.json(protocol.to_wire(health), status=503 if degraded else 200)
 
 
 def metrics(app: App, req: Request) -> Response:

@@ -10,7 +10,6 @@ router fills the views from the store and sends the result with ``PAGE_HEADERS``
     render_index(projects: Sequence[ProjectSummaryView], *, now: float | None = None) -> str
     render_project_page(view: ProjectPageView) -> str
     render_error_page(status: int, message: str) -> str
-    absolute_url(environ, path) -> str   # "https://host/p/name" for ProjectPageView.page_url
 
 The stylesheet (``style.css`` here) is inlined in each page's ``<style>`` element, so there
 is no static route to serve; ``STYLESHEET`` holds it. ``PAGE_HEADERS`` carries a
@@ -30,9 +29,9 @@ from backend.pages.render import (
     render_index,
     render_project_page,
 )
-from backend.pages.urls import absolute_url
 from backend.pages.views import (
     CREDIT_UNIT,
+    ActionRow,
     ContributorRow,
     ProjectPageView,
     ProjectSummaryView,
@@ -45,12 +44,12 @@ __all__ = [
     "CREDIT_UNIT",
     "PAGE_HEADERS",
     "STYLESHEET",
+    "ActionRow",
     "ContributorRow",
     "ProjectPageView",
     "ProjectSummaryView",
     "TeamRow",
     "VersionPoint",
-    "absolute_url",
     "render_error_page",
     "render_index",
     "render_line_chart",

@@ -16,6 +16,7 @@ from html import escape
 from http import HTTPStatus
 from importlib import resources
 
+from backend.pages.actions import render_actions
 from backend.pages.chart import render_line_chart
 from backend.pages.formatting import (
     format_count,
@@ -281,6 +282,10 @@ def _contributor_row(rank: int, row: ContributorRow, now: float) -> str:
     rejected_class = "num bad" if row.updates_rejected else "num"
     top = ' class="top"' if rank <= 3 else ""
     short_id = f' <span class="muted id">#{_h(row.short_id)}</span>' if row.short_id else ""
+    if row.banned:
+        short_id += (
+            ' <span class="badge badge-banned" title="banned by the organiser">banned</span>'
+        )
     return (
         f"<tr{top}>"
         f'<td class="rank num">{rank}</td>'
@@ -429,7 +434,8 @@ def render_project_page(view: ProjectPageView) -> str:
         f"{_charts(view.versions)}\n"
         f"{_contributors(view)}\n"
         f"{_teams(view)}\n"
-        f"{_versions(view)}"
+        f"{_versions(view)}\n"
+        f"{render_actions(view.actions, view.now)}"
     )
     summary = view.description or f"Barnraise project {view.name}"
     return _document(f"{view.name} · Barnraise", body, description=summary[:300])

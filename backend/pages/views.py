@@ -39,6 +39,18 @@ class ContributorRow:
     updates_rejected: int
     last_seen: float | None  # unix seconds; None: never
     short_id: str = ""  # the first characters of the client id: names alone can look alike
+    banned: bool = False  # banned by the organiser: marked, kept in its place
+
+
+@dataclass(frozen=True)
+class ActionRow:
+    """One organiser action (ban, unban, revoke, rollback), newest first; raw text."""
+
+    at: float
+    action: str
+    target: str
+    reason: str
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,3 +109,4 @@ class ProjectPageView:
     teams_total: int | None = None
     total_credit: float | None = None  # GFLOP, all contributors
     updates_accepted_total: int | None = None
+    actions: tuple[ActionRow, ...] = field(default_factory=tuple)  # newest first

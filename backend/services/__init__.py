@@ -8,7 +8,8 @@
     aggregation  claim complete rounds, aggregate, publish; the background worker
     standings    leaderboard, stats, a contributor's own row, receipts
     models       the signed current model; tensor helpers for model state
-    tasks        task rules leasing and uploads share (ownership, liveness, pace)
+    tasks        task rules leasing and uploads share (ownership, liveness, pace, bans)
+    admin        organiser actions: ban, unban, revoke, rollback, each in the action log
 
 Dependencies point one way: context at the bottom, then tasks/models/standings/inputs,
 then the services; no service imports ``backend.http``. ``backend.coordinator.Coordinator``

@@ -1,6 +1,7 @@
 """The aggregation worker: the one background thread per process that aggregates.
 
-It expires leases, takes back claims whose owner went away (``CLAIM_CHECK_S``), and
+It expires leases, deletes spent join challenges (``CHALLENGE_SWEEP_S``), takes back
+claims whose owner went away (``CLAIM_CHECK_S``), and
 aggregates each project whose round is complete, each on its own
 (``backend.services.aggregation``). A failure quarantines the updates that cannot be
 aggregated, or, with nothing to blame, pauses that project only, for longer each time.
@@ -26,6 +27,7 @@ from backend.services.aggregation import (
 from backend.services.context import ServiceContext
 from backend.services.leasing import expire_leases
 from backend.settings import AGGREGATION_CLAIM_TTL_S, ProjectSettings
+from backend.storage import is_storage_full
 from backend.store import AggregationClaim, ProjectRecord, UpdateRecord
 from federated.codec import decode_update
 
@@ -38,6 +40,10 @@ FAILURE_BACKOFF_MAX_S = 600.0
 
 CLAIM_CHECK_S = 30.0
 """How often a running worker looks for claims whose owner went away."""
+
+CHALLENGE_SWEEP_S = 60.0
+"""How often the worker deletes the join challenges used or expired (they are single use
+and live ``CHALLENGE_TTL_S``), so the table holds only the live ones."""
 
 
 def _claim_is_stale(owner: str, claimed_at: float, now: float) -> bool:
@@ -91,6 +97,7 @@ class AggregationWorker:
         self._thread: threading.Thread | None = None
         self.failures = 0
         self._claims_checked_at = float("-inf")
+        self._challenges_swept_at = float("-inf")
         self._failing: dict[int, float] = {}  # project id -> no new try before this time
         self._failures_in_a_row: dict[int, int] = {}
 
@@ -125,6 +132,12 @@ class AggregationWorker:
     def overdue_projects(self) -> list[str]:
         return overdue_projects(self.ctx, set(self._failing))
 
+    def delete_spent_challenges(self) -> int:
+        """Delete the join challenges used or expired by now; how many."""
+        now = self._challenges_swept_at = self.ctx.clock()
+        with self.ctx.store.write(durable=False) as tx:
+            return tx.delete_spent_challenges(now)
+
     def run_once(self) -> bool:
         """One pass: expire leases, take back abandoned claims, then aggregate each project
         whose round is complete, each on its own. True if any version was published."""
@@ -132,6 +145,11 @@ class AggregationWorker:
         expire_leases(ctx)
         if ctx.clock() - self._claims_checked_at >= CLAIM_CHECK_S:
             self.release_stale_claims()
+        if ctx.clock() - self._challenges_swept_at >= CHALLENGE_SWEEP_S:
+            try:
+                self.delete_spent_challenges()
+            except Exception as exc:  # housekeeping: never in the way of aggregation
+                log.warning("could not delete the spent join challenges: %s", exc)
         published = False
         for project in ctx.projects():
             if project.status == "closed" or ctx.clock() < self._failing.get(project.id, 0.0):
@@ -152,6 +170,8 @@ class AggregationWorker:
         """Quarantine the updates that cannot be aggregated and put the rest back; with
         nothing to blame, put them all back and pause this project (only) a while."""
         ctx = self.ctx
+        if is_storage_full(exc):
+            ctx.storage.failed()  # /healthz says so until there is room again
         faults = {u.id: f for u in claim.updates if (f := _payload_fault(ctx, project, u))}
         with ctx.store.write() as tx:
             if faults:

@@ -20,6 +20,7 @@ from backend.keys import KeyStore
 from backend.metrics import BackendMetrics
 from backend.services.notifier import Notifier
 from backend.settings import ProjectSettings
+from backend.storage import StorageHealth
 from backend.store import BlobStore, ProjectRecord, Store
 from federated.recipes import Dataset, Recipe, get_recipe
 from federated.tensors import StateDict, TensorSpec
@@ -83,6 +84,8 @@ class ServiceContext:
         self.blobs = blobs
         self.keys = keys
         self.notifier = Notifier()
+        self.storage = StorageHealth(blobs.tmp_dir)
+        """Whether writes fail for want of space (``/healthz``; a full disk answers 507)."""
         self.worker_wakeup = threading.Event()
         """Set when the aggregation worker should look again (an update arrived, a status
         changed); the worker waits on it."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from backend import credit as credit_math
-from backend.store import WriteTx
+from backend.store import UpdateRecord, WriteTx
 
 
 def settle(tx: WriteTx, update_ids: list[str], *, grant: bool, now: float) -> None:
@@ -37,11 +37,15 @@ def settle(tx: WriteTx, update_ids: list[str], *, grant: bool, now: float) -> No
 def revoke_since(tx: WriteTx, client_id: str, since: float, now: float) -> float:
     """Revoke the granted credit of the client's updates accepted after ``since``; returns
     the GFLOP taken back. Its recent average loses what those updates still weigh in it."""
+    return revoke(tx, client_id, tx.granted_updates_since(client_id, since), now)
+
+
+def revoke(tx: WriteTx, client_id: str, updates: list[UpdateRecord], now: float) -> float:
+    """Revoke the granted credit of these updates of the client (an organiser's revoke, a
+    ban with ``--revoke``); returns the GFLOP taken back."""
     client = tx.client(client_id)
-    if client is None:
-        return 0.0
-    updates = tx.granted_updates_since(client_id, since)
-    if not updates:
+    updates = [u for u in updates if u.client_id == client_id and u.credit_state == "granted"]
+    if client is None or not updates:
         return 0.0
     total = sum(u.credit for u in updates)
     still_counted = sum(credit_math.decayed(u.credit, u.accepted_at, now) for u in updates)

@@ -13,6 +13,7 @@ a quarter of its steps, whichever its measured pace brings back while the update
 useful, or none (the lease answers as if no work were available); each manifest says until
 when its update is useful (``useful_until``). A task refused for good at upload is
 ``rejected``: never leased again, never a live lease (see ``backend.errors.FINAL_UPLOAD_CODES``).
+A contributor the organiser banned gets 403 ``banned`` (``backend.services.admin``).
 
 A lease waits (long poll) on the project's ``Notifier`` generation: a new version, a
 released or expired lease, or a status change wakes it.
@@ -30,7 +31,7 @@ from backend import pacing
 from backend.errors import api_error
 from backend.ids import new_id
 from backend.services.context import ServiceContext
-from backend.services.tasks import check_live, full_task_steps, owned_task
+from backend.services.tasks import check_live, check_not_banned, full_task_steps, owned_task
 from backend.settings import (
     LONG_POLL_MAX_S,
     LONG_POLL_RECHECK_S,
@@ -52,6 +53,7 @@ class LeasingService:
     ) -> protocol.SignedTask | None:
         """A signed task, waiting up to ``wait`` seconds for one; None if there is none."""
         ctx = self._ctx
+        check_not_banned(project, client)
         wait = min(max(0.0, wait), LONG_POLL_MAX_S)
         give_up = time.monotonic() + wait
         while True:
@@ -70,6 +72,7 @@ class LeasingService:
         self, project: ProjectRecord, client: ClientRecord, task_id: str
     ) -> protocol.Heartbeat:
         ctx = self._ctx
+        check_not_banned(project, client)
         owned_task(ctx, project, client, task_id)
         settings = ctx.runtime(project).settings
         now = ctx.clock()
@@ -228,6 +231,7 @@ def _lease_in_tx(
         # Its share of the next buffer is waiting already: more work now would only wait
         # (and go stale) behind it, or let one contributor fill a buffer.
         return None, expired
+    check_not_banned(project, tx.client(client_id))  # banned during a long poll
     base = tx.version(project.id, version)
     assert base is not None
     num_shards = len(project.shard_sizes) if project.shard_sizes else 1

@@ -13,6 +13,7 @@ from backend.ids import check_server_id, new_id
 from backend.names import name_key
 from backend.services.context import ServiceContext
 from backend.services.projects import ProjectService
+from backend.services.tasks import check_not_banned
 from backend.settings import CHALLENGE_TTL_S, ProjectSettings
 from backend.store import ClientRecord, ProjectRecord
 from federated import protocol
@@ -93,6 +94,7 @@ class MembershipService:
             # A key that already joined (a retry whose answer was lost, a rename) proved
             # possession above and keeps its identity; its invite was used the first time.
             existing = tx.client_by_key(project.id, public_key)
+            check_not_banned(project, existing)  # joining again lifts no ban
             key = name_key(display_name)
             members = tx.clients(project.id)
             if team is not None:

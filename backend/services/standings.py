@@ -6,8 +6,12 @@ from __future__ import annotations
 from backend import credit as credit_math
 from backend.errors import NotFound
 from backend.services.context import ServiceContext
+from backend.services.tasks import check_not_banned
 from backend.store import ClientRecord, ProjectRecord, UpdateRecord
 from federated import protocol
+
+ACTIONS_SHOWN = 20
+"""Organiser actions in ``Stats.actions`` (and so on the page), newest first."""
 
 
 def receipt(update: UpdateRecord) -> protocol.Receipt:
@@ -42,6 +46,7 @@ class StandingsService:
                 updates_accepted=c.accepted,
                 updates_rejected=c.rejected,
                 last_seen=int(c.last_seen),
+                banned=c.banned_at is not None,
             )
             for c in clients
         ]
@@ -84,6 +89,7 @@ class StandingsService:
             dropped = tx.updates_with_status(project.id, "dropped")
             quarantined = tx.updates_with_status(project.id, "quarantined")
             kept_out = tx.updates_with_status(project.id, "rejected")
+            actions = tx.actions(project.id, ACTIONS_SHOWN)
         return protocol.Stats(
             project=project.name,
             current_version=project.current_version,
@@ -113,9 +119,21 @@ class StandingsService:
             updates_quarantined=quarantined,
             updates_kept_out=kept_out,
             credit_pending=max(0.0, sum(c.credit_pending for c in clients)),
+            actions=[
+                protocol.OrganiserAction(
+                    id=a.id,
+                    at=int(a.at),
+                    action=a.action,  # type: ignore[arg-type]
+                    target=a.target,
+                    reason=a.reason,
+                    detail=a.detail,
+                )
+                for a in actions
+            ],
         )
 
     def me(self, project: ProjectRecord, client: ClientRecord) -> protocol.Me:
+        check_not_banned(project, client)  # so the app stops, rather than retry as if swapped
         board = self.leaderboard(project)
         row = next(r for r in board.contributors if r.client_id == client.id)
         return protocol.Me(

@@ -1,4 +1,5 @@
-"""Rules about one task that leasing and uploads share: ownership, liveness, pace samples."""
+"""Rules about one task that leasing and uploads share: ownership, liveness, pace samples,
+and that a banned contributor gets none."""
 
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ def owned_task(
     if task.client_id != client.id:
         raise api_error("not_your_task", f"task {task_id!r} is leased to another contributor")
     return task
+
+
+def check_not_banned(project: ProjectRecord, client: ClientRecord | None) -> None:
+    """403 ``banned`` for a contributor the organiser banned (``backend.services.admin``):
+    it may not lease, heartbeat, upload or rejoin; not a final refusal of any task."""
+    if client is not None and client.banned_at is not None:
+        raise api_error(
+            "banned",
+            f"the organiser of {project.name!r} banned this contributor "
+            f"({(client.ban_reason or 'no reason given')[:200]}); it takes no more work from it",
+        )
 
 
 def check_live(task: TaskRecord, now: float) -> None:

@@ -21,7 +21,8 @@ from backend.services import crediting
 from backend.services.context import ProjectRuntime, ServiceContext
 from backend.services.replication import CheckOutcome, spot_check
 from backend.settings import ProjectSettings
-from backend.store import ProjectRecord, UpdateRecord, WriteTx
+from backend.store import ActionRecord, ProjectRecord, UpdateRecord, WriteTx
+from federated.replication import should_ban
 from federated.screening import norm_outliers
 
 
@@ -114,3 +115,29 @@ def record(tx: WriteTx, claim_id: int, vetting: Vetting, now: float) -> None:
         tx.record_check(check.update.client_id, check.update.id, check.error, check.passed, now)
     crediting.settle(tx, [u.id for u in vetting.kept], grant=True, now=now)
     crediting.settle(tx, list(vetting.verdicts), grant=False, now=now)
+    for client_id in {c.update.client_id for c in vetting.checks if not c.passed}:
+        _ban_if_caught_again(tx, client_id, now)
+
+
+def _ban_if_caught_again(tx: WriteTx, client_id: str, now: float) -> None:
+    """A contributor whose failed checks outweigh its clean record is banned by the
+    coordinator, as an organiser would (the action is logged and shown): checking a known
+    cheat on every upload would cost as much again as all its uploads."""
+    client = tx.client(client_id)
+    if (
+        client is None
+        or client.banned_at is not None
+        or not should_ban(client.checks_passed, client.checks_failed)
+    ):
+        return
+    reason = (
+        f"failed {client.checks_failed} spot checks (re-executions that did not match) and "
+        f"passed {client.checks_passed}: banned by the coordinator"
+    )
+    tx.set_client_ban(client_id, now, reason)
+    ended = tx.end_client_leases(client.project_id, client_id)
+    waiting = [u.id for u in tx.client_updates(client_id, "pending")]
+    set_aside = tx.set_aside_updates(waiting, "banned", reason, now)
+    crediting.settle(tx, set_aside, grant=False, now=now)
+    detail = f"banned {client.display_name}; ended {ended} lease(s); set aside {len(set_aside)}"
+    tx.insert_action(ActionRecord(0, client.project_id, now, "ban", client_id, reason, detail))

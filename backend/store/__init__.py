@@ -1,6 +1,7 @@
 """Storage behind a small interface: ``Store`` (SQLite by default) and the blob folder."""
 
 from backend.store.base import (
+    ActionRecord,
     AggregationClaim,
     ClaimConflict,
     ClientRecord,
@@ -17,6 +18,7 @@ from backend.store.blobs import BlobStore
 from backend.store.sqlite import SQLiteStore
 
 __all__ = [
+    "ActionRecord",
     "AggregationClaim",
     "BlobStore",
     "ClaimConflict",

@@ -3,10 +3,15 @@
 A blob is written to a temp file in the same folder tree, fsynced, renamed into place and
 the directory fsynced, so a blob either exists complete or not at all; writing the same
 content twice is a no-op. Digests are validated by regex before they touch a path.
+
+Temp files (``tmp/incoming-PID-…``, an upload being verified) carry the pid of the process
+that writes them; opening the store removes those that a process no longer alive (or an
+earlier life of this pid) left behind, such as an upload cut short by a crash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -24,6 +29,19 @@ class BlobStore:
         self.root = Path(root)
         self.tmp_dir = self.root / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.orphans_removed = self.remove_orphans()
+
+    def remove_orphans(self) -> int:
+        """Remove the temp files no live process is writing; how many were removed."""
+        removed = 0
+        for f in self.tmp_dir.iterdir():
+            pid = f.name.split("-")[1] if f.name.count("-") >= 2 else ""
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue  # another process (a gunicorn worker) is writing it
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                f.unlink()
+                removed += 1
+        return removed
 
     def path(self, digest: str) -> Path:
         if not is_digest(digest):
@@ -41,7 +59,7 @@ class BlobStore:
 
     def temp_file(self) -> tuple[int, Path]:
         """An open descriptor and path of a new temp file on the blob filesystem."""
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="incoming-")
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"incoming-{os.getpid()}-")
         return fd, Path(name)
 
     def put(self, data: bytes) -> str:
@@ -85,3 +103,15 @@ class BlobStore:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
         return h.hexdigest() == digest
+
+
+def _alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would end the process there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's, or cannot tell: keep its files
+    return True

@@ -183,6 +183,26 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "CREATE INDEX version_updates_digest ON version_updates (project_id, payload_digest)",
         ),
     ),
+    (
+        6,
+        (
+            # Organiser actions (backend.services.admin): a banned contributor (when and
+            # why; NULL: not banned), and every action taken (ban, unban, revoke,
+            # rollback), written in the transaction of its effect, for the page and the CLI.
+            "ALTER TABLE clients ADD COLUMN banned_at REAL",
+            "ALTER TABLE clients ADD COLUMN ban_reason TEXT",
+            """CREATE TABLE actions (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                project_id INTEGER NOT NULL REFERENCES projects(id),
+                at REAL NOT NULL,
+                action TEXT NOT NULL,
+                target TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                detail TEXT NOT NULL
+            )""",
+            "CREATE INDEX actions_project ON actions (project_id, id)",
+        ),
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

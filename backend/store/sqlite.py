@@ -5,6 +5,7 @@ Split by concern, so that another database could reuse the shape of the queries:
     sqlite_writer   SQLiteStore: connections, the one writer, group commit, batched writes
     sqlite_reads    SQLiteReads: the SQL of ``ReadTx``
     sqlite_writes   SQLiteTx: SQLiteReads plus the SQL of ``WriteTx``
+    sqlite_admin    the organiser's writes of ``WriteTx`` (bans, set-asides, actions)
     sqlite_rows     records to and from rows (JSON columns, the project-row memo)
 """
 

@@ -10,7 +10,14 @@ import json
 import sqlite3
 from typing import Any
 
-from backend.store.base import ClientRecord, ProjectRecord, TaskRecord, UpdateRecord, VersionRecord
+from backend.store.base import (
+    ActionRecord,
+    ClientRecord,
+    ProjectRecord,
+    TaskRecord,
+    UpdateRecord,
+    VersionRecord,
+)
 
 
 def dump(value: Any) -> str:
@@ -89,3 +96,7 @@ def update_from_row(row: sqlite3.Row) -> UpdateRecord:
     values = {k: row[k] for k in row.keys() if k != "seq"}  # noqa: SIM118
     values["metrics"] = json.loads(values["metrics"])
     return UpdateRecord(**values)
+
+
+def action_from_row(row: sqlite3.Row) -> ActionRecord:
+    return ActionRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118

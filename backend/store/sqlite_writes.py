@@ -1,7 +1,8 @@
 """The SQL of writes: ``WriteTx`` on the writer connection.
 
 ``SQLiteTx`` is what ``SQLiteStore.read()`` and ``write()`` yield: the reads of
-``SQLiteReads`` plus the statements of every write transaction. It runs inside the
+``SQLiteReads`` plus the statements of every write transaction (the organiser's in
+``sqlite_admin``). It runs inside the
 transaction ``sqlite_writer`` opened and never commits, locks or syncs itself.
 """
 
@@ -20,11 +21,11 @@ from backend.store.base import (
     UpdateRecord,
     VersionRecord,
 )
-from backend.store.sqlite_reads import SQLiteReads
+from backend.store.sqlite_admin import SQLiteAdminWrites
 from backend.store.sqlite_rows import dump, task_from_row, update_from_row
 
 
-class SQLiteTx(SQLiteReads):
+class SQLiteTx(SQLiteAdminWrites):
     """Reads and (on the writer connection) writes; implements ``ReadTx`` and ``WriteTx``."""
 
     # --- writes ----------------------------------------------------------------------------
@@ -101,6 +102,9 @@ class SQLiteTx(SQLiteReads):
             )
             == 1
         )
+
+    def delete_spent_challenges(self, now: float) -> int:
+        return self._run("DELETE FROM challenges WHERE used = 1 OR expires_at < ?", now)
 
     def insert_invite(
         self, project_id: int, code_hash: str, created_at: float, max_uses: int
@@ -444,6 +448,20 @@ class SQLiteTx(SQLiteReads):
             [(uid, claim.id) for uid in dropped],
         )
         self._run("UPDATE aggregations SET status = 'done' WHERE id = ?", claim.id)
+
+    def publish_version(self, version: VersionRecord, expected_current: int) -> bool:
+        if (
+            self._run(
+                "UPDATE projects SET current_version = ? WHERE id = ? AND current_version = ?",
+                version.version,
+                version.project_id,
+                expected_current,
+            )
+            != 1
+        ):
+            return False
+        self.insert_version(version)
+        return True
 
     def quarantine_updates(self, claim_id: int, reasons: dict[str, str]) -> None:
         self._c.executemany(

@@ -26,12 +26,16 @@ VERDICT_CODES: tuple[str, ...] = (
     "replication_mismatch",
     "harms_model",
     "version_gate",
+    "banned",
+    "revoked",
 )
 """Why an accepted update was kept out of its aggregate (``UpdateStatus.verdict``): its
 norm was far above the median of the updates aggregated with it; the coordinator trained
 its task again and got something else; the version was worse on held-out data with it
 than without it; or no version made of it and the others was good enough to publish.
-Its credit is withheld."""
+Its credit is withheld. ``banned`` and ``revoked``: an organiser set it aside before it
+was aggregated, banning its contributor (``barnraise-backend ban --revoke``) or revoking
+that update alone (``barnraise-backend revoke``)."""
 
 ERROR_STATUS: dict[str, int] = {
     "bad_id": 400,
@@ -45,6 +49,7 @@ ERROR_STATUS: dict[str, int] = {
     "bad_invite": 403,
     "bad_signature": 403,
     "not_your_task": 403,
+    "banned": 403,
     "not_found": 404,
     "unknown_project": 404,
     "unknown_task": 404,
@@ -65,6 +70,7 @@ ERROR_STATUS: dict[str, int] = {
     "rate_limited": 429,
     "project_paused": 503,
     "unavailable": 503,
+    "insufficient_storage": 507,
     "internal_error": 500,
 }
 """Every stable error code and its status: the table in docs/protocol.md, as data."""
@@ -89,7 +95,9 @@ and heartbeats for it answer 410 ``task_rejected``. Everything else leaves the t
 was: server errors and 429 (try again), 401 and ``unknown_task``/``not_your_task`` (the
 caller does not own the task, so it must not be able to end it), ``incomplete_body`` (a
 connection cut mid-upload: send it again), ``lease_expired``, ``task_already_answered``
-and ``project_closed`` (the task is over already)."""
+and ``project_closed`` (the task is over already), and ``banned`` (the caller may not work
+for the project at all: the ban ended its leases already, and after an unban it starts
+from new tasks)."""
 
 
 class ProtocolError(FederatedError, ValueError):

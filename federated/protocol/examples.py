@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from federated.protocol import messages as m
+from federated.protocol import standings as st
 
 _KEY = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="
 _SIG = "q" * 86 + "=="
@@ -33,6 +34,16 @@ _PROJECT = m.Project(
     invite_required=False,
     codec="int8",
     page_url="/p/digits",
+)
+
+_ACTION = st.OrganiserAction(
+    id=1,
+    at=1764220100,
+    action="ban",
+    target="mL4l0ry7n2p9qR4s6t8u",
+    reason="sent the same update under three names",
+    detail="banned; revoked 37.5 GFLOP of 3 updates, withheld 12.5 GFLOP of 1, "
+    "set aside 1 update not aggregated yet, ended 1 lease",
 )
 
 EXAMPLES: dict[type[Any], Any] = {
@@ -90,7 +101,7 @@ EXAMPLES: dict[type[Any], Any] = {
         accepted_at=1764220001,
         credit=12.5,
     ),
-    m.UpdateStatus: m.UpdateStatus(
+    st.UpdateStatus: st.UpdateStatus(
         update_id="uP3d4t3Id0000001",
         task_id=_TASK,
         status="rejected",
@@ -119,9 +130,9 @@ EXAMPLES: dict[type[Any], Any] = {
         path=["5e" * 32, "c0" * 32],
         updates_root=_ROOT,
     ),
-    m.Leaderboard: m.Leaderboard(
+    st.Leaderboard: st.Leaderboard(
         contributors=[
-            m.LeaderboardContributor(
+            st.LeaderboardContributor(
                 client_id=_CLIENT,
                 rank=1,
                 name="Ada",
@@ -133,7 +144,7 @@ EXAMPLES: dict[type[Any], Any] = {
             )
         ],
         teams=[
-            m.LeaderboardTeam(
+            st.LeaderboardTeam(
                 rank=1,
                 name="Analytical Engines",
                 team="Analytical Engines",
@@ -142,11 +153,11 @@ EXAMPLES: dict[type[Any], Any] = {
             )
         ],
     ),
-    m.Stats: m.Stats(
+    st.Stats: st.Stats(
         project="digits",
         current_version=1,
         versions=[
-            m.VersionStats(
+            st.VersionStats(
                 version=1,
                 digest=_DIGEST,
                 created_at=1764220000,
@@ -162,8 +173,9 @@ EXAMPLES: dict[type[Any], Any] = {
         updates_accepted=3,
         total_credit=37.5,
         live_leases=2,
+        actions=[_ACTION],
     ),
-    m.Me: m.Me(
+    st.Me: st.Me(
         client_id=_CLIENT,
         name="Ada",
         display_name="Ada",
@@ -173,6 +185,7 @@ EXAMPLES: dict[type[Any], Any] = {
         rank=1,
         last_seen=1764220001,
     ),
+    st.OrganiserAction: _ACTION,
 }
 EXAMPLES[m.SignedTask] = m.SignedTask(manifest=EXAMPLES[m.TaskManifest], signature=_SIG)
 EXAMPLES[m.SignedModel] = m.SignedModel(manifest=EXAMPLES[m.ModelManifest], signature=_SIG)

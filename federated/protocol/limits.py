@@ -5,6 +5,21 @@ from __future__ import annotations
 MAX_JSON_BODY_BYTES = 64 * 1024
 """A JSON request body larger than this is refused (413) before it is parsed."""
 
+MAX_JSON_DEPTH = 32
+"""A JSON body or signed manifest whose arrays and objects nest deeper than this is refused
+(400 ``bad_json``) before it is parsed; no message of the protocol nests deeper than 3."""
+
+MAX_JSON_INT_DIGITS = 32
+"""A JSON integer of more digits than this is refused (400 ``bad_json``) while it is
+parsed: no field takes one (``MAX_EXAMPLES`` has 10 digits), and up to this length the
+field's own range check names the field."""
+
+MAX_RANGE_HEADER_CHARS = 200
+"""A model download's ``Range`` header longer than this is refused (400)."""
+
+MAX_RANGE_DIGITS = 18
+"""A byte position in ``Range`` of more digits than this is past the end of any model (416)."""
+
 MAX_MANIFEST_HEADER_BYTES = 16 * 1024
 """The base64 ``X-Barnraise-Manifest`` header larger than this is refused (400)."""
 
@@ -24,7 +39,32 @@ MAX_CHALLENGE_CHARS = 100
 MAX_METRICS = 32
 """An update manifest reports at most this many metrics."""
 MAX_METRIC_NAME_CHARS = 64
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "loss_before": (0.0, 1e4),
+    "loss_after": (0.0, 1e4),
+    "seconds": (0.0, 1e7),
+    "examples_per_second": (0.0, 1e9),
+    "steps": (0.0, 1e9),
+}
+"""The metrics the contributor app reports, and the values each can physically take: a
+cross-entropy is never negative and 1e4 nats is no model anyone trains; a task runs for
+less than 116 days. Other names only keep within ``MAX_METRIC_ABS``."""
+
 MAX_METRIC_ABS = 1e9
+
+
+def reportable_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` without the values the coordinator would refuse (not finite, or outside
+    their range): a contributor whose training diverged still sends its update, and the
+    coordinator judges it by its own measurements, not by what it reports."""
+    kept: dict[str, float] = {}
+    for name, value in metrics.items():
+        low, high = METRIC_RANGES.get(name, (-MAX_METRIC_ABS, MAX_METRIC_ABS))
+        if low <= value <= high:  # False for NaN
+            kept[name] = value
+    return kept
+
+
 """A reported metric (a loss, seconds, examples per second) is within ±1e9: larger is not
 physical, and a sum of a buffer's reports must never overflow to infinity."""
 MAX_CODEC_CHARS = 32

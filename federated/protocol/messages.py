@@ -27,7 +27,6 @@ from federated.protocol.types import (
     PositiveInt,
     ProjectName,
     PublicKey,
-    Rank,
     ServerId,
     Signature,
     UnixSeconds,
@@ -107,10 +106,19 @@ class UpdateManifest(_Request):
         dict[MetricName, MetricValue],
         msgspec.Meta(
             max_length=limits.MAX_METRICS,
-            description="At most 32 numbers within ±1e9, e.g. loss_before, loss_after, "
-            "seconds, examples_per_second.",
+            description="At most 32 numbers within ±1e9; loss_before and loss_after within "
+            "[0, 1e4], seconds within [0, 1e7], examples_per_second and steps within [0, 1e9].",
         ),
     ] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in limits.METRIC_RANGES.items():
+            value = self.metrics.get(name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(
+                    f"metric {name!r} is {value:g}: not a value it can take "
+                    f"(it is within [{low:g}, {high:g}])"
+                )
 
 
 # --- answers -----------------------------------------------------------------------------
@@ -126,10 +134,17 @@ class ErrorBody(_Answer):
 
 
 class Health(_Answer):
-    """``degraded`` (answered 503) while some project's aggregation is overdue."""
+    """``degraded`` (answered 503) while some project's aggregation is overdue or the
+    coordinator's disk is full."""
 
     status: Literal["ok", "degraded"]
     aggregation_overdue: list[ProjectName] = msgspec.field(default_factory=list)
+    storage_full: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Writes fail for want of space (they answer 507 insufficient_storage)."
+        ),
+    ] = False
 
 
 class DataColumns(_Answer):
@@ -249,31 +264,6 @@ class Receipt(_Answer):
     credit_unit: Literal["GFLOP"] = CREDIT_UNIT
 
 
-CreditState = Literal["pending", "granted", "withheld", "revoked"]
-
-
-class UpdateStatus(_Answer, kw_only=True):
-    """What became of one accepted update, for the contributor who sent it."""
-
-    update_id: str
-    task_id: ServerId
-    status: Annotated[
-        Literal["pending", "aggregated", "dropped", "rejected", "quarantined"],
-        msgspec.Meta(
-            description="pending: waits for its aggregate; aggregated: in a version; dropped: "
-            "too stale by then, or its network had its share; rejected: kept out (verdict); "
-            "quarantined: it broke an aggregation."
-        ),
-    ]
-    credit: Annotated[float, msgspec.Meta(ge=0)]
-    credit_state: CreditState
-    verdict: Annotated[
-        str | None, msgspec.Meta(description="Why it was kept out: a code of VERDICT_CODES.")
-    ] = None
-    detail: str | None = None
-    credit_unit: Literal["GFLOP"] = CREDIT_UNIT
-
-
 class ModelManifest(_Answer, omit_defaults=True):
     """What the project key signs for each published version (``federated.provenance``).
 
@@ -336,133 +326,3 @@ class InclusionProof(_Answer):
         ),
     ]
     updates_root: Digest
-
-
-class LeaderboardContributor(_Answer, kw_only=True):
-    client_id: ServerId
-    name: str
-    display_name: Annotated[str, msgspec.Meta(description="The same as ``name``.")]
-    team: str | None = None
-    credit: float
-    recent_credit: float = 0.0
-    updates_accepted: Count = 0
-    updates_rejected: Count = 0
-    last_seen: UnixSeconds | None = None
-    rank: Rank | None = None
-
-
-class LeaderboardTeam(_Answer, kw_only=True):
-    name: str
-    team: Annotated[str, msgspec.Meta(description="The same as ``name``.")]
-    members: Count = 0
-    credit: float
-    recent_credit: float = 0.0
-    updates_accepted: Count = 0
-    rank: Rank | None = None
-
-
-class Leaderboard(_Answer):
-    contributors: list[LeaderboardContributor]
-    teams: list[LeaderboardTeam]
-    credit_unit: Literal["GFLOP"] = CREDIT_UNIT
-
-
-class VersionStats(_Answer):
-    version: Count
-    digest: Digest
-    created_at: UnixSeconds
-    metrics: Annotated[
-        dict[str, float | None],
-        msgspec.Meta(description="Held-out evaluation, e.g. accuracy and loss."),
-    ]
-    updates: Count = 0
-    contributors: Count = 0
-    parent_digest: Digest | None = None
-    parent_manifest_digest: Digest | None = None
-    updates_root: Digest | None = None
-
-
-class Stats(_Answer):
-    project: ProjectName
-    current_version: Count
-    versions: list[VersionStats]
-    contributors: Count = 0
-    updates_accepted: Count = 0
-    updates_rejected: Count = 0
-    total_credit: float = 0.0
-    credit_unit: Literal["GFLOP"] = CREDIT_UNIT
-    live_leases: Count = 0
-    pending_updates: Count = 0
-    updates_aggregated: Annotated[
-        int, msgspec.Meta(ge=0, description="Accepted updates that went into a published version.")
-    ] = 0
-    updates_dropped: Annotated[
-        int,
-        msgspec.Meta(ge=0, description="Accepted updates dropped as too stale before aggregation."),
-    ] = 0
-    tasks_rejected: Annotated[
-        int,
-        msgspec.Meta(ge=0, description="Tasks ended for good by a final refusal of their update."),
-    ] = 0
-    updates_quarantined: Annotated[
-        int,
-        msgspec.Meta(
-            ge=0, description="Accepted updates set aside because they broke an aggregation."
-        ),
-    ] = 0
-    updates_kept_out: Annotated[
-        int,
-        msgspec.Meta(
-            ge=0,
-            description="Accepted updates kept out of their aggregate (a verdict such as "
-            "norm_outlier); their credit was withheld.",
-        ),
-    ] = 0
-    credit_pending: Annotated[
-        float, msgspec.Meta(ge=0, description="Credit of updates not aggregated yet.")
-    ] = 0.0
-
-
-class Me(_Answer, kw_only=True):
-    """The caller's own row of the leaderboard."""
-
-    client_id: ServerId | None = None
-    name: str | None = None
-    display_name: str | None = None
-    team: str | None = None
-    credit: float
-    recent_credit: float = 0.0
-    updates_accepted: Count
-    updates_rejected: Count
-    last_seen: UnixSeconds | None = None
-    rank: Rank | None = None
-    credit_pending: Annotated[
-        float,
-        msgspec.Meta(ge=0, description="Credit of accepted updates not aggregated yet."),
-    ] = 0.0
-    credit_unit: Literal["GFLOP"] = CREDIT_UNIT
-
-
-MESSAGES: tuple[type[msgspec.Struct], ...] = (
-    ErrorBody,
-    Health,
-    ProjectSummary,
-    ProjectList,
-    Project,
-    Challenge,
-    JoinRequest,
-    JoinResponse,
-    TaskManifest,
-    SignedTask,
-    Heartbeat,
-    UpdateManifest,
-    Receipt,
-    UpdateStatus,
-    ModelManifest,
-    SignedModel,
-    InclusionProof,
-    Leaderboard,
-    Stats,
-    Me,
-)
-"""Every message, for the generated OpenAPI components."""

@@ -6,7 +6,50 @@ from typing import Any
 
 import msgspec
 
-from federated.protocol.messages import MESSAGES
+from federated.protocol.messages import (
+    Challenge,
+    ErrorBody,
+    Health,
+    Heartbeat,
+    InclusionProof,
+    JoinRequest,
+    JoinResponse,
+    ModelManifest,
+    Project,
+    ProjectList,
+    ProjectSummary,
+    Receipt,
+    SignedModel,
+    SignedTask,
+    TaskManifest,
+    UpdateManifest,
+)
+from federated.protocol.standings import Leaderboard, Me, OrganiserAction, Stats, UpdateStatus
+
+MESSAGES: tuple[type[msgspec.Struct], ...] = (
+    ErrorBody,
+    Health,
+    ProjectSummary,
+    ProjectList,
+    Project,
+    Challenge,
+    JoinRequest,
+    JoinResponse,
+    TaskManifest,
+    SignedTask,
+    Heartbeat,
+    UpdateManifest,
+    Receipt,
+    UpdateStatus,
+    ModelManifest,
+    SignedModel,
+    InclusionProof,
+    Leaderboard,
+    Stats,
+    Me,
+    OrganiserAction,
+)
+"""Every message, for the generated OpenAPI components."""
 
 REF_TEMPLATE = "#/components/schemas/{name}"
 

@@ -293,7 +293,7 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    base = app.public_url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         for name, team in [
             (samples.XSS_NAME, samples.XSS_TEAM),

@@ -141,11 +141,16 @@ def test_healthz_says_which_projects_are_overdue(
     assert http.get(f"{IN_PROCESS_URL}/healthz").json() == {
         "status": "ok",
         "aggregation_overdue": [],
+        "storage_full": False,
     }
     clock.advance(AGGREGATION_CLAIM_TTL_S + 1)
     r = http.get(f"{IN_PROCESS_URL}/healthz")
     assert r.status_code == 503
-    assert r.json() == {"status": "degraded", "aggregation_overdue": ["digits"]}
+    assert r.json() == {
+        "status": "degraded",
+        "aggregation_overdue": ["digits"],
+        "storage_full": False,
+    }
     metrics = http.get(f"{IN_PROCESS_URL}/metrics").text
     assert 'barnraise_aggregation_overdue{project="digits"} 1.0' in metrics
 

@@ -341,6 +341,7 @@ def test_health_metrics_openapi(http: requests.Session, make_project: Any) -> No
     assert http.get(f"{IN_PROCESS_URL}/healthz").json() == {
         "status": "ok",
         "aggregation_overdue": [],
+        "storage_full": False,
     }
     metrics = http.get(f"{IN_PROCESS_URL}/metrics")
     assert metrics.status_code == 200 and "barnraise_http_requests_total" in metrics.text

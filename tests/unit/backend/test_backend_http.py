@@ -141,7 +141,7 @@ def test_serves_tls_with_cheroot(tmp_path: Path) -> None:
     start_in_thread(server)
     try:
         r = requests.get(f"https://127.0.0.1:{bound_port(server)}/healthz", verify=cert, timeout=10)
-        assert r.json() == {"status": "ok", "aggregation_overdue": []}
+        assert r.json() == {"status": "ok", "aggregation_overdue": [], "storage_full": False}
         with pytest.raises(requests.exceptions.SSLError):
             requests.get(
                 f"https://127.0.0.1:{bound_port(server)}/healthz", timeout=10

@@ -152,3 +152,21 @@ def test_a_caught_cheat_loses_the_credit_it_earned_since_its_last_clean_check(
             if u.client_id == mallory.client_id
         ]
     assert states == ["granted", "revoked", "withheld"]
+
+
+def test_a_contributor_caught_twice_is_banned_by_the_coordinator(
+    coordinator: Coordinator, http: requests.Session, join: Any
+) -> None:
+    make(coordinator)
+    ada, bob, mallory = join("digits", "Ada"), join("digits", "Bob"), join("digits", "Mallory")
+    for seed in (1, 2):
+        honest_round(coordinator, [ada, bob])
+        cheat(http, coordinator, mallory, last_norm(coordinator), seed=seed)
+        assert coordinator.worker.run_once()
+    r = http.post(
+        f"{API}/digits/tasks/lease?wait=0", headers={"Authorization": f"Bearer {mallory.token}"}
+    )
+    assert r.status_code == 403 and r.json()["error"]["code"] == "banned"
+    actions = http.get(f"{API}/digits/stats").json()["actions"]
+    assert actions[0]["action"] == "ban" and "spot checks" in actions[0]["reason"]
+    assert ada.lease(0) is not None  # the honest ones go on

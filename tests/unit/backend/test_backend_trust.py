@@ -257,7 +257,7 @@ def test_client_reported_loss_is_a_median_one_liar_cannot_move(
 ) -> None:
     make_project("digits", clients_per_round=3, min_updates=3)
     spec = spec_of(coordinator, "digits")
-    for name, loss in (("Ada", 0.5), ("Bob", 0.6), ("Mallory", 1e9)):
+    for name, loss in (("Ada", 0.5), ("Bob", 0.6), ("Mallory", 9999.0)):  # the most allowed
         c = join("digits", name)
         task = c.lease(0)
         assert task is not None
@@ -344,3 +344,40 @@ def test_a_round_no_subset_of_which_passes_the_gate_publishes_nothing(
     # The one whose update was not found to blame may train this round again; the other not.
     again = [c.lease(0) is not None for c in people]
     assert sorted(again) == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("metrics", "named"),
+    [
+        ({"loss_after": 1e9}, "loss_after"),
+        ({"loss_before": -1.0}, "loss_before"),
+        ({"seconds": 1e8}, "seconds"),
+    ],
+)
+def test_a_metric_no_training_can_report_is_refused(
+    coordinator: Coordinator,
+    http: requests.Session,
+    make_project: Any,
+    join: Any,
+    metrics: dict[str, float],
+    named: str,
+) -> None:
+    make_project("digits")
+    spec = spec_of(coordinator, "digits")
+    mallory = join("digits", "Mallory")
+    task = mallory.lease(0)
+    assert task is not None
+    r = upload_request(
+        http,
+        IN_PROCESS_URL,
+        project="digits",
+        token=mallory.token,
+        key=mallory.key,
+        task=task,
+        client_id=mallory.client_id,
+        payload=encode_update(small_delta(spec, key=task["task_id"]), "int8").payload,
+        manifest_overrides={"metrics": metrics},
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "manifest_mismatch"
+    assert named in r.json()["error"]["message"]
+    assert me(http, mallory)["credit_pending"] == 0

@@ -13,7 +13,7 @@ from backend.api.routes import ROUTE_TABLE
 from backend.openapi import ERROR_CODES, build_openapi
 from federated.protocol import convert, to_wire
 from federated.protocol.examples import EXAMPLES
-from federated.protocol.messages import MESSAGES
+from federated.protocol.schema import MESSAGES
 
 PROTOCOL = Path(__file__).resolve().parents[3] / "docs" / "protocol.md"
 

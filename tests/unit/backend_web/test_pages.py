@@ -19,7 +19,6 @@ from backend.pages import (
     ProjectSummaryView,
     TeamRow,
     VersionPoint,
-    absolute_url,
     render_error_page,
     render_index,
     render_line_chart,
@@ -274,13 +273,3 @@ def test_top_n_note_and_closed_project() -> None:
     text = "".join(parse(html).text)
     assert "Showing the top 2 of 250 contributors" in text
     assert "no longer takes contributions" in text
-
-
-def test_absolute_url_from_environ() -> None:
-    environ = {
-        "wsgi.url_scheme": "https",
-        "HTTP_HOST": "barn.example",
-        "SERVER_NAME": "x",
-        "SERVER_PORT": "443",
-    }
-    assert absolute_url(environ, "/p/digits") == "https://barn.example/p/digits"
