@@ -68,7 +68,7 @@ class ProjectSettings:
     max_client_share: float = 0.5
     max_network_share: float = 1.0
     spot_check_rate: float = 0.05
-    max_loss_regression: float = 0.25
+    max_loss_regression: float = 1.0
     replication_tolerance: float = 0.1
 
     def validate(self) -> ProjectSettings:

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 
 from backend.services import crediting
 from backend.services.context import ServiceContext
-from backend.services.gate import Aggregate, gate
+from backend.services.gate import REFERENCE_VERSIONS, Aggregate, gate, reference_loss
 from backend.services.models import (
     evaluate_state,
     load_tensors,
@@ -205,7 +205,12 @@ def run_aggregation(
         metrics = {} if test is None else evaluate_state(rt.recipe, rt.hparams, state, test)
         return Aggregate(state, strategy, metrics)
 
-    gated = gate(aggregate_of, vetting.kept, base.metrics.get("loss"), settings.max_loss_regression)
+    gated = gate(
+        aggregate_of,
+        vetting.kept,
+        reference_loss(_recent_losses(ctx, project, claim.base_version)),
+        settings.max_loss_regression,
+    )
     vetting = vetting.without(gated.kept, gated.verdicts)
     if gated.aggregate is None:
         _keep_all_out(ctx, project, claim, vetting)
@@ -262,6 +267,18 @@ def run_aggregation(
     ctx.notifier.notify(project.name)
     log.info("project %s: published version %d (%s)", project.name, next_version, metrics)
     return next_version
+
+
+def _recent_losses(ctx: ServiceContext, project: ProjectRecord, base: int) -> list[float | None]:
+    """Held-out losses of the versions up to ``base``, the last few, oldest first."""
+    first = max(0, base - REFERENCE_VERSIONS + 1)
+    with ctx.store.read() as tx:
+        versions = [tx.version(project.id, n) for n in range(first, base + 1)]
+    losses: list[float | None] = []
+    for v in versions:
+        loss = v.metrics.get("loss") if v is not None else None
+        losses.append(float(loss) if isinstance(loss, int | float) else None)
+    return losses
 
 
 def _keep_all_out(

@@ -26,6 +26,18 @@ from federated.tensors import StateDict
 MAX_REMOVALS = 4
 """Updates the gate takes out of one aggregate at most before it gives the aggregate up."""
 
+REFERENCE_VERSIONS = 3
+"""A new version is held to the worst held-out loss of the last this many versions, not to
+its base's alone: one lucky FedBuff version would otherwise make the next honest one look
+like a regression (the async bench kept out 3-7 % of honest updates that way)."""
+
+
+def reference_loss(losses: list[float | None]) -> float | None:
+    """The loss a new version is held to, from its base's and its predecessors'."""
+    known = [x for x in losses[-REFERENCE_VERSIONS:] if x is not None and x == x]
+    return max(known) if known else None
+
+
 MIN_LOSS_RISE = 0.1
 """Nats a version's held-out loss may rise whatever ``max_loss_regression`` says: once the
 loss is small, a relative limit alone tripped on ordinary noise (an async bench of digits

@@ -189,6 +189,24 @@ def _fit_task(
     return project.hparams, useful
 
 
+REFUSALS_BEFORE_PAUSE = 3
+"""Uploads refused in a row (for what they were, not for lateness) before a contributor
+waits for its next task: each costs the coordinator a decode and a screen, and a client
+sending free rides as fast as it can made honest updates late (bench.adversaries)."""
+REFUSAL_PAUSE_S = 5.0
+REFUSAL_PAUSE_MAX_S = 3600.0
+
+
+def refusal_pause_s(client: ClientRecord, now: float) -> float:
+    """Seconds the client still waits for a task after refused uploads: 5 s after the third
+    in a row, doubling with each more, at most an hour; an accepted upload resets it."""
+    n = client.refused_in_a_row
+    if n < REFUSALS_BEFORE_PAUSE or client.refused_at is None:
+        return 0.0
+    pause = min(REFUSAL_PAUSE_MAX_S, REFUSAL_PAUSE_S * 2 ** (n - REFUSALS_BEFORE_PAUSE))
+    return max(0.0, client.refused_at + pause - now)
+
+
 def _lease_in_tx(
     ctx: ServiceContext, project_name: str, client_id: str, now: float, tx: WriteTx
 ) -> tuple[protocol.SignedTask | None, list[int]]:
@@ -231,7 +249,10 @@ def _lease_in_tx(
         # Its share of the next buffer is waiting already: more work now would only wait
         # (and go stale) behind it, or let one contributor fill a buffer.
         return None, expired
-    check_not_banned(project, tx.client(client_id))  # banned during a long poll
+    client = tx.client(client_id)
+    check_not_banned(project, client)  # banned during a long poll
+    if client is not None and refusal_pause_s(client, now) > 0:
+        return None, expired  # its last uploads were refused: it waits before more work
     base = tx.version(project.id, version)
     assert base is not None
     num_shards = len(project.shard_sizes) if project.shard_sizes else 1

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 _PAYLOAD_CODES = frozenset(PAYLOAD_CODES)
 
+_LATE_CODES = frozenset({"wrong_base"})
+"""Final refusals an honest contributor gets for being late, which do not make it suspect."""
+
 _TYPICAL_NORM_UPDATES = 32
 """The typical norm a new update is compared with: the median of the project's last this
 many aggregated updates."""
@@ -236,7 +239,7 @@ class UploadService:
         try:
             # Durable when it ends the task: after a crash it must not be leased again.
             with ctx.store.write(durable=final) as tx:
-                tx.count_rejection(client.id, now)
+                tx.count_rejection(client.id, now, in_a_row=final and code not in _LATE_CODES)
                 if final:
                     ended = tx.reject_task(task_id, project.id, client.id, code, now)
                 if ended and attempt.task is not None and attempt.num_examples is not None:

@@ -83,6 +83,8 @@ class ClientRecord:
     checks_passed: int = 0  # spot checks (re-executions) that matched
     checks_failed: int = 0
     last_check_passed_at: float | None = None
+    refused_in_a_row: int = 0  # uploads refused for what they were since the last accepted
+    refused_at: float | None = None
     banned_at: float | None = None  # banned by the organiser (backend.services.admin)
     ban_reason: str | None = None
 
@@ -317,7 +319,10 @@ class WriteTx(ReadTx, Protocol):
         its (reason code, sentence)."""
         ...
 
-    def count_rejection(self, client_id: str, now: float) -> None: ...
+    def count_rejection(self, client_id: str, now: float, *, in_a_row: bool = False) -> None:
+        """One more refused upload; ``in_a_row``: refused for what it was, not for lateness."""
+        ...
+
     def claim_aggregation(
         self, project_id: int, base_version: int, owner: str, now: float, update_ids: list[str]
     ) -> AggregationClaim: ...

@@ -158,6 +158,10 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "ALTER TABLE clients ADD COLUMN checks_passed INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE clients ADD COLUMN checks_failed INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE clients ADD COLUMN last_check_passed_at REAL",
+            # Uploads refused for what they were (not for lateness) since the client's last
+            # accepted one, and when the last was: leasing backs off (services.leasing).
+            "ALTER TABLE clients ADD COLUMN refused_in_a_row INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE clients ADD COLUMN refused_at REAL",
         ),
     ),
     (

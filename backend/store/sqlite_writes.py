@@ -302,7 +302,7 @@ class SQLiteTx(SQLiteAdminWrites):
     def add_pending_credit(self, client_id: str, credit: float, now: float) -> None:
         self._run(
             """UPDATE clients SET credit_pending = credit_pending + ?, accepted = accepted + 1,
-                 last_seen = ? WHERE id = ?""",
+                 refused_in_a_row = 0, last_seen = ? WHERE id = ?""",
             credit,
             now,
             client_id,
@@ -382,9 +382,16 @@ class SQLiteTx(SQLiteAdminWrites):
             [(code, detail[:500], uid, claim_id) for uid, (code, detail) in verdicts.items()],
         )
 
-    def count_rejection(self, client_id: str, now: float) -> None:
+    def count_rejection(self, client_id: str, now: float, *, in_a_row: bool = False) -> None:
         self._run(
-            "UPDATE clients SET rejected = rejected + 1, last_seen = ? WHERE id = ?", now, client_id
+            """UPDATE clients SET rejected = rejected + 1, last_seen = ?,
+                 refused_in_a_row = refused_in_a_row + ?,
+                 refused_at = CASE WHEN ? THEN ? ELSE refused_at END WHERE id = ?""",
+            now,
+            int(in_a_row),
+            int(in_a_row),
+            now,
+            client_id,
         )
 
     def claim_aggregation(

@@ -15,7 +15,7 @@ import torch
 from backend.coordinator import Coordinator
 from backend.credit import task_work, update_credit
 from backend.demo_clients import DemoContributor
-from backend.testing import IN_PROCESS_URL, small_delta, upload_request
+from backend.testing import IN_PROCESS_URL, FakeClock, small_delta, upload_request
 from federated.codec import decode_model, encode_update
 from federated.tensors import StateDict
 
@@ -381,3 +381,33 @@ def test_a_metric_no_training_can_report_is_refused(
     assert r.status_code == 422 and r.json()["error"]["code"] == "manifest_mismatch"
     assert named in r.json()["error"]["message"]
     assert me(http, mallory)["credit_pending"] == 0
+
+
+def test_a_contributor_whose_uploads_keep_being_refused_waits_for_work(
+    coordinator: Coordinator,
+    http: requests.Session,
+    make_project: Any,
+    join: Any,
+    clock: FakeClock,
+) -> None:
+    make_project("digits", mode="async", buffer_size=10)
+    spec = spec_of(coordinator, "digits")
+    zero = {k: torch.zeros(shape) for k, (shape, _) in spec.items()}
+    mallory = join("digits", "Mallory")
+    for _ in range(3):
+        task = mallory.lease(0)
+        assert task is not None
+        refused(send(http, mallory, task, zero), "empty_update")
+    assert mallory.lease(0) is None  # three free rides in a row: a pause before more work
+    clock.advance(6)
+    task = mallory.lease(0)
+    assert task is not None  # the pause is over
+    refused(send(http, mallory, task, zero), "empty_update")
+    clock.advance(6)
+    assert mallory.lease(0) is None  # the fourth doubled it (10 s)
+    clock.advance(5)
+    task = mallory.lease(0)
+    assert task is not None
+    assert send(http, mallory, task, small_delta(spec, key=task["task_id"])).status_code == 201
+    assert join("digits", "Ada").lease(0) is not None  # others were never held up
+    assert mallory.lease(0) is not None  # an accepted upload ends the pause
