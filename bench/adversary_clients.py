@@ -170,9 +170,10 @@ class Adversary(DemoContributor):
             claim = inflated_examples(int(task["max_examples"]))
             return payload, msgspec.structs.replace(honest, num_examples=claim)
         if kind == "poisoned_metrics":
-            return payload, msgspec.structs.replace(
-                honest, metrics=poisoned_metrics(honest.metrics)
-            )
+            # Set past the type's own check: the coordinator is what is being tested.
+            forged_metrics = msgspec.structs.replace(honest)
+            forged_metrics.metrics = poisoned_metrics(honest.metrics)
+            return payload, forged_metrics
         delta = decode_update(payload, spec, expected_codec=codec)
         num_examples = honest.num_examples
         if kind in ("sign_flip", "takeover"):
