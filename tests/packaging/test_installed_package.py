@@ -383,12 +383,16 @@ def test_headless_delivers_an_accepted_signed_update(
         while time.monotonic() < deadline and proc.poll() is None:
             board = _get_json(f"{coordinator}/api/v1/projects/packaged/leaderboard")
             rows = [r for r in board["contributors"] if r["display_name"] == "frozen-volunteer"]
-            if rows and rows[0]["updates_accepted"] >= 1:
+            # Credit is granted once the update is aggregated (a round of one here), after
+            # the coordinator re-executed it (a newcomer's first update is always checked):
+            # the frozen app's training must match the coordinator's.
+            if rows and rows[0]["updates_accepted"] >= 1 and rows[0]["credit"] > 0:
                 break
             time.sleep(0.5)
         else:
             pytest.fail(
-                f"no accepted update within {TRAINING_TIMEOUT_S}s; leaderboard {board}\n{out.text()}"
+                f"no accepted and credited update within {TRAINING_TIMEOUT_S}s; leaderboard "
+                f"{board}\n{out.text()}"
             )
         assert rows[0]["credit"] > 0
         out.wait_for("accepted", timeout=30)

@@ -34,7 +34,7 @@ def send(
     *,
     payload: bytes | None = None,
     num_examples: int | None = None,
-    coordinator: Coordinator | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> requests.Response:
     if payload is None:
         assert delta is not None
@@ -49,6 +49,7 @@ def send(
         client_id=c.client_id,
         payload=payload,
         num_examples=num_examples,
+        manifest_overrides=None if metrics is None else {"metrics": metrics},
     )
 
 
@@ -261,16 +262,8 @@ def test_client_reported_loss_is_a_median_one_liar_cannot_move(
         c = join("digits", name)
         task = c.lease(0)
         assert task is not None
-        r = upload_request(
-            http,
-            IN_PROCESS_URL,
-            project="digits",
-            token=c.token,
-            key=c.key,
-            task=task,
-            client_id=c.client_id,
-            payload=encode_update(small_delta(spec, key=task["task_id"]), "int8").payload,
-            manifest_overrides={"metrics": {"loss_after": loss}},
+        r = send(
+            http, c, task, small_delta(spec, key=task["task_id"]), metrics={"loss_after": loss}
         )
         assert r.status_code == 201, r.text
     assert coordinator.worker.run_once()
@@ -367,17 +360,7 @@ def test_a_metric_no_training_can_report_is_refused(
     mallory = join("digits", "Mallory")
     task = mallory.lease(0)
     assert task is not None
-    r = upload_request(
-        http,
-        IN_PROCESS_URL,
-        project="digits",
-        token=mallory.token,
-        key=mallory.key,
-        task=task,
-        client_id=mallory.client_id,
-        payload=encode_update(small_delta(spec, key=task["task_id"]), "int8").payload,
-        manifest_overrides={"metrics": metrics},
-    )
+    r = send(http, mallory, task, small_delta(spec, key=task["task_id"]), metrics=metrics)
     assert r.status_code == 422 and r.json()["error"]["code"] == "manifest_mismatch"
     assert named in r.json()["error"]["message"]
     assert me(http, mallory)["credit_pending"] == 0
