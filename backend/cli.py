@@ -67,10 +67,19 @@ def _parser() -> argparse.ArgumentParser:
         "address; set it behind a proxy or on 0.0.0.0; never taken from a request's Host)",
     )
     serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=None,
+        metavar="ADDRESS_OR_NETWORK",
+        help="a load balancer whose X-Forwarded-For names the client (repeatable); from "
+        "anyone else the header is ignored",
+    )
+    serve.add_argument(
         "--config",
         type=Path,
         default=None,
-        help="TOML file with host, port, tls_cert, tls_key, threads, rate, burst, public_url",
+        help="TOML file with host, port, tls_cert, tls_key, threads, rate, burst, "
+        "public_url, trusted_proxies",
     )
 
     project = sub.add_parser("project", help="create and manage projects")
@@ -194,6 +203,7 @@ def _coordinator(data_dir: Path) -> Any:
 
 def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     from backend.server import DEFAULT_THREADS, bound_port, freeze_startup_heap, make_server
+    from backend.throttle import parse_proxies
     from backend.wsgi import DEFAULT_BURST, DEFAULT_RATE, bind_url, check_public_url, create_app
 
     config: dict[str, Any] = {}
@@ -208,8 +218,13 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     public_url = args.public_url or config.get("public_url")
     if public_url:
         public_url = check_public_url(str(public_url))  # before anything is opened or bound
+    proxies = args.trusted_proxy or list(config.get("trusted_proxies", []))
+    parse_proxies(proxies)  # a bad one is refused before anything is opened or bound
     app = create_app(
-        data_dir, rate=config.get("rate", DEFAULT_RATE), burst=config.get("burst", DEFAULT_BURST)
+        data_dir,
+        rate=config.get("rate", DEFAULT_RATE),
+        burst=config.get("burst", DEFAULT_BURST),
+        trusted_proxies=proxies,
     )
     server = make_server(app, host, port, threads=threads, tls_cert=cert, tls_key=key)
     freeze_startup_heap()

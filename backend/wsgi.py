@@ -28,15 +28,14 @@ from backend.errors import (
     HTTPError,
     MethodNotAllowed,
     NotFound,
-    TooManyRequests,
     api_error,
     error_body,
 )
 from backend.http import HTTP_REASONS, Request, Response
 from backend.openapi import build_openapi
-from backend.ratelimit import RateLimiter
 from backend.storage import STORAGE_RETRY_AFTER_S, is_storage_full
 from backend.store import ClientRecord, ProjectRecord
+from backend.throttle import Throttle, forwarded_client, parse_proxies
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,9 @@ ROUTES: list[tuple[str, re.Pattern[str], frozenset[str], Handler]] = [
     (route.name, route.regex, frozenset({route.method}), route.handler) for route in ROUTE_TABLE
 ]
 """(name, regex, methods, handler) from ``backend.api.routes.ROUTE_TABLE``; first match wins."""
+
+BEARER_ROUTES = frozenset(route.name for route in ROUTE_TABLE if route.bearer)
+"""Routes whose handler authenticates: charged to the client then (``backend.throttle``)."""
 
 DEFAULT_RATE = 50.0
 """Requests per second a client may sustain (token bucket refill)."""
@@ -115,11 +117,13 @@ class App:
         rate: float | None = DEFAULT_RATE,
         burst: float = DEFAULT_BURST,
         public_url: str = DEFAULT_PUBLIC_URL,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.coordinator = coordinator
         self.public_url = check_public_url(public_url)
-        self.limiter = RateLimiter(rate=rate, burst=burst) if rate else None
         self.metrics = coordinator.metrics
+        self.throttle = Throttle(rate, burst, self.metrics)
+        self.trusted_proxies = parse_proxies(trusted_proxies)
         self._openapi: bytes | None = None
 
     def openapi_json(self) -> bytes:
@@ -129,30 +133,23 @@ class App:
         return self._openapi
 
     def authenticate(self, req: Request, project: ProjectRecord) -> ClientRecord:
-        client = self.coordinator.authenticate(project, req.header("authorization"))
+        try:
+            client = self.coordinator.authenticate(project, req.header("authorization"))
+        except HTTPError:
+            self.throttle.charge_failed_auth(req.remote_addr, req.route_name)
+            raise
         req.client_id = client.id
-        self._rate_limit(f"client:{client.id}", req)
+        self.throttle.charge_client(client.id, req.route_name)
         return client
-
-    def _rate_limit(self, key: str, req: Request) -> None:
-        if self.limiter is None:
-            return
-        decision = self.limiter.check(key)
-        if not decision.allowed:
-            self.metrics.rate_limited.labels(route=req.route_name).inc()
-            raise TooManyRequests(
-                "too many requests from this client; wait as Retry-After says",
-                retry_after=int(decision.retry_after_header),
-            )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
+        forwarded_client(environ, self.trusted_proxies)
         req = Request(environ)
         try:
             name, handler, args = resolve(req.method, req.path)
             req.route_name = name
-            if not req.header("authorization"):
-                self._rate_limit(f"addr:{req.remote_addr}", req)
+            self.throttle.charge_request(name, req.remote_addr, name in BEARER_ROUTES)
             response = handler(self, req, **args)
         except HTTPError as exc:
             response = self._error_response(req, exc)
@@ -233,6 +230,7 @@ def create_app(
     rate: float | None = DEFAULT_RATE,
     burst: float = DEFAULT_BURST,
     public_url: str = DEFAULT_PUBLIC_URL,
+    trusted_proxies: Iterable[str] = (),
     **coordinator_options: Any,
 ) -> App:
     """The WSGI app over ``data_dir`` (created if missing), its aggregation worker started."""
@@ -241,6 +239,7 @@ def create_app(
         rate=rate,
         burst=burst,
         public_url=public_url,
+        trusted_proxies=trusted_proxies,
     )
 
 
@@ -251,6 +250,11 @@ def app_from_env() -> App:
     from backend.server import freeze_startup_heap
 
     data = os.environ.get("BARNRAISE_DATA") or str(default_data_dir())
-    app = create_app(data, public_url=os.environ.get("BARNRAISE_PUBLIC_URL") or DEFAULT_PUBLIC_URL)
+    proxies = [p for p in os.environ.get("BARNRAISE_TRUSTED_PROXIES", "").split(",") if p.strip()]
+    app = create_app(
+        data,
+        public_url=os.environ.get("BARNRAISE_PUBLIC_URL") or DEFAULT_PUBLIC_URL,
+        trusted_proxies=proxies,
+    )
     freeze_startup_heap()
     return app
