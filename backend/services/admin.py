@@ -123,9 +123,7 @@ class AdminService:
             client = find_client(tx, project, client_id)
             parts: list[str] = []
             if client.banned_at is None:
-                tx.set_client_ban(client.id, now, reason)
-                ended = tx.end_client_leases(project.id, client.id)
-                parts += [f"banned {client.display_name}", f"ended {_plural(ended, 'lease')}"]
+                parts += ban_in_tx(tx, client, reason, now, revoke=False)
             elif not revoke:
                 raise AdminError(
                     f"{describe(client)} is banned already ({client.ban_reason}); add --revoke "
@@ -261,6 +259,20 @@ class AdminService:
         """The project's action log, newest first."""
         with self._ctx.store.read() as tx:
             return tx.actions(project.id, limit)
+
+
+def ban_in_tx(
+    tx: WriteTx, client: ClientRecord, reason: str, now: float, *, revoke: bool
+) -> list[str]:
+    """A ban's effect, in ``tx``: the client banned, its live leases ended and, with
+    ``revoke``, all its credit taken back (``_revoke_all``); what it did, in phrases. The
+    organiser's ``ban`` and the coordinator's own (a caught cheat) both come here."""
+    tx.set_client_ban(client.id, now, reason)
+    ended = tx.end_client_leases(client.project_id, client.id)
+    parts = [f"banned {client.display_name}", f"ended {_plural(ended, 'lease')}"]
+    if revoke:
+        parts += _revoke_all(tx, client, reason, now)
+    return parts
 
 
 def _revoke_all(tx: WriteTx, client: ClientRecord, reason: str, now: float) -> list[str]:

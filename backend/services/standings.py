@@ -147,7 +147,7 @@ class StandingsService:
             updates_rejected=row.updates_rejected,
             last_seen=row.last_seen,
             rank=row.rank,
-            credit_pending=max(0.0, client_pending(self._ctx, client)),
+            credit_pending=max(0.0, client.credit_pending),
         )
 
     def update_status(
@@ -169,10 +169,3 @@ class StandingsService:
             verdict=update.verdict,
             detail=detail,
         )
-
-
-def client_pending(ctx: ServiceContext, client: ClientRecord) -> float:
-    """The client's pending credit as stored now (``client`` may be an older read)."""
-    with ctx.store.read() as tx:
-        fresh = tx.client(client.id)
-    return fresh.credit_pending if fresh is not None else client.credit_pending

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from backend.services import crediting
+from backend.services.admin import ban_in_tx
 from backend.services.context import ProjectRuntime, ServiceContext
 from backend.services.replication import CheckOutcome, spot_check
 from backend.settings import ProjectSettings
@@ -121,8 +122,8 @@ def record(tx: WriteTx, claim_id: int, vetting: Vetting, now: float) -> None:
 
 def _ban_if_caught_again(tx: WriteTx, client_id: str, now: float) -> None:
     """A contributor whose failed checks outweigh its clean record is banned by the
-    coordinator, as an organiser would (the action is logged and shown): checking a known
-    cheat on every upload would cost as much again as all its uploads."""
+    coordinator as an organiser's ``ban --revoke`` would (the action is logged and shown):
+    checking a known cheat on every upload would cost as much again as all its uploads."""
     client = tx.client(client_id)
     if (
         client is None
@@ -134,10 +135,5 @@ def _ban_if_caught_again(tx: WriteTx, client_id: str, now: float) -> None:
         f"failed {client.checks_failed} spot checks (re-executions that did not match) and "
         f"passed {client.checks_passed}: banned by the coordinator"
     )
-    tx.set_client_ban(client_id, now, reason)
-    ended = tx.end_client_leases(client.project_id, client_id)
-    waiting = [u.id for u in tx.client_updates(client_id, "pending")]
-    set_aside = tx.set_aside_updates(waiting, "banned", reason, now)
-    crediting.settle(tx, set_aside, grant=False, now=now)
-    detail = f"banned {client.display_name}; ended {ended} lease(s); set aside {len(set_aside)}"
+    detail = "; ".join(ban_in_tx(tx, client, reason, now, revoke=True))
     tx.insert_action(ActionRecord(0, client.project_id, now, "ban", client_id, reason, detail))
