@@ -5,9 +5,12 @@
 From version N (default: the current one) back to 0: every manifest verifies under the
 project key, each names its parent's model and signed manifest, each version's model and
 strategy state are stored with their digests, and the updates under each version's
-``updates_root`` are the ones stored, aggregated, with payloads that hash to their digests
-(``backend.services.provenance.ProvenanceService.audit``). Prints a verdict; exit status 1
-with every problem found when the chain does not hold.
+``updates_root`` are the ones stored, aggregated, signed by their contributors for their
+payload digests, with payloads that hash to those digests
+(``backend.services.provenance.ProvenanceService.audit``). A payload that retention
+deleted (``keep_payload_versions``) is counted as pruned: its digest is checked, not its
+bytes. Prints a verdict; exit status 1 with every problem found when the chain does not
+hold.
 """
 
 from __future__ import annotations
@@ -59,10 +62,20 @@ def run_verify(args: argparse.Namespace, data_dir: Path, out: TextIO) -> int:
         print(f"OK: {span} holds.", file=out)
         print(
             f"  {len(audit.versions)} version(s), {audit.updates} update(s); every manifest is "
-            f"signed by key {audit.key_fingerprint}, each names its parent, and every model, "
-            "strategy state and update payload is stored with its digest.",
+            f"signed by key {audit.key_fingerprint}, each names its parent, every model and "
+            "strategy state is stored with its digest, and every update's upload manifest is "
+            "signed by its contributor for its payload digest.",
             file=out,
         )
+        if audit.pruned:
+            print(
+                f"  {audit.updates - audit.pruned} update payload(s) stored with their digests; "
+                f"{audit.pruned} pruned by retention (keep_payload_versions): their digests are "
+                "checked, their bytes are gone.",
+                file=out,
+            )
+        else:
+            print("  Every update payload is stored with its digest.", file=out)
         print(
             f"  version {top}: model {head.manifest['digest']}, signed manifest sha256 "
             f"{manifest_digest(head.manifest)}",

@@ -42,6 +42,12 @@ RECENT_CREDIT_HALF_LIFE_S = 7 * 24 * 3600.0
 CREDIT_UNIT = "GFLOP"
 """The unit of credit: 1e9 training floating-point operations."""
 
+LEASE_LIFE_S = 3600.0
+LEASE_LIFE_LEASES = 12
+"""A lease lives at most ``LEASE_LIFE_S`` or this many ``lease_s``, whichever is longer,
+from its issue, heartbeats or not (``ProjectSettings.lease_life_s``; an hour at the default
+300 s): no heartbeat keeps a task out of the pool for ever (issue 12, lease hoarding)."""
+
 
 @dataclass(frozen=True)
 class ProjectSettings:
@@ -70,6 +76,7 @@ class ProjectSettings:
     spot_check_rate: float = 0.05
     max_loss_regression: float = 1.0
     replication_tolerance: float = 0.1
+    keep_payload_versions: int = 10
 
     def validate(self) -> ProjectSettings:
         """Return self, or raise ValueError naming the first bad setting."""
@@ -108,6 +115,11 @@ class ProjectSettings:
             raise ValueError("max_loss_regression must be within [0, 100]")
         if not (0.0 < self.replication_tolerance <= 10.0):
             raise ValueError("replication_tolerance must be within (0, 10]")
+        if not (0 <= self.keep_payload_versions <= 1_000_000):
+            raise ValueError(
+                "keep_payload_versions must be 0 (keep every payload) or within [1, 1e6], "
+                f"got {self.keep_payload_versions!r}"
+            )
         for name in ("max_client_share", "max_network_share"):
             value = float(getattr(self, name))
             if not (0.0 < value <= 1.0):
@@ -122,6 +134,13 @@ class ProjectSettings:
     def leases_per_round(self) -> int:
         """Sync mode: leases handed out per round, more than needed so stragglers don't stall it."""
         return max(self.clients_per_round, math.ceil(self.clients_per_round * self.overprovision))
+
+    @property
+    def lease_life_s(self) -> float:
+        """Seconds a lease lives at most from its issue, however often it heartbeats (an
+        hour, or ``LEASE_LIFE_LEASES`` x ``lease_s`` if longer); then it expires and its task
+        is back in the pool."""
+        return max(LEASE_LIFE_S, LEASE_LIFE_LEASES * self.lease_s)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +186,7 @@ SETTING_HELP: dict[str, str] = {
     "spot_check_rate": "built-in data: the least share of a contributor's updates the coordinator re-executes and compares (newcomers and anyone who failed a check: every update); 0: off",
     "replication_tolerance": "a spot check passes when the update differs from its re-execution by at most this (relative L2)",
     "max_loss_regression": "a new version whose held-out loss is more than this share above its base version's is not published: the updates that cause it are kept out (harms_model); 0: off",
+    "keep_payload_versions": "an update's payload is deleted this many versions after it was aggregated or kept out (its digest, signed manifest and proofs stay); 0: keep every payload",
     "fit_tasks": "size each task (full, 1/2 or 1/4 of its steps) to the contributor's measured pace so its update arrives while still useful, and withhold it when even 1/4 would not",
 }
 """One line per ProjectSettings field: shown by the CLI, checked against the docs."""

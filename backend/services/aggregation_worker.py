@@ -3,8 +3,10 @@
 It expires leases, deletes spent join challenges (``CHALLENGE_SWEEP_S``), takes back
 claims whose owner went away (``CLAIM_CHECK_S``), and
 aggregates each project whose round is complete, each on its own
-(``backend.services.aggregation``). A failure quarantines the updates that cannot be
-aggregated, or, with nothing to blame, pauses that project only, for longer each time.
+(``backend.services.aggregation``); after each version it publishes (and at its first
+pass) it prunes old update payloads (``backend.services.retention``). A failure
+quarantines the updates that cannot be aggregated, or, with nothing to blame, pauses that
+project only, for longer each time.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import os
 import threading
 
-from backend.services import crediting
+from backend.services import crediting, retention
 from backend.services.aggregation import (
     _OWNER,
     _OWNER_HOST,
@@ -100,6 +102,7 @@ class AggregationWorker:
         self._challenges_swept_at = float("-inf")
         self._failing: dict[int, float] = {}  # project id -> no new try before this time
         self._failures_in_a_row: dict[int, int] = {}
+        self._retention_due = True  # payload retention at the first pass, then per version
 
     def start(self) -> None:
         self.release_stale_claims()
@@ -150,6 +153,10 @@ class AggregationWorker:
                 self.delete_spent_challenges()
             except Exception as exc:  # housekeeping: never in the way of aggregation
                 log.warning("could not delete the spent join challenges: %s", exc)
+        if self._retention_due:  # the first pass: finish an interrupted one, catch up
+            self._retention_due = False
+            for project in ctx.projects():
+                self._prune(project)
         published = False
         for project in ctx.projects():
             if project.status == "closed" or ctx.clock() < self._failing.get(project.id, 0.0):
@@ -158,13 +165,32 @@ class AggregationWorker:
             if claim is None:
                 continue
             try:
-                published |= run_aggregation(ctx, project, claim) is not None
+                version = run_aggregation(ctx, project, claim)
             except Exception as exc:
                 self._failed(project, claim, exc)
             else:
                 self._failing.pop(project.id, None)
                 self._failures_in_a_row.pop(project.id, None)
+                if version is not None:
+                    published = True
+                    self._prune(project)
         return published
+
+    def _prune(self, project: ProjectRecord) -> None:
+        """Retention (``backend.services.retention``): housekeeping, never in the way of
+        aggregation; what a failed pass marked is finished by the next."""
+        try:
+            done = retention.prune(self.ctx, project)
+        except Exception as exc:
+            log.warning("could not prune the update payloads of project %s: %s", project.name, exc)
+            return
+        if done.marked or done.deleted:
+            log.info(
+                "project %s: pruned %d update payload(s), %d blob(s) deleted",
+                project.name,
+                done.marked,
+                done.deleted,
+            )
 
     def _failed(self, project: ProjectRecord, claim: AggregationClaim, exc: Exception) -> None:
         """Quarantine the updates that cannot be aggregated and put the rest back; with

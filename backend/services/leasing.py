@@ -5,14 +5,27 @@ Sync mode: round v is open while version v is current. It hands out at most
 the round closes (``backend.services.aggregation``) its outstanding leases are cancelled
 (their uploads get 409 wrong_base).
 
+Hoarding is bounded (issue 12: throwaway identities took every lease of a round and kept
+them alive with heartbeats, and the round never closed). A lease lives at most
+``lease_life_s`` (an hour, or 12 x ``lease_s`` if longer) from its issue: heartbeats extend
+it up to then, and one after it gets 410 lease_expired; the task goes back to the pool.
+In a sync round whose leases are all out, a lease out for ``round_deadline_s`` without an
+update is overdue: it stops holding the round's capacity and its shard is offered again to
+another contributor (the holder keeps its lease; each upload is a task of its own), at most
+``leases_per_round`` leases beyond the round's own at once, and none once the round has
+its ``min_updates``. A contributor still holds one lease at a time and gets one task per
+round, so as many hoarders as a round has leases delay it by its deadline at most (twice
+as many hold every lease until their leases' life ends, and then have to win them again).
+
 Async mode (FedBuff): any contributor may hold one lease at a time on the current
 version, up to ``max_concurrent_leases`` live leases per project.
 
 Both modes size each task to the contributor (``backend.pacing``): the full task, half or
 a quarter of its steps, whichever its measured pace brings back while the update is still
-useful, or none (the lease answers as if no work were available); each manifest says until
-when its update is useful (``useful_until``). A task refused for good at upload is
-``rejected``: never leased again, never a live lease (see ``backend.errors.FINAL_UPLOAD_CODES``).
+useful (and within the lease's life), or none (the lease answers as if no work were
+available); each manifest says until when its update is useful (``useful_until``). A task
+refused for good at upload is ``rejected``: never leased again, never a live lease (see
+``backend.errors.FINAL_UPLOAD_CODES``).
 A contributor the organiser banned gets 403 ``banned`` (``backend.services.admin``).
 
 A lease waits (long poll) on the project's ``Notifier`` generation: a new version, a
@@ -38,7 +51,14 @@ from backend.settings import (
     RETRY_AFTER_PAUSED_S,
     ProjectSettings,
 )
-from backend.store import ClientRecord, ProjectRecord, TaskRecord, VersionRecord, WriteTx
+from backend.store import (
+    ClientRecord,
+    ProjectRecord,
+    RoundCounts,
+    TaskRecord,
+    VersionRecord,
+    WriteTx,
+)
 from federated import protocol
 
 
@@ -79,8 +99,16 @@ class LeasingService:
         with ctx.store.write(durable=False) as tx:
             task = tx.task(task_id)
             assert task is not None
+            life_end = int(task.issued_at + settings.lease_life_s)  # its last deadline
+            if task.status == "leased" and now > life_end:
+                raise api_error(
+                    "lease_expired",
+                    f"the lease on task {task_id!r} reached its longest life "
+                    f"({settings.lease_life_s:.0f} s from its issue; heartbeats do not extend "
+                    "it past that); lease a new task",
+                )
             check_live(task, now)
-            deadline = int(now + settings.lease_s)
+            deadline = min(int(now + settings.lease_s), life_end)
             manifest = msgspec.structs.replace(stored_manifest(task), deadline=deadline)
             tx.set_task_lease(
                 task_id,
@@ -174,6 +202,8 @@ def _fit_task(
     )
     if not settings.fit_tasks:
         return project.hparams, useful
+    # Sized to come back within the lease's life too: no heartbeat keeps it longer.
+    fit_by = min(useful, now + settings.lease_life_s)
     client = tx.client(client_id)
     pace = pacing.pace_of(client) if client is not None else None
     if examples is None and pace is not None:
@@ -181,12 +211,44 @@ def _fit_task(
     full = full_task_steps(project.hparams, examples)
     if full is None:
         return project.hparams, useful  # nothing known to size by: the full task
-    steps = pacing.fit_steps(full_steps=full, pace=pace, now=now, useful_until=useful)
+    steps = pacing.fit_steps(full_steps=full, pace=pace, now=now, useful_until=fit_by)
     if steps is None:
         raise _Withheld
     if steps < full:
         return {**project.hparams, "max_steps": steps}, useful
     return project.hparams, useful
+
+
+def _reissue(
+    tx: WriteTx,
+    project_id: int,
+    version: int,
+    settings: ProjectSettings,
+    counts: RoundCounts,
+    now: float,
+) -> tuple[int, int] | None:
+    """Sync, a round whose leases are all out: (the shard to offer again, the round's tasks
+    that still count), or None when nothing may be re-issued.
+
+    A lease out for ``round_deadline_s`` without an update is overdue (the round is past
+    its deadline then too): it no longer holds the round's capacity, and its shard, oldest
+    first, goes to another contributor; the overdue one keeps its lease, and both updates
+    count if they come before the round closes (each is a task of its own). At most
+    ``leases_per_round`` live leases more than the round's own, so re-issues cannot flood
+    it; none once the round has its ``min_updates`` (it closes at its deadline)."""
+    if counts.answered >= settings.min_updates:
+        return None
+    if counts.live_leases + counts.answered >= 2 * settings.leases_per_round:
+        return None
+    leases = tx.live_round_leases(project_id, version, now)
+    cutoff = now - settings.round_deadline_s
+    overdue = [shard for shard, issued_at in leases if issued_at <= cutoff]
+    fresh = [shard for shard, issued_at in leases if issued_at > cutoff]
+    counted = counts.answered + len(fresh)
+    if not overdue or counted >= settings.leases_per_round:
+        return None
+    shard = next((s for s in overdue if s not in fresh), overdue[0])
+    return shard, counted
 
 
 REFUSALS_BEFORE_PAUSE = 3
@@ -231,16 +293,21 @@ def _lease_in_tx(
         return signed, expired
     version = project.current_version
     round_needs_it, round_waits_for_it = True, False
+    reissued_shard: int | None = None  # sync: the shard of an overdue lease, offered again
     if settings.mode == "sync":
         if tx.aggregation_running(project.id) or tx.client_has_task(project.id, client_id, version):
             return None, expired
         counts = tx.round_counts(project.id, version, now)
         if counts.answered >= settings.clients_per_round:
             return None, expired
-        if counts.live_leases + counts.answered >= settings.leases_per_round:
-            return None, expired
-        round_needs_it = counts.live_leases + counts.answered < settings.clients_per_round
-        round_waits_for_it = counts.live_leases + counts.answered < settings.min_updates
+        held = counts.live_leases + counts.answered
+        if held >= settings.leases_per_round:
+            reissue = _reissue(tx, project.id, version, settings, counts, now)
+            if reissue is None:
+                return None, expired
+            reissued_shard, held = reissue
+        round_needs_it = held < settings.clients_per_round
+        round_waits_for_it = held < settings.min_updates
     elif tx.live_leases(project.id, now) >= settings.max_concurrent_leases:
         return None, expired
     elif tx.client_pending_updates(project.id, client_id) >= settings.per_source_cap(
@@ -256,7 +323,7 @@ def _lease_in_tx(
     base = tx.version(project.id, version)
     assert base is not None
     num_shards = len(project.shard_sizes) if project.shard_sizes else 1
-    shard = tx.next_shard(project.id, num_shards)
+    shard = reissued_shard if reissued_shard is not None else tx.next_shard(project.id, num_shards)
     # Built-in data: the shard's size. Local data: the project's cap, so no claim of a
     # huge local data set can buy credit or FedAvg weight beyond it.
     max_examples = (

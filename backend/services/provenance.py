@@ -5,11 +5,19 @@ Every published version's manifest names its parent and the Merkle root of its u
 serves what a volunteer or an auditor needs to check that chain from outside (the signed
 manifest of any version, the proof that an update is under a version's root) and checks it
 from inside (``audit``: the chain, and every model, strategy state and update blob it
-names against the blob store).
+names against the blob store, and each update's signed upload manifest).
+
+An update payload that retention deleted (``backend.services.retention``) cannot be
+re-hashed: the audit counts it as pruned and checks what still binds its digest, the
+version's signed updates root over the stored leaves and the contributor's signature over
+the upload manifest naming that digest. A payload missing without being pruned is a
+problem, as before.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
 
 from backend.errors import BadRequest, NotFound
@@ -17,6 +25,7 @@ from backend.services.context import ServiceContext
 from backend.services.models import version_manifest
 from backend.store import ProjectRecord, UpdateRecord, VersionRecord
 from federated import protocol
+from federated.errors import SignatureError
 from federated.provenance import (
     Leaf,
     ProvenanceError,
@@ -25,7 +34,7 @@ from federated.provenance import (
     inclusion_proof,
     merkle_root,
 )
-from federated.signing import fingerprint
+from federated.signing import fingerprint, verify_bytes
 
 
 def check_update_key(update: str | None) -> str:
@@ -46,6 +55,7 @@ class Audit:
     project: str
     versions: list[int] = field(default_factory=list)
     updates: int = 0
+    pruned: int = 0  # of ``updates``: payloads deleted by retention (bytes not re-hashed)
     key_fingerprint: str = ""
     problems: list[str] = field(default_factory=list)
 
@@ -158,12 +168,18 @@ class ProvenanceService:
             records = {v.version: v for v in tx.versions(project.id) if v.version <= top}
             leaves = {v: tx.version_leaves(project.id, v) for v in records}
             stored = {u.id: u for u in tx.updates(project.id)}
+            keys = {c.id: c.public_key for c in tx.clients(project.id)}
         for number in sorted(records, reverse=True):
             report.versions.append(number)
             record = records[number]
             report.problems.extend(self._blob_problems(record))
             report.updates += len(leaves[number])
-            report.problems.extend(_leaf_problems(record, leaves[number], stored, ctx))
+            report.pruned += sum(
+                1 for uid, _d in leaves[number] if uid in stored and _pruned(stored[uid])
+            )
+            report.problems.extend(
+                _leaf_problems(record, leaves[number], stored, ctx, project.name, keys)
+            )
         return report
 
     def _blob_problems(self, record: VersionRecord) -> list[str]:
@@ -187,11 +203,44 @@ def _blob_problem(ctx: ServiceContext, digest: str) -> str | None:
         return "is not a digest"
 
 
+def _pruned(update: UpdateRecord) -> bool:
+    """Retention gave its payload up (``backend.services.retention``): the database no
+    longer promises the bytes, whether or not the blob is deleted yet."""
+    return update.payload_state != "kept"
+
+
+def _upload_problem(update: UpdateRecord, project: str, keys: dict[str, str]) -> str | None:
+    """Why ``update``'s upload manifest does not bind it, or None: signed by its
+    contributor's key, for this project, task and contributor, naming its payload digest.
+    What binds a pruned payload's digest besides the version's signed updates root."""
+    key = keys.get(update.client_id)
+    if key is None:
+        return f"its contributor {update.client_id} is not stored"
+    try:
+        raw = base64.b64decode(update.manifest_b64.encode("ascii"), validate=True)
+        verify_bytes(key, raw, update.signature)
+        fields = json.loads(raw)
+    except (SignatureError, ValueError, UnicodeError) as exc:
+        return f"its upload manifest does not verify under its contributor's key ({exc})"
+    expected = {
+        "project": project,
+        "task_id": update.task_id,
+        "client_id": update.client_id,
+        "payload_digest": update.payload_digest,
+    }
+    wrong = [k for k, v in expected.items() if not isinstance(fields, dict) or fields.get(k) != v]
+    if wrong:
+        return f"its signed upload manifest names another {', '.join(wrong)}"
+    return None
+
+
 def _leaf_problems(
     record: VersionRecord,
     pairs: list[tuple[str, str]],
     stored: dict[str, UpdateRecord],
     ctx: ServiceContext,
+    project: str,
+    keys: dict[str, str],
 ) -> list[str]:
     where = f"version {record.version}"
     if record.updates_root is None:
@@ -216,6 +265,11 @@ def _leaf_problems(
             continue
         if update.status != "aggregated":
             out.append(f"{where}: update {update_id} is {update.status}, not aggregated")
+        signed = _upload_problem(update, project, keys)
+        if signed:
+            out.append(f"{where}: update {update_id}: {signed}")
+        if _pruned(update):
+            continue  # its bytes are gone by retention: the digest is what is checked
         problem = _blob_problem(ctx, digest)
         if problem:
             out.append(f"{where}: the payload of update {update_id} {problem}")

@@ -8,7 +8,7 @@ a serialisable transaction), so check-then-act sequences inside it are atomic.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -130,6 +130,10 @@ class UpdateRecord:
     verdict: str | None = None  # status 'rejected': the reason code ...
     verdict_detail: str | None = None  # ... and the sentence the contributor sees
     check_error: float | None = None  # spot-checked: relative difference to its re-execution
+    # Retention (migration 7, backend.services.retention): kept | pruning (the database no
+    # longer promises the payload; its blob is being deleted) | pruned; and since when.
+    payload_state: str = "kept"
+    payload_pruned_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,13 @@ class ReadTx(Protocol):
     def updates(self, project_id: int) -> list[UpdateRecord]: ...
     def round_counts(self, project_id: int, base_version: int, now: float) -> RoundCounts: ...
     def live_leases(self, project_id: int, now: float) -> int: ...
+    def live_round_leases(
+        self, project_id: int, base_version: int, now: float
+    ) -> list[tuple[int, float]]:
+        """(shard index, issued at) of the live leases of round ``base_version``, oldest
+        first (sync: at most twice ``leases_per_round`` of them)."""
+        ...
+
     def pending_updates(self, project_id: int) -> int: ...
     def client_pending_updates(self, project_id: int, client_id: str) -> int:
         """The client's updates of the project not aggregated yet (pending or claimed)."""
@@ -233,6 +244,17 @@ class ReadTx(Protocol):
 
     def actions(self, project_id: int, limit: int | None) -> list[ActionRecord]:
         """The project's organiser actions, newest first (at most ``limit``)."""
+        ...
+
+    # --- retention (backend.services.retention) -------------------------------------------
+    def payloads_pruning(self, project_id: int, limit: int) -> list[tuple[str, str]]:
+        """(update id, payload digest) of the project's updates whose payload is being
+        pruned (state ``pruning``: marked, its blob maybe not deleted yet), oldest first."""
+        ...
+
+    def blobs_in_use(self, digests: Sequence[str]) -> set[str]:
+        """Those of ``digests`` that an update keeping its payload (of any project) or a
+        version (model, strategy state) still names: their blobs must stay."""
         ...
 
 
@@ -358,6 +380,19 @@ class WriteTx(ReadTx, Protocol):
         ...
 
     def insert_action(self, action: ActionRecord) -> int: ...
+
+    # --- retention (backend.services.retention) -------------------------------------------
+    def mark_payloads_pruning(
+        self, project_id: int, settled_up_to: int, now: float, limit: int
+    ) -> int:
+        """Give up the payloads of at most ``limit`` of the project's updates (oldest
+        first) whose fate is final and was settled at version ``settled_up_to`` or before
+        (state ``kept`` -> ``pruning``, at ``now``); how many."""
+        ...
+
+    def set_payloads_pruned(self, update_ids: Sequence[str]) -> None:
+        """These updates' blobs are deleted (state ``pruning`` -> ``pruned``)."""
+        ...
 
 
 class Store(Protocol):

@@ -7,6 +7,9 @@ content twice is a no-op. Digests are validated by regex before they touch a pat
 Temp files (``tmp/incoming-PID-…``, an upload being verified) carry the pid of the process
 that writes them; opening the store removes those that a process no longer alive (or an
 earlier life of this pid) left behind, such as an upload cut short by a crash.
+
+Update payloads are deleted by retention (``delete``), once the database no longer
+promises them; models and strategy states never are.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from federated.files import fsync_dir
@@ -88,6 +91,26 @@ class BlobStore:
         os.replace(tmp, final)
         fsync_dir(final.parent)
         return final
+
+    def delete(self, digests: Iterable[str]) -> int:
+        """Remove these blobs (those missing are skipped), durably: each folder a blob left
+        is fsynced, so a deletion is not undone by a power cut. How many were removed.
+
+        Only retention (``backend.services.retention``) deletes, and only blobs that the
+        database has already stopped promising."""
+        removed = 0
+        folders: set[Path] = set()
+        for digest in digests:
+            path = self.path(digest)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            folders.add(path.parent)
+        for folder in sorted(folders):
+            fsync_dir(folder)
+        return removed
 
     def digests(self) -> Iterator[str]:
         for sub in sorted(self.root.iterdir()):

@@ -207,6 +207,23 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "CREATE INDEX actions_project ON actions (project_id, id)",
         ),
     ),
+    (
+        7,
+        (
+            # Retention (backend.services.retention): an update's payload is ``kept``, or
+            # given up some versions after its fate was settled: ``pruning`` once the
+            # database stops promising it (durably, before its blob is deleted), ``pruned``
+            # once the blob is gone; and when it was given up. Updates stored before this
+            # are ``kept`` and are pruned like any other.
+            "ALTER TABLE updates ADD COLUMN payload_state TEXT NOT NULL DEFAULT 'kept'",
+            "ALTER TABLE updates ADD COLUMN payload_pruned_at REAL",
+            # Only what is kept is looked at: which payloads may go, and whether a blob is
+            # still named by an update that keeps it (in any project: blobs are shared).
+            "CREATE INDEX updates_payload_kept ON updates (project_id, seq) WHERE payload_state = 'kept'",
+            "CREATE INDEX updates_payload_digest_kept ON updates (payload_digest) WHERE payload_state = 'kept'",
+            "CREATE INDEX updates_payload_pruning ON updates (project_id) WHERE payload_state = 'pruning'",
+        ),
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

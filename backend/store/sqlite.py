@@ -6,6 +6,7 @@ Split by concern, so that another database could reuse the shape of the queries:
     sqlite_reads    SQLiteReads: the SQL of ``ReadTx``
     sqlite_writes   SQLiteTx: SQLiteReads plus the SQL of ``WriteTx``
     sqlite_admin    the organiser's writes of ``WriteTx`` (bans, set-asides, actions)
+    sqlite_retention  which update payloads may go, and their pruning (migration 7)
     sqlite_rows     records to and from rows (JSON columns, the project-row memo)
 """
 

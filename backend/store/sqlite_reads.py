@@ -160,6 +160,19 @@ class SQLiteReads:
         assert row is not None
         return RoundCounts(live_leases=int(row[0]), answered=int(row[1]))
 
+    def live_round_leases(
+        self, project_id: int, base_version: int, now: float
+    ) -> list[tuple[int, float]]:
+        rows = self._all(  # the tasks_round index
+            """SELECT shard_index, issued_at FROM tasks
+               WHERE project_id = ? AND base_version = ? AND status = 'leased' AND deadline >= ?
+               ORDER BY issued_at, id""",
+            project_id,
+            base_version,
+            now,
+        )
+        return [(int(r[0]), float(r[1])) for r in rows]
+
     def live_leases(self, project_id: int, now: float) -> int:
         row = self._one(
             "SELECT COUNT(*) FROM tasks WHERE project_id = ? AND status = 'leased' AND deadline >= ?",

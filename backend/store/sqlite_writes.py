@@ -2,7 +2,7 @@
 
 ``SQLiteTx`` is what ``SQLiteStore.read()`` and ``write()`` yield: the reads of
 ``SQLiteReads`` plus the statements of every write transaction (the organiser's in
-``sqlite_admin``). It runs inside the
+``sqlite_admin``, retention's in ``sqlite_retention``). It runs inside the
 transaction ``sqlite_writer`` opened and never commits, locks or syncs itself.
 """
 
@@ -22,10 +22,11 @@ from backend.store.base import (
     VersionRecord,
 )
 from backend.store.sqlite_admin import SQLiteAdminWrites
+from backend.store.sqlite_retention import SQLiteRetention
 from backend.store.sqlite_rows import dump, task_from_row, update_from_row
 
 
-class SQLiteTx(SQLiteAdminWrites):
+class SQLiteTx(SQLiteAdminWrites, SQLiteRetention):
     """Reads and (on the writer connection) writes; implements ``ReadTx`` and ``WriteTx``."""
 
     # --- writes ----------------------------------------------------------------------------
