@@ -59,7 +59,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve HTTPS")
     serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
-    serve.add_argument("--threads", type=int, default=None, help="server threads (default 64)")
+    serve.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads running requests (default 16); waiting long polls and slow clients hold none",
+    )
+    serve.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=None,
+        metavar="N",
+        help="open connections one address may hold (default 256; raise it for a campus "
+        "NAT, or behind a proxy that does not set X-Forwarded-For)",
+    )
     serve.add_argument(
         "--public-url",
         default=None,
@@ -79,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="TOML file with host, port, tls_cert, tls_key, threads, rate, burst, "
-        "public_url, trusted_proxies",
+        "public_url, trusted_proxies, max_connections_per_address",
     )
 
     project = sub.add_parser("project", help="create and manage projects")
@@ -203,6 +216,7 @@ def _coordinator(data_dir: Path) -> Any:
 
 def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     from backend.server import DEFAULT_THREADS, bound_port, freeze_startup_heap, make_server
+    from backend.serving import ServerLimits
     from backend.throttle import parse_proxies
     from backend.wsgi import DEFAULT_BURST, DEFAULT_RATE, bind_url, check_public_url, create_app
 
@@ -226,11 +240,15 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
         burst=config.get("burst", DEFAULT_BURST),
         trusted_proxies=proxies,
     )
-    server = make_server(app, host, port, threads=threads, tls_cert=cert, tls_key=key)
+    per_address = args.max_connections_per_address or config.get("max_connections_per_address")
+    limits = ServerLimits(max_connections_per_address=int(per_address)) if per_address else None
+    server = make_server(
+        app, host, port, threads=threads, tls_cert=cert, tls_key=key, limits=limits
+    )
     freeze_startup_heap()
 
     def stop(_signum: int, _frame: Any) -> None:
-        app.coordinator.notifier.close()  # answer waiting long polls now, so threads drain
+        app.coordinator.notifier.close()  # answer waiting long polls now
         threading.Thread(target=server.stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)

@@ -17,6 +17,7 @@ from typing import IO, Any, TypeVar
 from urllib.parse import parse_qs
 
 from backend.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, refusal
+from backend.serving.parking import RESUMED
 from backend.settings import JSON_BODY_LIMIT
 from federated import protocol
 
@@ -36,6 +37,8 @@ class Request:
         self.params: dict[str, str] = {}
         self.client_id: str | None = None  # set once a bearer token authenticated the caller
         self.route_name = "unmatched"
+        self.resumed = bool(environ.get(RESUMED))
+        """A parked long poll run again by the server (``backend.serving.parking``)."""
 
     def header(self, name: str) -> str | None:
         key = "HTTP_" + name.upper().replace("-", "_")

@@ -1,27 +1,24 @@
-"""Serving the WSGI app on cheroot (TLS optional), in the foreground or in a thread."""
+"""Serving the WSGI app on the embedded server (``backend.serving``, TLS optional), in
+the foreground or in a thread."""
 
 from __future__ import annotations
 
 import gc
+import ssl
 import threading
 from typing import Any
 
-from cheroot import wsgi
+from backend.serving import Server, ServerLimits
 
-DEFAULT_THREADS = 64
-"""Server threads; a long-polled lease holds one for up to 30 s, so keep this above the
-number of contributors expected to wait at once."""
+DEFAULT_THREADS = 16
+"""Worker threads running the app. A waiting long poll or a slow client holds none (they
+are sockets on the event loop), so this bounds only requests being computed at once:
+uploads being verified and stored, leases being signed."""
 
 LISTEN_BACKLOG = 1024
-"""Connections the kernel queues before cheroot accepts them (capped by net.core.somaxconn).
-cheroot's default of 5 makes a burst of contributors connecting at once (a new model
-version, a restart) see resets and SYN retransmits of one second or more."""
-
-KEEP_ALIVE_CONNECTIONS = 1024
-"""Idle keep-alive connections kept open (each a socket and two small buffers, closed
-after cheroot's 10 s idle timeout). cheroot's default of 10 answers ``Connection: close``
-as soon as more than 10 contributors are idle between requests, so each of their next
-requests pays for a new TCP connection."""
+"""Connections the kernel queues before the server accepts them (capped by
+net.core.somaxconn): a burst of contributors connecting at once (a new model version, a
+restart) otherwise sees resets and SYN retransmits of one second or more."""
 
 
 def freeze_startup_heap() -> None:
@@ -44,31 +41,23 @@ def make_server(
     threads: int = DEFAULT_THREADS,
     tls_cert: str | None = None,
     tls_key: str | None = None,
-) -> wsgi.Server:
-    server = wsgi.Server(
-        (host, port),
-        app,
-        numthreads=threads,
-        server_name="barnraise-backend",
-        request_queue_size=LISTEN_BACKLOG,
-    )
-    server.keep_alive_conn_limit = KEEP_ALIVE_CONNECTIONS
-    server.shutdown_timeout = 2
+    limits: ServerLimits | None = None,
+) -> Server:
+    context = None
     if tls_cert or tls_key:
         if not (tls_cert and tls_key):
             raise ValueError("give both --tls-cert and --tls-key, or neither")
-        from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-        server.ssl_adapter = BuiltinSSLAdapter(tls_cert, tls_key)
-    return server
-
-
-def bound_port(server: wsgi.Server) -> int:
-    addr = server.bind_addr
-    return int(addr[1]) if isinstance(addr, tuple) else 0
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_cert, tls_key)
+    return Server((host, port), app, threads=threads, limits=limits, ssl_context=context,
+                  backlog=LISTEN_BACKLOG)  # fmt: skip
 
 
-def start_in_thread(server: wsgi.Server) -> threading.Thread:
+def bound_port(server: Server) -> int:
+    return server.port
+
+
+def start_in_thread(server: Server) -> threading.Thread:
     """Bind now (so the port is known and accepting), serve in a daemon thread."""
     server.prepare()
     thread = threading.Thread(target=server.serve, name="barnraise-http", daemon=True)

@@ -4,7 +4,7 @@ Routes come from ``backend.api.routes`` (the same table the OpenAPI document is 
 from): ``(name, compiled regex, methods, handler)``; the first whose regex matches wins. Captured groups are passed to the handler by name; handlers validate them
 (``bad_id``) before they touch storage. A path matched with another method is 405.
 
-Run it with the CLI (``barnraise-backend serve``, cheroot) or under any WSGI server::
+Run it with the CLI (``barnraise-backend serve``, ``backend.serving``) or under any WSGI server::
 
     gunicorn --threads 32 'backend.wsgi:app_from_env()'     # reads BARNRAISE_DATA
 """
@@ -33,6 +33,7 @@ from backend.errors import (
 )
 from backend.http import HTTP_REASONS, Request, Response
 from backend.openapi import build_openapi
+from backend.serving.parking import PARKED
 from backend.storage import STORAGE_RETRY_AFTER_S, is_storage_full
 from backend.store import ClientRecord, ProjectRecord
 from backend.throttle import Throttle, forwarded_client, parse_proxies
@@ -139,7 +140,8 @@ class App:
             self.throttle.charge_failed_auth(req.remote_addr, req.route_name)
             raise
         req.client_id = client.id
-        self.throttle.charge_client(client.id, req.route_name)
+        if not req.resumed:
+            self.throttle.charge_client(client.id, req.route_name)
         return client
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -149,7 +151,8 @@ class App:
         try:
             name, handler, args = resolve(req.method, req.path)
             req.route_name = name
-            self.throttle.charge_request(name, req.remote_addr, name in BEARER_ROUTES)
+            if not req.resumed:  # a parked long poll run again was charged when it came
+                self.throttle.charge_request(name, req.remote_addr, name in BEARER_ROUTES)
             response = handler(self, req, **args)
         except HTTPError as exc:
             response = self._error_response(req, exc)
@@ -207,6 +210,8 @@ class App:
             chunks = []
         reason = HTTP_REASONS.get(response.status, "Unknown")
         start_response(f"{response.status} {reason}", headers)
+        if PARKED in req.environ:
+            return chunks  # held by the server: counted when it is run again and answered
         self.metrics.requests.labels(
             method=req.method if req.method in _KNOWN_METHODS else "OTHER",
             route=req.route_name,

@@ -3,7 +3,7 @@
     python -m bench.adversaries [--quick] [--attacks noise,zero] [--modes sync,async]
         [--versions 15] [--run-seconds 40] [--seed 0]
 
-Scenario. One real coordinator (cheroot on loopback, data folder in a tempdir) and, per
+Scenario. One real coordinator (the embedded server on loopback, data folder in a tempdir) and, per
 run, one new digits-mlp project (default iid partition, 10 shards, fixed seed; int8 codec;
 ``fit_tasks`` off, the bench is about trust, not pacing) with 10 contributors: 8 honest and
 2 adversaries running one attack (the clean run of each mode: 10 honest). Sync mode: rounds

@@ -2,7 +2,7 @@
 
     python -m bench.rounds [--contributors 10] [--versions 10]
 
-A real coordinator (cheroot on loopback) hosts digits-mlp in sync mode with one round per
+A real coordinator (the embedded server on loopback) hosts digits-mlp in sync mode with one round per
 N updates; N contributor engines (the same Controller that `barnraise --headless` runs,
 each with its own long-lived training child) join and train one local epoch per task.
 After a warm-up version, the bench times ``--versions`` versions. In the same run it

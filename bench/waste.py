@@ -2,7 +2,7 @@
 
     python -m bench.waste [--seconds 50] [--contributors 10] [--max-staleness 3]
 
-One real coordinator (cheroot on loopback) hosts two async (FedBuff) digits-mlp projects,
+One real coordinator (the embedded server on loopback) hosts two async (FedBuff) digits-mlp projects,
 one after the other, with the same scenario: ``--contributors`` real contributor engines
 (the ``Controller`` that ``barnraise --headless`` runs, each with its own training child)
 of mixed speed — half at full speed, a fifth at a 50 % CPU limit, the rest throttled to

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from backend.errors import BadRequest, UnsupportedMediaType
 from backend.http import Request, Response
 from backend.ids import check_server_id
-from backend.settings import RETRY_AFTER_NO_WORK_S
+from backend.serving.parking import PARK, POLL_DEADLINE
+from backend.settings import LONG_POLL_MAX_S, RETRY_AFTER_NO_WORK_S
+from backend.store import ClientRecord, ProjectRecord
 from federated import protocol
 
 if TYPE_CHECKING:
@@ -26,10 +29,29 @@ def lease_task(app: App, req: Request, project: str) -> Response:
         raise BadRequest(f"wait={raw_wait[:20]!r} is not a number of seconds") from None
     if wait != wait:  # NaN
         raise BadRequest("wait must be a number of seconds")
-    signed = app.coordinator.services.leasing.lease(record, client, wait)
+    signed = lease_or_park(app, req, record, client, wait)
     if signed is None:
         return Response.empty(204, [("Retry-After", str(RETRY_AFTER_NO_WORK_S))])
     return Response.json(protocol.to_wire(signed))
+
+
+def lease_or_park(
+    app: App, req: Request, record: ProjectRecord, client: ClientRecord, wait: float
+) -> protocol.SignedTask | None:
+    """A task, or None. Under the embedded server a long poll with nothing to lease parks
+    its connection (``backend.serving.parking``) instead of holding a thread: the 204
+    returned then is sent only at the deadline, and a wake-up runs this request again."""
+    leasing = app.coordinator.services.leasing
+    park = req.environ.get(PARK)
+    if park is None or wait <= 0:
+        return leasing.lease(record, client, wait)
+    notifier = app.coordinator.notifier
+    deadline = req.environ.get(POLL_DEADLINE) or time.monotonic() + min(wait, LONG_POLL_MAX_S)
+    seen = notifier.generation(record.name)
+    signed = leasing.lease(record, client, 0)
+    if signed is None and deadline > time.monotonic() and not notifier.closed:
+        park(notifier, record.name, seen, deadline, client.id)
+    return signed
 
 
 def heartbeat_task(app: App, req: Request, project: str, task_id: str) -> Response:

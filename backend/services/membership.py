@@ -15,7 +15,7 @@ from backend.services.context import ServiceContext
 from backend.services.projects import ProjectService
 from backend.services.tasks import check_not_banned
 from backend.settings import CHALLENGE_TTL_S, ProjectSettings
-from backend.store import ClientRecord, ProjectRecord
+from backend.store import ClientRecord, NameKeys, ProjectRecord, WriteTx
 from federated import protocol
 from federated.errors import SignatureError
 from federated.protocol.names import clean_text
@@ -95,12 +95,12 @@ class MembershipService:
             # possession above and keeps its identity; its invite was used the first time.
             existing = tx.client_by_key(project.id, public_key)
             check_not_banned(project, existing)  # joining again lifts no ban
-            key = name_key(display_name)
-            members = tx.clients(project.id)
+            _fill_name_keys(tx, project.id)
             if team is not None:
-                team = _team_as_spelled(members, team)
-            for other in members:
-                if other.public_key != public_key and name_key(other.display_name) == key:
+                team = tx.team_spelling(project.id, name_key(team)) or team
+            keys = NameKeys(name=name_key(display_name), team=name_key(team) if team else None)
+            for other in tx.clients_named(project.id, keys.name):
+                if other.public_key != public_key:
                     raise api_error(
                         "name_taken",
                         f"another contributor of {name!r} is called {other.display_name!r}, "
@@ -122,7 +122,7 @@ class MembershipService:
                 )
             if existing is not None:
                 client_id = existing.id
-                tx.rejoin_client(client_id, display_name, team, hash_token(token_secret), now)
+                tx.rejoin_client(client_id, display_name, team, hash_token(token_secret), now, keys)
             else:
                 client_id = new_id()
                 tx.insert_client(
@@ -136,7 +136,8 @@ class MembershipService:
                         created_at=now,
                         last_seen=now,
                         recent_time=now,
-                    )
+                    ),
+                    keys,
                 )
         return protocol.JoinResponse(
             client_id=client_id,
@@ -169,12 +170,8 @@ class MembershipService:
         return client
 
 
-def _team_as_spelled(members: list[ClientRecord], team: str) -> str:
-    """The spelling of the team that reads the same as ``team`` (case, look-alikes), as its
-    first member wrote it: a look-alike of a team is that team, never a second one beside
-    it on the board."""
-    key = name_key(team)
-    for other in sorted(members, key=lambda c: c.created_at):
-        if other.team and name_key(other.team) == key:
-            return other.team
-    return team
+def _fill_name_keys(tx: WriteTx, project_id: int) -> None:
+    """Store the look-alike keys of members who joined before they were stored (once)."""
+    for client in tx.clients_without_name_keys(project_id):
+        team = name_key(client.team) if client.team else None
+        tx.set_name_keys(client.id, NameKeys(name=name_key(client.display_name), team=team))

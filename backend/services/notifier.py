@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class Notifier:
@@ -15,7 +16,15 @@ class Notifier:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._generations: dict[str, int] = {}
+        self._listeners: list[Callable[[str | None], None]] = []
         self.closed = False
+
+    def add_listener(self, listener: Callable[[str | None], None]) -> None:
+        """Call ``listener(project)`` after each notification, and ``listener(None)`` on
+        close, from the notifying thread: how the server wakes parked long polls
+        (``backend.serving.parking``) that wait on no thread."""
+        with self._cond:
+            self._listeners.append(listener)
 
     def generation(self, project: str) -> int:
         with self._cond:
@@ -25,6 +34,9 @@ class Notifier:
         with self._cond:
             self._generations[project] = self._generations.get(project, 0) + 1
             self._cond.notify_all()
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(project)
 
     def wait(self, project: str, seen: int, timeout: float) -> None:
         with self._cond:
@@ -36,3 +48,6 @@ class Notifier:
         with self._cond:
             self.closed = True
             self._cond.notify_all()
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(None)

@@ -104,6 +104,27 @@ class SQLiteReads:
         )
         return [client_from_row(r) for r in rows]
 
+    def clients_named(self, project_id: int, name_key: str) -> list[ClientRecord]:
+        rows = self._all(
+            "SELECT * FROM clients WHERE project_id = ? AND name_key = ?", project_id, name_key
+        )
+        return [client_from_row(r) for r in rows]
+
+    def team_spelling(self, project_id: int, team_key: str) -> str | None:
+        row = self._one(
+            "SELECT team FROM clients WHERE project_id = ? AND team_key = ?"
+            " ORDER BY created_at LIMIT 1",
+            project_id,
+            team_key,
+        )
+        return str(row["team"]) if row else None
+
+    def clients_without_name_keys(self, project_id: int) -> list[ClientRecord]:
+        rows = self._all(
+            "SELECT * FROM clients WHERE project_id = ? AND name_key IS NULL", project_id
+        )
+        return [client_from_row(r) for r in rows]
+
     def task(self, task_id: str) -> TaskRecord | None:
         row = self._one("SELECT * FROM tasks WHERE id = ?", task_id)
         return task_from_row(row) if row else None

@@ -82,8 +82,13 @@ def version_from_row(row: sqlite3.Row) -> VersionRecord:
     )
 
 
+CLIENT_STORE_ONLY = frozenset({"name_key", "team_key"})
+"""Columns only the store's look-ups use (migration 8), not part of ``ClientRecord``."""
+
+
 def client_from_row(row: sqlite3.Row) -> ClientRecord:
-    return ClientRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - Row has no iteration of keys
+    keys = [k for k in row.keys() if k not in CLIENT_STORE_ONLY]  # noqa: SIM118 - Row has no iteration of keys
+    return ClientRecord(**{k: row[k] for k in keys})
 
 
 def task_from_row(row: sqlite3.Row) -> TaskRecord:

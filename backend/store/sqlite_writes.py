@@ -15,18 +15,18 @@ from typing import Any
 from backend.store.base import (
     AggregationClaim,
     ClaimConflict,
-    ClientRecord,
     ProjectRecord,
     TaskRecord,
     UpdateRecord,
     VersionRecord,
 )
 from backend.store.sqlite_admin import SQLiteAdminWrites
+from backend.store.sqlite_clients import SQLiteClientWrites
 from backend.store.sqlite_retention import SQLiteRetention
 from backend.store.sqlite_rows import dump, task_from_row, update_from_row
 
 
-class SQLiteTx(SQLiteAdminWrites, SQLiteRetention):
+class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites):
     """Reads and (on the writer connection) writes; implements ``ReadTx`` and ``WriteTx``."""
 
     # --- writes ----------------------------------------------------------------------------
@@ -128,35 +128,6 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention):
             )
             == 1
         )
-
-    def insert_client(self, client: ClientRecord) -> None:
-        self._run(
-            """INSERT INTO clients (id, project_id, display_name, team, public_key, token_hash,
-                 created_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-            client.id,
-            client.project_id,
-            client.display_name,
-            client.team,
-            client.public_key,
-            client.token_hash,
-            client.created_at,
-            client.last_seen,
-        )
-
-    def rejoin_client(
-        self, client_id: str, display_name: str, team: str | None, token_hash: str, now: float
-    ) -> None:
-        self._run(
-            "UPDATE clients SET display_name = ?, team = ?, token_hash = ?, last_seen = ? WHERE id = ?",
-            display_name,
-            team,
-            token_hash,
-            now,
-            client_id,
-        )
-
-    def touch_client(self, client_id: str, now: float) -> None:
-        self._run("UPDATE clients SET last_seen = ? WHERE id = ?", now, client_id)
 
     def expire_leases(self, now: float) -> list[int]:
         rows = self._all(

@@ -1,4 +1,4 @@
-"""A real cheroot server on a free loopback port for the whole session, polled until
+"""A real embedded server (backend.serving) on a free loopback port for the whole session, polled until
 ``/healthz`` answers. Tests create their own projects in it."""
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def _self_signed(tmp_path: Path) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
-def test_serves_tls_with_cheroot(tmp_path: Path) -> None:
+def test_serves_tls(tmp_path: Path) -> None:
     from backend.server import bound_port, make_server, start_in_thread
     from backend.wsgi import create_app
 

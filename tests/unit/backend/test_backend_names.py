@@ -111,3 +111,36 @@ def test_a_look_alike_team_is_the_team_it_looks_like(
     teams = {r["name"]: r["team"] for r in board["contributors"]}
     assert teams["Mallory"] == "Analytical Engines"  # one team on the board, not two
     assert sorted(t["name"] for t in board["teams"]) == ["Analytical Engines", "Difference Engines"]
+
+
+def test_a_join_checks_names_against_the_index_not_every_member(
+    coordinator: Coordinator, make_project: Any, join: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Measured by bench/backend_load.py --idle: with every member loaded and re-keyed per
+    join, joins fell from 97/s to 10/s at 3,000 members. A join now reads no member list."""
+    from backend.store.sqlite_reads import SQLiteReads
+
+    make_project("digits")
+    join("digits", "Ada", team="Analytical Engines")
+
+    def every_member(*_args: Any) -> None:
+        raise AssertionError("a join loaded every member of the project")
+
+    monkeypatch.setattr(SQLiteReads, "clients", every_member)
+    join("digits", "Grace", team="\u0410nalytical engines")
+    with pytest.raises(ClientError, match="409.*name_taken"):
+        join("digits", "\u0410da")
+
+
+def test_members_from_before_stored_name_keys_are_still_protected(
+    coordinator: Coordinator, make_project: Any, join: Any
+) -> None:
+    make_project("digits")
+    join("digits", "Ada", team="Analytical Engines")
+    with coordinator.store.write() as tx:  # as a database from before migration 8 has them
+        tx._run("UPDATE clients SET name_key = NULL, team_key = NULL")  # type: ignore[attr-defined]
+    with pytest.raises(ClientError, match="409.*name_taken"):
+        join("digits", "ADA")
+    join("digits", "Mallory", team="analytical ENGINES")
+    board = coordinator.leaderboard(coordinator.project("digits"))
+    assert {r["name"]: r["team"] for r in board["contributors"]}["Mallory"] == "Analytical Engines"
