@@ -26,6 +26,11 @@ class Notifier:
         with self._cond:
             self._listeners.append(listener)
 
+    def remove_listener(self, listener: Callable[[str | None], None]) -> None:
+        with self._cond:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
     def generation(self, project: str) -> int:
         with self._cond:
             return self._generations.get(project, 0)

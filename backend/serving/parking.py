@@ -45,6 +45,8 @@ class WakeSource(Protocol):
 
     def add_listener(self, listener: Callable[[str | None], None]) -> None: ...
 
+    def remove_listener(self, listener: Callable[[str | None], None]) -> None: ...
+
 
 @dataclass(frozen=True)
 class Ticket:
@@ -64,6 +66,7 @@ class Parking:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._sources: dict[int, WakeSource] = {}
+        self._listeners: list[tuple[WakeSource, Callable[[str | None], None]]] = []
         self._waiting: dict[Slot, dict[Connection, asyncio.TimerHandle]] = {}
         self._slot_of: dict[Connection, Slot] = {}
         self._owners: dict[tuple[int, str, str], Connection] = {}
@@ -132,9 +135,13 @@ class Parking:
         self._woken.pop(conn, None)
         conn.answer_parked()
 
-    def expire_all(self) -> None:
+    def close(self) -> None:
+        """The server stops: answer every parked poll, stop listening to the sources."""
         for conn in list(self._slot_of):
             self.expire(conn)
+        for source, listener in self._listeners:
+            source.remove_listener(listener)
+        self._listeners.clear()
 
     def _watch(self, source: WakeSource) -> None:
         sid = id(source)
@@ -148,6 +155,7 @@ class Parking:
                 loop.call_soon_threadsafe(self._wake, sid, key)
 
         source.add_listener(listener)
+        self._listeners.append((source, listener))
 
     def _wake(self, sid: int, key: str | None) -> None:
         if key is None:  # the source closed: answer everyone waiting on it

@@ -121,7 +121,7 @@ class Server:
             self.loop.run_forever()
         finally:
             listener.close()
-            self.parking.expire_all()
+            self.parking.close()
             self._drain_workers()
             for conn in list(self._connections):
                 conn.close_now()
