@@ -26,7 +26,12 @@ from federated.recipes import RECIPES, get_recipe
 from federated.screening import defend_round
 from federated.strategies import STRATEGIES, build_strategy
 from federated.tensors import ClientUpdate, StateDict
-from federated.training import load_state_into, train_locally
+from federated.training import (
+    load_state_into,
+    schedule_offset,
+    total_steps_for,
+    train_locally,
+)
 
 
 @dataclass(frozen=True)
@@ -164,8 +169,17 @@ def simulate(
             base: StateDict, chosen: list[int], r: int, traffic: dict[str, int]
         ) -> Iterator[ClientUpdate]:
             for client in chosen:
+                # Round r trains on version r - 1: its place on a schedule across versions,
+                # as the coordinator gives it (``schedule_offset``).
+                task_steps = total_steps_for(hp, len(shards[client]))
+                offset = schedule_offset(hp, r - 1, task_steps)
+                task_hp = hp if offset is None else {**hp, "schedule_offset": offset}
                 trained = train_locally(
-                    the_recipe, hp, base, shards[client], seed=seed * 100_003 + r * 1009 + client
+                    the_recipe,
+                    task_hp,
+                    base,
+                    shards[client],
+                    seed=seed * 100_003 + r * 1009 + client,
                 )
                 delta = trained.delta
                 if client in attacker_ids and attack is not None:

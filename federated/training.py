@@ -2,7 +2,8 @@
 
 The loop is deterministic on CPU for a given seed: the batch order of every epoch derives
 from (seed, epoch), so a run that is checkpointed, stopped and resumed produces exactly the
-delta of one uninterrupted run. Between steps it calls cooperative hooks, which is where the
+delta of one uninterrupted run (the learning rate of a step, ``scheduled_lr``, depends on
+its index alone). Between steps it calls cooperative hooks, which is where the
 contributor throttles (sleeps), pauses (blocks) and asks for checkpoints.
 """
 
@@ -24,9 +25,6 @@ from torch import nn
 from federated.protocol.ids import task_seed as task_seed
 from federated.recipes.base import Dataset, HParamValue, Recipe
 from federated.tensors import StateDict
-
-EVAL_EXAMPLES = 512
-"""Loss before/after is measured on at most this many local examples, so it costs one forward pass."""
 
 CHECKPOINT_FORMAT = "barnraise-checkpoint/1"
 
@@ -168,6 +166,72 @@ def total_steps_for(hparams: Mapping[str, HParamValue], num_examples: int) -> in
     return max(1, math.ceil(float(hparams["local_epochs"]) * steps_per_epoch))
 
 
+def lr_factor(
+    step: int, *, schedule: str, warmup_steps: int, schedule_steps: int, min_lr_ratio: float
+) -> float:
+    """The share of ``lr`` at schedule step ``step`` (0-based).
+
+    constant: 1. cosine, with W warm-up steps, T schedule steps and m the min_lr_ratio::
+
+        f(s) = (s + 1) / W                                 s < W     (linear warm-up)
+        f(s) = m + (1 - m) * (1 + cos(pi * (s - W) / (T - W))) / 2    W <= s < T
+        f(s) = m                                           s >= T    (held after)
+
+    so f reaches 1 at the warm-up's last step and m at step T."""
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if step >= schedule_steps:
+        return min_lr_ratio
+    progress = (step - warmup_steps) / (schedule_steps - warmup_steps)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def scheduled_lr(hparams: Mapping[str, HParamValue], step: int, total_steps: int) -> float:
+    """The learning rate of a task's local step ``step`` (0-based) of ``total_steps``:
+    ``lr`` x f(``schedule_offset`` + step) on a schedule of ``schedule_steps`` inner steps
+    across versions, or, with ``schedule_steps`` 0, f(step) on the task's own steps (each
+    task runs the whole schedule; the offset does not apply). Schedule hyperparameters that
+    are absent read as their defaults (constant)."""
+    lr = float(hparams["lr"])
+    schedule = str(hparams.get("lr_schedule", "constant"))
+    if schedule == "constant":
+        return lr
+    horizon = int(hparams.get("schedule_steps", 0) or 0)
+    position = step
+    if horizon > 0:
+        position += int(hparams.get("schedule_offset", 0) or 0)
+    else:
+        horizon = total_steps
+    return lr * lr_factor(
+        position,
+        schedule=schedule,
+        warmup_steps=int(hparams.get("warmup_steps", 0) or 0),
+        schedule_steps=horizon,
+        min_lr_ratio=float(hparams.get("min_lr_ratio", 0.1)),
+    )
+
+
+def schedule_offset(
+    hparams: Mapping[str, Any], base_version: int, task_steps: int | None
+) -> int | None:
+    """The ``schedule_offset`` of a task on ``base_version`` whose full size is
+    ``task_steps`` inner steps: the global inner step at which its base model stands,
+    ``base_version x task_steps`` (each version is one outer step of a full task's inner
+    steps, in sync rounds and async buffers alike), held at ``schedule_steps`` (past it the
+    rate is the same). None when the task needs none: a constant rate, a schedule each task
+    runs alone (``schedule_steps`` 0), or a step count that is not known."""
+    if str(hparams.get("lr_schedule", "constant")) == "constant":
+        return None
+    horizon = int(hparams.get("schedule_steps", 0) or 0)
+    if horizon <= 0 or task_steps is None:
+        return None
+    return min(max(0, base_version) * task_steps, horizon)
+
+
 def train_locally(
     recipe: Recipe,
     hparams: Mapping[str, HParamValue],
@@ -212,7 +276,7 @@ def train_locally(
         loss_before, prior_seconds = resume.loss_before, resume.seconds
     else:
         step, examples, loss_sum, prior_seconds = 0, 0, 0.0, 0.0
-        loss_before = _sample_loss(recipe, model, features, labels, order_seed)
+        loss_before = _sample_loss(recipe, hparams, model, features, labels, order_seed)
 
     def checkpoint(elapsed: float) -> Checkpoint:
         opt_tensors, opt_meta = _optimizer_state(optimizer)
@@ -232,7 +296,12 @@ def train_locally(
     paused_for = 0.0  # time spent inside hooks (throttle sleeps, pauses) is not training time
     permutation = torch.empty(0, dtype=torch.long)
     current_epoch = -1
+    scheduled = str(hparams.get("lr_schedule", "constant")) != "constant"
     while step < total_steps:
+        if scheduled:  # from the step index alone, so a resumed run sets the same rates
+            step_lr = scheduled_lr(hparams, step, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = step_lr
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != current_epoch:
             permutation = _epoch_order(n, order_seed, epoch).to(dev)
@@ -272,7 +341,7 @@ def train_locally(
             paused_for += time.perf_counter() - hook_started
 
     seconds = prior_seconds + (time.perf_counter() - started - paused_for)
-    loss_after = _sample_loss(recipe, model, features, labels, order_seed)
+    loss_after = _sample_loss(recipe, hparams, model, features, labels, order_seed)
     delta = {
         k: (v.detach().to(torch.float32) - base[k]).cpu().contiguous()
         for k, v in model.state_dict().items()
@@ -296,16 +365,31 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _sample_loss(
-    recipe: Recipe, model: nn.Module, features: torch.Tensor, labels: torch.Tensor, seed: int
+    recipe: Recipe,
+    hparams: Mapping[str, HParamValue],
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    seed: int,
 ) -> float:
-    """Mean loss on a fixed sample of at most EVAL_EXAMPLES local examples."""
+    """Mean loss on a fixed sample of local examples (``Recipe.local_eval_size``)."""
+    limit, batch = recipe.local_eval_size(hparams)
     was_training = model.training
     model.eval()
     n = labels.shape[0]
-    if n > EVAL_EXAMPLES:
-        idx = _epoch_order(n, seed, -1)[:EVAL_EXAMPLES].to(features.device)
+    if n > limit:
+        idx = _epoch_order(n, seed, -1)[:limit].to(features.device)
         features, labels = features[idx], labels[idx]
-    value = float(recipe.loss(model(features), labels))
+    n = labels.shape[0]
+    if n <= batch:
+        value = float(recipe.loss(model(features), labels))
+    else:  # example-weighted mean over batches
+        total = sum(
+            float(recipe.loss(model(features[s : s + batch]), labels[s : s + batch]))
+            * len(labels[s : s + batch])
+            for s in range(0, n, batch)
+        )
+        value = total / n
     model.train(was_training)
     return value
 
@@ -356,6 +440,9 @@ __all__ = [
     "TrainingInterrupted",
     "apply_delta",
     "load_state_into",
+    "lr_factor",
+    "schedule_offset",
+    "scheduled_lr",
     "total_steps_for",
     "train_locally",
 ]

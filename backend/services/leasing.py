@@ -23,8 +23,11 @@ version, up to ``max_concurrent_leases`` live leases per project.
 Both modes size each task to the contributor (``backend.pacing``): the full task, half or
 a quarter of its steps, whichever its measured pace brings back while the update is still
 useful (and within the lease's life), or none (the lease answers as if no work were
-available); each manifest says until when its update is useful (``useful_until``). A task
-refused for good at upload is ``rejected``: never leased again, never a live lease (see
+available); each manifest says until when its update is useful (``useful_until``). A
+project on a learning-rate schedule across versions (``lr_schedule`` not constant,
+``schedule_steps`` > 0) gives each task its place on it: ``schedule_offset`` = base version
+x the full task's steps (the version's start, not shrunk by pacing). A task refused for
+good at upload is ``rejected``: never leased again, never a live lease (see
 ``backend.errors.FINAL_UPLOAD_CODES``).
 A contributor the organiser banned gets 403 ``banned`` (``backend.services.admin``).
 
@@ -60,6 +63,7 @@ from backend.store import (
     WriteTx,
 )
 from federated import protocol
+from federated.training import schedule_offset
 
 
 class LeasingService:
@@ -201,7 +205,8 @@ def _fit_task(
         ),
     )
     if not settings.fit_tasks:
-        return project.hparams, useful
+        full = full_task_steps(project.hparams, examples)
+        return _on_schedule(project.hparams, project.hparams, base.version, full), useful
     # Sized to come back within the lease's life too: no heartbeat keeps it longer.
     fit_by = min(useful, now + settings.lease_life_s)
     client = tx.client(client_id)
@@ -215,8 +220,20 @@ def _fit_task(
     if steps is None:
         raise _Withheld
     if steps < full:
-        return {**project.hparams, "max_steps": steps}, useful
-    return project.hparams, useful
+        shrunk = {**project.hparams, "max_steps": steps}
+        return _on_schedule(shrunk, project.hparams, base.version, full), useful
+    return _on_schedule(project.hparams, project.hparams, base.version, full), useful
+
+
+def _on_schedule(
+    hparams: dict[str, Any], project_hparams: dict[str, Any], version: int, full: int | None
+) -> dict[str, Any]:
+    """``hparams`` with the task's place on a learning-rate schedule across versions: its
+    ``schedule_offset`` is where its base version stands, ``version`` x the full task's
+    steps, whatever size pacing gave this one (``federated.training.schedule_offset``).
+    Unchanged for a constant rate or a schedule each task runs alone."""
+    offset = schedule_offset(project_hparams, version, full)
+    return hparams if offset is None else {**hparams, "schedule_offset": offset}
 
 
 def _reissue(

@@ -5,11 +5,12 @@ from __future__ import annotations
 from federated.errors import RecipeError
 from federated.recipes.base import COMMON_HPARAMS, Dataset, HParamValue, HyperParam, Recipe
 from federated.recipes.digits import DigitsCNN, DigitsMLP
+from federated.recipes.lm import ByteLM
 from federated.recipes.synthetic import SyntheticLogReg
 from federated.recipes.tabular import TabularCSV
 
 RECIPES: dict[str, type[Recipe]] = {
-    cls.name: cls for cls in (DigitsMLP, DigitsCNN, SyntheticLogReg, TabularCSV)
+    cls.name: cls for cls in (DigitsMLP, DigitsCNN, SyntheticLogReg, TabularCSV, ByteLM)
 }
 
 

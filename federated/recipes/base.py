@@ -20,6 +20,10 @@ from federated.tensors import StateDict, TensorSpec, spec_of
 
 HParamValue = int | float | str | bool
 
+EVAL_EXAMPLES = 512
+"""Loss before/after a local task is measured on at most this many local examples, so it
+costs one forward pass (recipes with large examples lower it: ``Recipe.local_eval_size``)."""
+
 
 @dataclass(frozen=True)
 class HyperParam:
@@ -66,6 +70,10 @@ class HyperParam:
         return coerced
 
 
+LR_SCHEDULES = ("constant", "cosine")
+MAX_SCHEDULE_STEPS = 10**9
+"""Bound of ``warmup_steps``, ``schedule_steps`` and ``schedule_offset``."""
+
 # Training hyperparameters every recipe shares; recipes add their own in ``extra_hparams``.
 COMMON_HPARAMS: tuple[HyperParam, ...] = (
     HyperParam("optimizer", str, "sgd", "local optimizer", choices=("sgd", "adamw")),
@@ -88,12 +96,44 @@ COMMON_HPARAMS: tuple[HyperParam, ...] = (
     HyperParam(
         "seed", int, 0, "seed of the initial model and of the partition", low=0, high=2**31 - 1
     ),
+    # The learning-rate schedule (``federated.training.lr_factor``); constant: none of the
+    # four after it has any effect.
+    HyperParam(
+        "lr_schedule",
+        str,
+        "constant",
+        "learning-rate schedule: constant, or cosine (linear warm-up, then cosine decay)",
+        choices=LR_SCHEDULES,
+    ),
+    HyperParam(
+        "warmup_steps", int, 0, "warm-up steps of the schedule", low=0, high=MAX_SCHEDULE_STEPS
+    ),
+    HyperParam(
+        "schedule_steps",
+        int,
+        0,
+        "inner steps of the whole schedule across versions (0: each task runs it alone)",
+        low=0,
+        high=MAX_SCHEDULE_STEPS,
+    ),
+    HyperParam(
+        "min_lr_ratio", float, 0.1, "the schedule's final lr, as a share of lr", low=0.0, high=1.0
+    ),
+    HyperParam(
+        "schedule_offset",
+        int,
+        0,
+        "the schedule's step at this task's first step (set per task by the coordinator)",
+        low=0,
+        high=MAX_SCHEDULE_STEPS,
+    ),
 )
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features and labels as tensors (float32 features, int64 class labels)."""
+    """Features and labels as tensors: float32 features and int64 class labels [N] for the
+    classifiers; int64 token windows [N, T] and their next tokens [N, T] for language models."""
 
     features: torch.Tensor
     labels: torch.Tensor
@@ -142,7 +182,27 @@ class Recipe(ABC):
             parse_partition(str(resolved["partition"]))
         except ValueError as exc:
             raise RecipeError(f"hyperparameter 'partition': {exc}") from None
+        cls._check_schedule(resolved)
         return resolved
+
+    @classmethod
+    def _check_schedule(cls, resolved: Mapping[str, HParamValue]) -> None:
+        """A schedule across versions (``schedule_steps`` > 0) counts inner steps: its
+        warm-up fits in it, and every task's step count is known to the coordinator, which
+        places each task on it (``schedule_offset``): local data sets differ in size, so a
+        local-data recipe's tasks need ``max_steps``."""
+        if resolved["lr_schedule"] == "constant" or int(resolved["schedule_steps"]) == 0:
+            return
+        if int(resolved["warmup_steps"]) > int(resolved["schedule_steps"]):
+            raise RecipeError(
+                f"hyperparameter 'warmup_steps': {resolved['warmup_steps']} is more than "
+                f"schedule_steps ({resolved['schedule_steps']})"
+            )
+        if cls.data_mode == "local" and int(resolved["max_steps"]) == 0:
+            raise RecipeError(
+                "hyperparameter 'max_steps': a learning-rate schedule across versions "
+                "(schedule_steps > 0) on local data needs a step count per task (max_steps > 0)"
+            )
 
     # --- model -----------------------------------------------------------------------------
     @abstractmethod
@@ -197,6 +257,11 @@ class Recipe(ABC):
         if n == 0:
             return {"loss": float("nan"), "accuracy": float("nan"), "examples": 0.0}
         return {"loss": total_loss / n, "accuracy": correct / n, "examples": float(n)}
+
+    def local_eval_size(self, hparams: Mapping[str, HParamValue]) -> tuple[int, int]:
+        """(examples, batch): the loss before and after a local task is measured on at most
+        ``examples`` local examples, ``batch`` of them per forward pass."""
+        return EVAL_EXAMPLES, EVAL_EXAMPLES
 
     @abstractmethod
     def flops_per_example(self, hparams: Mapping[str, HParamValue]) -> float:

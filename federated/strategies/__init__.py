@@ -17,6 +17,7 @@ from typing import Any
 
 from federated.strategies.aggregate import staleness_factor
 from federated.strategies.base import Strategy
+from federated.strategies.diloco import DiLoCo
 from federated.strategies.fedadagrad import FedAdagrad
 from federated.strategies.fedadam import FedAdam
 from federated.strategies.fedavg import FedAvg
@@ -31,6 +32,7 @@ from federated.strategies.trimmed_mean import TrimmedMean
 __all__ = [
     "NORM_BOUND_PARAM",
     "STRATEGIES",
+    "DiLoCo",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
@@ -49,7 +51,17 @@ __all__ = [
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, Median, TrimmedMean, MultiKrum)
+    for cls in (
+        FedAvg,
+        FedProx,
+        FedAdam,
+        FedYogi,
+        FedAdagrad,
+        DiLoCo,
+        Median,
+        TrimmedMean,
+        MultiKrum,
+    )
 }
 """Strategy name (as a project stores it) -> class."""
 

@@ -57,6 +57,7 @@ MUST_SHIP = [
     "PySide6/Qt/plugins/imageformats/libqsvg.so",
     "assets/icons/barnraise.svg",
     "federated/recipes/data/digits.csv.gz",
+    "federated/recipes/data/pystdlib-corpus-v1.bin.zst",
 ]
 
 

@@ -11,12 +11,18 @@ from federated.training import load_state_into
 
 
 def test_registry_lists_the_builtin_recipes() -> None:
-    assert set(RECIPES) == {"digits-mlp", "digits-cnn", "synthetic-logreg", "tabular-csv"}
-    with pytest.raises(RecipeError, match="unknown recipe 'nope'; known: digits-cnn"):
+    assert set(RECIPES) == {
+        "digits-mlp",
+        "digits-cnn",
+        "synthetic-logreg",
+        "tabular-csv",
+        "byte-lm",
+    }
+    with pytest.raises(RecipeError, match="unknown recipe 'nope'; known: byte-lm, digits-cnn"):
         get_recipe("nope")
 
 
-@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn", "synthetic-logreg"])
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn", "synthetic-logreg", "byte-lm"])
 def test_builtin_recipe_is_seeded_and_consistent(name: str) -> None:
     recipe = get_recipe(name)
     hp = recipe.resolve_hparams({"seed": 7, "num_shards": 5})

@@ -62,6 +62,7 @@ def test_registry_names() -> None:
             "fedadam",
             "fedyogi",
             "fedadagrad",
+            "diloco",
             "median",
             "trimmed-mean",
             "multi-krum",
