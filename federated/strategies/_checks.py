@@ -1,4 +1,4 @@
-"""Argument checks shared by the strategy constructors.
+"""Argument and state checks shared by the strategies.
 
 Every check raises ``ValueError`` naming the parameter, the value and the allowed range,
 because strategy parameters come from a project's settings and the organiser has to fix them.
@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
+import torch
+
+from federated.tensors import StateDict
 
 
 def number(
@@ -43,3 +47,22 @@ def integer(name: str, value: Any, *, low: int) -> int:
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
     return value
+
+
+def state_matches_model(strategy: str, state: dict[str, torch.Tensor], base: StateDict) -> None:
+    """Raise ValueError unless ``state`` (a server optimiser's per-tensor buffers) has one
+    tensor of the right shape for each floating tensor of ``base``: state saved for
+    another model must never be applied to this one."""
+    floating = {name for name, t in base.items() if t.dtype.is_floating_point}
+    if state.keys() != floating:
+        raise ValueError(
+            f"{strategy} state does not match the model: state has tensors "
+            f"{sorted(state)[:3]}, the model {sorted(floating)[:3]}; "
+            f"load the state saved for this project's model"
+        )
+    for name in floating:
+        if state[name].shape != base[name].shape:
+            raise ValueError(
+                f"{strategy} state tensor {name!r} has shape {tuple(state[name].shape)}, "
+                f"the model has {tuple(base[name].shape)}"
+            )

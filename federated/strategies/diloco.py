@@ -107,19 +107,7 @@ class DiLoCo(Strategy):
         return self._step
 
     def _check_state_matches(self, base: StateDict) -> None:
-        floating = {name for name, t in base.items() if t.dtype.is_floating_point}
-        if self._m.keys() != floating:
-            raise ValueError(
-                f"{self.name} state does not match the model: state has tensors "
-                f"{sorted(self._m)[:3]}, the model {sorted(floating)[:3]}; "
-                f"load the state saved for this project's model"
-            )
-        for name in floating:
-            if self._m[name].shape != base[name].shape:
-                raise ValueError(
-                    f"{self.name} state tensor {name!r} has shape {tuple(self._m[name].shape)}, "
-                    f"the model has {tuple(base[name].shape)}"
-                )
+        _checks.state_matches_model(self.name, self._m, base)
 
     def aggregate(self, base: StateDict, updates: Iterable[ClientUpdate]) -> StateDict:
         if self._step > 0:
