@@ -209,6 +209,32 @@ def upload_request(
     return session.put(url, data=payload, headers=all_headers, timeout=60)
 
 
+def upload_small_delta(
+    session: requests.Session,
+    coordinator: Any,
+    who: Any,
+    task: dict[str, Any],
+    *,
+    base_url: str = IN_PROCESS_URL,
+    value: float = 1e-3,
+) -> requests.Response:
+    """Upload, as ``who`` (a joined ``DemoContributor``), an int8 ``small_delta`` for
+    ``task``, distinct per task so the duplicate screen never refuses it."""
+    from federated.codec import encode_update
+
+    spec = coordinator.runtime(coordinator.project(task["project"])).spec
+    return upload_request(
+        session,
+        base_url,
+        project=task["project"],
+        token=who.token,
+        key=who.key,
+        task=task,
+        client_id=who.client_id,
+        payload=encode_update(small_delta(spec, value, task["task_id"]), "int8").payload,
+    )
+
+
 def bare_project_record(name: str) -> ProjectRecord:
     """A minimal project row for store tests (digits-mlp, FedAvg, open, version 0)."""
     return ProjectRecord(

@@ -19,26 +19,17 @@ import requests
 from backend.coordinator import Coordinator
 from backend.demo_clients import DemoContributor
 from backend.settings import ProjectSettings
-from backend.testing import IN_PROCESS_URL, FakeClock, small_delta, upload_request
-from federated.codec import encode_update
+from backend.testing import (
+    IN_PROCESS_URL,
+    FakeClock,
+    upload_small_delta,
+)
 
 API = f"{IN_PROCESS_URL}/api/v1/projects"
 
 
-def upload(
-    http: requests.Session, coordinator: Coordinator, who: DemoContributor, task: dict[str, Any]
-) -> requests.Response:
-    spec = coordinator.runtime(coordinator.project(task["project"])).spec
-    return upload_request(
-        http,
-        IN_PROCESS_URL,
-        project=task["project"],
-        token=who.token,
-        key=who.key,
-        task=task,
-        client_id=who.client_id,
-        payload=encode_update(small_delta(spec, 1e-3, task["task_id"]), "int8").payload,
-    )
+def upload(http: requests.Session, co: Coordinator, who: DemoContributor, task: Any) -> Any:
+    return upload_small_delta(http, co, who, task)
 
 
 def heartbeat(http: requests.Session, who: DemoContributor, task: dict[str, Any]) -> Any:

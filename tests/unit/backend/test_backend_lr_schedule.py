@@ -11,8 +11,11 @@ import requests
 
 from backend.coordinator import Coordinator
 from backend.demo_clients import DemoContributor
-from backend.testing import IN_PROCESS_URL, FakeClock, small_delta, upload_request
-from federated.codec import encode_update
+from backend.testing import (
+    IN_PROCESS_URL,
+    FakeClock,
+    upload_small_delta,
+)
 from federated.recipes import get_recipe
 from federated.replication import reexecute, relative_difference
 from federated.training import total_steps_for
@@ -38,17 +41,7 @@ def create(co: Coordinator, name: str, hparams: dict[str, Any], **settings: Any)
 
 
 def upload(http: requests.Session, co: Coordinator, who: DemoContributor, task: Any) -> Any:
-    spec = co.runtime(co.project(task["project"])).spec
-    return upload_request(
-        http,
-        IN_PROCESS_URL,
-        project=task["project"],
-        token=who.token,
-        key=who.key,
-        task=task,
-        client_id=who.client_id,
-        payload=encode_update(small_delta(spec), "int8").payload,
-    )
+    return upload_small_delta(http, co, who, task)
 
 
 def full_steps(co: Coordinator, task: dict[str, Any]) -> int:
