@@ -103,6 +103,8 @@ def _format_status(snapshot: EngineSnapshot) -> str:
             f"  {p.project} ({p.server_url}): {p.tasks} tasks, {p.examples} examples, "
             f"{p.compute_seconds:.1f} s, credit {p.credit:.2f} {p.credit_unit}{rank}"
         )
+        if p.privacy:
+            lines.append(f"    privacy: {p.privacy}")
     if snapshot.last_error:
         lines.append(f"last error: {snapshot.last_error}")
     return "\n".join(lines)
@@ -117,6 +119,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         snapshot = EngineSnapshot.from_json(send_command(paths.runtime_dir, "status"))
     except NotRunning:
         from app.contributor.ledger import Ledger
+        from app.contributor.privacy import summary as privacy_summary
 
         ledger = Ledger(paths.ledger_path)
         try:
@@ -138,6 +141,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
                     credit=t.credit,
                     credit_unit=t.credit_unit,
                     rank=None,
+                    privacy=privacy_summary(paths.project_dir(ref.key, ref.project)),
                 )
             )
         snapshot = EngineSnapshot.not_running(tuple(projects))

@@ -20,6 +20,7 @@ def cmd_join(args: argparse.Namespace, out: TextIO) -> int:
         already_joined,
         complete_join,
         preview_join,
+        save_consent,
         save_project_data_path,
     )
 
@@ -70,6 +71,7 @@ def cmd_join(args: argparse.Namespace, out: TextIO) -> int:
     creds = complete_join(
         preview, _store(args), display_name=name, team=args.team, insecure=args.insecure
     )
+    save_consent(_paths(), creds, preview)
     if data_path:
         save_project_data_path(_paths(), creds.key, creds.project, data_path)
     print(

@@ -157,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--contributors", type=int, default=3)
     demo.add_argument("--mode", choices=("sync", "async"), default="sync")
     demo.add_argument(
+        "--privacy",
+        choices=("none", "dp-sgd", "dp-fedavg"),
+        default="none",
+        help="run the demo project under differential privacy (epsilon 8, delta 1e-5, the "
+        "noise calibrated to the rounds); its page shows the epsilon spent",
+    )
+    demo.add_argument(
         "--contributor-kind",
         choices=("auto", "headless", "in-process"),
         default="auto",
@@ -291,6 +298,7 @@ def _project(args: argparse.Namespace, data_dir: Path) -> int:
                 hparams=hparams,
                 settings=settings,
                 description=args.description,
+                warn=lambda text: print(f"warning: {text}", file=sys.stderr),
             )
             print(json.dumps(coordinator.project_view(record), indent=2))
         elif args.action == "list":
@@ -358,6 +366,7 @@ def _demo(args: argparse.Namespace) -> int:
         port=args.port,
         out=None if args.json else sys.stdout,
         kind=args.contributor_kind,
+        privacy=args.privacy,
     )
     if args.json:
         print(json.dumps(summary))

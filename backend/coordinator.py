@@ -147,6 +147,7 @@ class Coordinator:
         hparams: Mapping[str, Any] | None = None,
         settings: Mapping[str, Any] | None = None,
         description: str = "",
+        warn: Callable[[str], None] | None = None,
     ) -> ProjectRecord:
         return self.services.projects.create_project(
             name,
@@ -156,6 +157,7 @@ class Coordinator:
             hparams=hparams,
             settings=settings,
             description=description,
+            warn=warn,
         )
 
     def set_status(self, name: str, status: str) -> ProjectRecord:

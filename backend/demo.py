@@ -14,6 +14,7 @@ from backend.demo_headless import (
     HeadlessContributor,
     barnraise_command,
 )
+from backend.demo_privacy import budget_line, privacy_settings
 from backend.server import bound_port, make_server, start_in_thread
 from backend.wsgi import create_app
 
@@ -30,6 +31,7 @@ def run_demo(
     port: int = 0,
     out: TextIO | None = None,
     kind: str = "auto",
+    privacy: str = "none",
 ) -> dict[str, Any]:
     """Serve a demo project and run ``contributors`` volunteers against it.
 
@@ -52,6 +54,7 @@ def run_demo(
                 "min_updates": contributors,
                 "buffer_size": contributors,
                 "codec": "int8",
+                **privacy_settings(privacy, rounds=rounds, hparams=DEMO_HPARAMS),
             },
         )
     server = make_server(app, "127.0.0.1", port)
@@ -107,8 +110,10 @@ def run_demo(
                     shown = v["version"]
                     last = v
                     acc = v["metrics"].get("accuracy")
+                    view = coordinator.project_view(coordinator.project(DEMO_PROJECT))
                     say(
-                        f"version {v['version']}: accuracy {acc:.3f}, contributors {v['contributors']}, updates {v['updates']}"
+                        f"version {v['version']}: accuracy {acc:.3f}, contributors "
+                        f"{v['contributors']}, updates {v['updates']}{budget_line(view)}"
                     )
             if target is not None and shown >= target:
                 break
@@ -127,6 +132,7 @@ def run_demo(
             if isinstance(c, HeadlessContributor):
                 c.stop()
         final = coordinator.stats(coordinator.project(DEMO_PROJECT))
+        spent = coordinator.project_view(coordinator.project(DEMO_PROJECT)).get("privacy_spent")
         server.stop()
         app.close()
         for t in threads:
@@ -145,4 +151,6 @@ def run_demo(
         "seconds": round(time.monotonic() - started, 3),
         "data_dir": str(data_dir),
         "client_errors": [e for c in clients for e in c.errors],
+        "privacy": privacy,
+        "epsilon_spent": spent["epsilon"] if spent else None,
     }

@@ -42,6 +42,10 @@ RECENT_CREDIT_HALF_LIFE_S = 7 * 24 * 3600.0
 CREDIT_UNIT = "GFLOP"
 """The unit of credit: 1e9 training floating-point operations."""
 
+PRIVACY_MECHANISMS = ("none", "dp-sgd", "dp-fedavg")
+"""``ProjectSettings.privacy``: none, record-level DP-SGD on each contributor, or
+user-level DP-FedAvg at the coordinator (``federated.protocol.messages.PrivacyMechanism``)."""
+
 LEASE_LIFE_S = 3600.0
 LEASE_LIFE_LEASES = 12
 """A lease lives at most ``LEASE_LIFE_S`` or this many ``lease_s``, whichever is longer,
@@ -77,6 +81,13 @@ class ProjectSettings:
     max_loss_regression: float = 1.0
     replication_tolerance: float = 0.1
     keep_payload_versions: int = 10
+    privacy: str = "none"
+    dp_epsilon: float = 8.0
+    dp_delta: float = 1e-5
+    dp_noise_multiplier: float = 1.0
+    dp_clip_norm: float = 1.0
+    dp_clip_quantile: float = 0.5
+    dp_count_stddev: float = 0.0
 
     def validate(self) -> ProjectSettings:
         """Return self, or raise ValueError naming the first bad setting."""
@@ -124,11 +135,78 @@ class ProjectSettings:
             value = float(getattr(self, name))
             if not (0.0 < value <= 1.0):
                 raise ValueError(f"{name} must be within (0, 1], got {value!r}")
+        self._validate_privacy()
         return self
+
+    def _validate_privacy(self) -> None:
+        """The privacy settings, and the combinations that would silently weaken either the
+        privacy promise or the trust defences (issue 14): refused, each saying why."""
+        if self.privacy not in PRIVACY_MECHANISMS:
+            raise ValueError(
+                f"privacy must be one of {', '.join(PRIVACY_MECHANISMS)}, got {self.privacy!r}"
+            )
+        if self.privacy == "none":
+            return
+        checks = (
+            ("dp_epsilon", 0.0, limits.MAX_DP_EPSILON),
+            ("dp_delta", 0.0, limits.MAX_DP_DELTA),
+            ("dp_noise_multiplier", 0.0, limits.MAX_DP_NOISE_MULTIPLIER),
+            ("dp_clip_norm", 0.0, limits.MAX_DP_CLIP_NORM),
+        )
+        for name, low, high in checks:
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and low < value <= high):
+                raise ValueError(f"{name} must be within ({low:g}, {high:g}], got {value!r}")
+        if not (0.0 <= self.dp_clip_quantile < 1.0):
+            raise ValueError(
+                f"dp_clip_quantile must be within [0, 1), got {self.dp_clip_quantile!r}"
+            )
+        if not (math.isfinite(self.dp_count_stddev) and self.dp_count_stddev >= 0):
+            raise ValueError("dp_count_stddev must be 0 (automatic) or a positive number")
+        if self.privacy == "dp-sgd" and self.spot_check_rate > 0:
+            raise ValueError(
+                "privacy dp-sgd needs spot_check_rate 0: each contributor's noise is a secret "
+                "the coordinator never learns, so it cannot train a task again to compare"
+            )
+        if self.privacy == "dp-fedavg":
+            if self.outlier_norm_ratio or self.clip_norm_ratio:
+                raise ValueError(
+                    "privacy dp-fedavg needs outlier_norm_ratio 0 and clip_norm_ratio 0: they "
+                    "judge an update by the others' norms, which breaks the privacy analysis; "
+                    "the privacy clip bounds every update instead"
+                )
+            counted = self.dp_clip_quantile > 0 and self.dp_count_stddev
+            if counted and 2 * self.dp_count_stddev <= self.dp_noise_multiplier:
+                raise ValueError(
+                    "dp_count_stddev must be over half of dp_noise_multiplier (adaptive "
+                    "clipping spends part of the noise on counting the clipped updates)"
+                )
+
+    @property
+    def dp_expected_updates(self) -> int:
+        """Updates in one aggregate: a sync round's or an async buffer's."""
+        return self.clients_per_round if self.mode == "sync" else self.buffer_size
+
+    @property
+    def dp_count_noise(self) -> float:
+        """dp-fedavg with adaptive clipping: the noise on the count of unclipped updates,
+        expected updates / 20 as Andrew et al. advise, and never at or below half the noise
+        multiplier (the update noise would have to be infinite)."""
+        if self.dp_count_stddev:
+            return self.dp_count_stddev
+        return max(self.dp_expected_updates / 20.0, self.dp_noise_multiplier)
 
     def per_source_cap(self, share: float, updates: int) -> int:
         """How many of ``updates`` in one aggregate one contributor or network may supply."""
         return max(1, math.floor(share * updates + 1e-9))
+
+    def client_cap(self, updates: int) -> int:
+        """How many of ``updates`` in one aggregate one contributor may supply: its share,
+        and with user-level privacy (dp-fedavg) one, whatever the share, because the noise
+        is calibrated to one clipped update per contributor."""
+        if self.privacy == "dp-fedavg":
+            return 1
+        return self.per_source_cap(self.max_client_share, updates)
 
     @property
     def leases_per_round(self) -> int:
@@ -153,6 +231,8 @@ class ProjectSettings:
         if unknown:
             raise ValueError(f"unknown project setting {unknown[0]!r}; known: {', '.join(known)}")
         values: dict[str, Any] = {}
+        if data.get("privacy") == "dp-fedavg":  # the median screens are off unless asked for
+            values.update({"outlier_norm_ratio": 0.0, "clip_norm_ratio": 0.0})
         defaults = cls()
         for name, value in data.items():
             kind = type(getattr(defaults, name))
@@ -187,6 +267,13 @@ SETTING_HELP: dict[str, str] = {
     "replication_tolerance": "a spot check passes when the update differs from its re-execution by at most this (relative L2)",
     "max_loss_regression": "a new version whose held-out loss is more than this share above its base version's is not published: the updates that cause it are kept out (harms_model); 0: off",
     "keep_payload_versions": "an update's payload is deleted this many versions after it was aggregated or kept out (its digest, signed manifest and proofs stay); 0: keep every payload",
+    "privacy": "none; dp-sgd: record-level differential privacy, each contributor clips per-example gradients and adds noise locally; dp-fedavg: user-level, the coordinator clips each update and adds noise to the sum",
+    "dp_epsilon": "the privacy budget epsilon: training stops when the epsilon spent would pass it (dp-sgd: each contributor's own)",
+    "dp_delta": "the privacy delta: the chance the guarantee fails, far below 1 / records",
+    "dp_noise_multiplier": "the Gaussian noise's standard deviation over the clipping bound",
+    "dp_clip_norm": "dp-sgd: each example's gradient L2 bound; dp-fedavg: the first bound on each update",
+    "dp_clip_quantile": "dp-fedavg: adapt the update bound so this share of updates is not clipped (0: a fixed bound)",
+    "dp_count_stddev": "dp-fedavg adaptive clipping: noise on the count of unclipped updates (0: expected updates / 20, at least the noise multiplier)",
     "fit_tasks": "size each task (full, 1/2 or 1/4 of its steps) to the contributor's measured pace so its update arrives while still useful, and withhold it when even 1/4 would not",
 }
 """One line per ProjectSettings field: shown by the CLI, checked against the docs."""

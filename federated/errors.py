@@ -4,7 +4,8 @@
     ├── RecipeError            unknown recipe, bad hyperparameter (also a ValueError)
     ├── DataError              a local data file the participant chose is unusable
     ├── UpdateRejected         a decoded update/model failed validation (has .code, .tensor)
-    └── SignatureError         a manifest signature does not verify
+    ├── SignatureError         a manifest signature does not verify
+    └── SecAggError            a SecAgg+ round refuses or aborts (federated/secagg/errors.py)
 
 Every message says what was wrong and where, so callers can show it as is.
 """

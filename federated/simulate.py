@@ -3,6 +3,9 @@
     python -m federated.simulate --recipe digits-mlp --clients 10 --rounds 30 \
         --partition dirichlet:0.3 --strategy fedavg --codec int8 [--attackers 2 --attack scale:-10] [--json]
 
+Differential privacy (record-level DP-SGD, user-level DP-FedAvg) and the vectorised fast
+path for many clients are options of ``simulate`` (``federated.simulate_privacy``).
+
 It runs the same code paths as the real system (recipes, local training, the update codec
 with validation, the strategies), so it is both a research tool and the core's end-to-end test.
 """
@@ -22,16 +25,13 @@ import torch
 
 from federated.codec import ErrorFeedback, decode_update, encode_model, encode_update
 from federated.errors import FederatedError
+from federated.privacy.clipping import clip_update
 from federated.recipes import RECIPES, get_recipe
 from federated.screening import defend_round
-from federated.strategies import STRATEGIES, build_strategy
+from federated.simulate_privacy import ClientTraining, RecordLevelDP, UserLevelDP, user_summary
+from federated.strategies import STRATEGIES, DPFedAvg, Strategy, build_strategy
 from federated.tensors import ClientUpdate, StateDict
-from federated.training import (
-    load_state_into,
-    schedule_offset,
-    total_steps_for,
-    train_locally,
-)
+from federated.training import load_state_into, schedule_offset, total_steps_for
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,15 @@ class RoundResult:
 class SimulationResult:
     config: dict[str, Any]
     rounds: list[RoundResult] = field(default_factory=list)
+    privacy: dict[str, Any] | None = None
+    """The privacy spent (``privacy=`` runs only): level, noise, delta, epsilon."""
 
     @property
     def final_accuracy(self) -> float:
         return self.rounds[-1].accuracy if self.rounds else float("nan")
 
     def summary(self) -> dict[str, Any]:
+        extra = {} if self.privacy is None else {"privacy": self.privacy}
         return {
             "config": self.config,
             "final_accuracy": self.final_accuracy,
@@ -87,6 +90,7 @@ class SimulationResult:
             "bytes_down": sum(r.bytes_down for r in self.rounds),
             "seconds": sum(r.seconds for r in self.rounds),
             "rounds": [asdict(r) for r in self.rounds],
+            **extra,
         }
 
 
@@ -106,23 +110,38 @@ def simulate(
     hparams: dict[str, Any] | None = None,
     on_round: Any = None,
     defend: bool = False,
+    privacy: RecordLevelDP | UserLevelDP | None = None,
+    fast: bool = False,
 ) -> SimulationResult:
     """Run ``rounds`` rounds and return per-round accuracy, loss and traffic.
 
     ``defend``: each round's updates pass the coordinator's norm defences first
-    (``federated.screening.defend_round``: outliers out, the rest clipped to the median)."""
+    (``federated.screening.defend_round``: outliers out, the rest clipped to the median).
+    ``privacy``: DP-SGD on every client, or DP-FedAvg around ``strategy`` with every
+    client clipping to the server's bound; ``fast``: the round's clients trained together,
+    vectorised (see ``federated.simulate_privacy``)."""
     if clients < 1 or rounds < 0 or not 0 < fraction <= 1:
         raise ValueError("need clients >= 1, rounds >= 0 and 0 < fraction <= 1")
     if not 0 <= attackers <= clients:
         raise ValueError(f"attackers must be between 0 and {clients}")
     if attackers and attack is None:
         attack = Attack("scale", -10.0)
+    user_level = isinstance(privacy, UserLevelDP)
+    if user_level and defend:
+        raise ValueError(
+            "defend and user-level DP do not combine: keeping updates out by their norm "
+            "depends on their content, which the accounting does not cover (DP's own "
+            "clipping bounds every update)"
+        )
     the_recipe = get_recipe(recipe)
     if the_recipe.data_mode != "builtin":
         raise ValueError(
             f"recipe {recipe!r} trains on participants' own files; simulate a built-in one"
         )
-    server_strategy = build_strategy(strategy, strategy_params)
+    per_round = max(1, round(fraction * clients))
+    server_strategy: Strategy = build_strategy(strategy, strategy_params)
+    if isinstance(privacy, UserLevelDP):
+        server_strategy = privacy.wrap(server_strategy, per_round=per_round, seed=seed)
     hp = the_recipe.resolve_hparams(
         {
             **(hparams or {}),
@@ -141,7 +160,13 @@ def simulate(
     feedback = {i: ErrorFeedback() for i in range(clients)}
     attacker_ids = set(range(clients - attackers, clients))
     rng = np.random.default_rng(seed)
-    per_round = max(1, round(fraction * clients))
+    training = ClientTraining(
+        the_recipe,
+        shards,
+        record=privacy if isinstance(privacy, RecordLevelDP) else None,
+        fast=fast,
+    )
+    clip_norms: list[float] = []
     result = SimulationResult(
         config={
             "recipe": recipe,
@@ -158,46 +183,64 @@ def simulate(
             "defend": defend,
         }
     )
+    if privacy is not None:
+        result.config["privacy"] = {"kind": type(privacy).__name__, **asdict(privacy)}
+    if fast:
+        result.config["fast"] = True
     model_bytes = len(encode_model(global_state))
+    skip_codec = fast and codec == "f32"  # lossless: the round trip changes nothing
+    f32_bytes = len(encode_update(global_state, "f32").payload) if skip_codec else 0
 
     for r in range(1, rounds + 1):
         started = time.perf_counter()
         chosen = sorted(rng.choice(clients, size=per_round, replace=False).tolist())
         traffic = {"up": 0}
+        seeds = [seed * 100_003 + r * 1009 + client for client in chosen]
+        training.begin_round(hp, global_state, chosen, seeds)
+        bound = server_strategy.clip_norm if isinstance(server_strategy, DPFedAvg) else 0.0
 
         def updates(
-            base: StateDict, chosen: list[int], r: int, traffic: dict[str, int]
+            base: StateDict,
+            chosen: list[int],
+            r: int,
+            seeds: list[int],
+            bound: float,
+            traffic: dict[str, int],
         ) -> Iterator[ClientUpdate]:
-            for client in chosen:
+            for client, task_seed in zip(chosen, seeds, strict=True):
                 # Round r trains on version r - 1: its place on a schedule across versions,
                 # as the coordinator gives it (``schedule_offset``).
                 task_steps = total_steps_for(hp, len(shards[client]))
                 offset = schedule_offset(hp, r - 1, task_steps)
                 task_hp = hp if offset is None else {**hp, "schedule_offset": offset}
-                trained = train_locally(
-                    the_recipe,
-                    task_hp,
-                    base,
-                    shards[client],
-                    seed=seed * 100_003 + r * 1009 + client,
-                )
-                delta = trained.delta
+                delta, examples = training.train(client, task_hp, base, task_seed)
                 if client in attacker_ids and attack is not None:
                     delta = attack.apply(delta, torch.Generator().manual_seed(r * 7919 + client))
-                encoded = encode_update(delta, codec, feedback=feedback[client])
-                traffic["up"] += len(encoded.payload)
-                decoded = decode_update(encoded.payload, spec, expected_codec=codec)
+                within = None
+                if user_level:  # the contributor clips to the bound its task names
+                    delta, within = clip_update(delta, bound)
+                if skip_codec:
+                    traffic["up"] += f32_bytes
+                    decoded = delta
+                else:
+                    encoded = encode_update(delta, codec, feedback=feedback[client])
+                    traffic["up"] += len(encoded.payload)
+                    decoded = decode_update(encoded.payload, spec, expected_codec=codec)
                 yield ClientUpdate(
                     decoded,
-                    trained.num_examples,
+                    examples,
                     max_examples=len(shards[client]),
                     client_id=str(client),
+                    within_clip=within,
                 )
 
-        round_updates: Iterable[ClientUpdate] = updates(global_state, chosen, r, traffic)
+        round_updates: Iterable[ClientUpdate] = updates(
+            global_state, chosen, r, seeds, bound, traffic
+        )
         if defend:
             round_updates = defend_round(list(round_updates))
         global_state = server_strategy.aggregate(global_state, round_updates)
+        clip_norms.append(bound)
         load_state_into(model, global_state)
         metrics = the_recipe.evaluate(model, test)
         row = RoundResult(
@@ -212,6 +255,10 @@ def simulate(
         result.rounds.append(row)
         if on_round is not None:
             on_round(row)
+    if isinstance(privacy, RecordLevelDP):
+        result.privacy = training.record_summary()
+    elif isinstance(privacy, UserLevelDP) and isinstance(server_strategy, DPFedAvg):
+        result.privacy = user_summary(privacy, server_strategy, training, clip_norms)
     return result
 
 

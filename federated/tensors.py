@@ -38,6 +38,9 @@ class ClientUpdate:
     ``num_examples`` is what the client reported; ``max_examples`` is what its task
     assigned, so ``weight`` is capped and a client cannot inflate its say.
     ``staleness_factor`` (0, 1] scales the weight for asynchronous (FedBuff) rounds.
+    ``within_clip`` is what the contributor reported under user-level DP: its update was
+    within the clip bound before clipping (None: not reported); adaptive clipping counts it
+    (``federated.strategies.dp_fedavg``), after checking it against the decoded norm.
     """
 
     delta: StateDict
@@ -45,6 +48,7 @@ class ClientUpdate:
     max_examples: int | None = None
     staleness_factor: float = 1.0
     client_id: str = ""
+    within_clip: bool | None = None
 
     @property
     def weight(self) -> float:

@@ -10,10 +10,11 @@ contributor throttles (sleeps), pauses (blocks) and asks for checkpoints.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -149,6 +150,19 @@ class TrainResult:
         }
 
 
+def between_steps(
+    hooks: TrainingHooks, progress: TrainProgress, checkpoint: Callable[[], Checkpoint]
+) -> None:
+    """Let the hooks throttle, pause or ask for a checkpoint after a step; a STOP saves
+    one and raises TrainingInterrupted carrying it."""
+    decision = hooks.after_step(progress)
+    if decision is not StepDecision.CONTINUE:
+        saved = checkpoint()
+        hooks.save_checkpoint(saved)
+        if decision is StepDecision.STOP:
+            raise TrainingInterrupted(saved)
+
+
 def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Copy ``state`` into ``model`` in place; names and shapes must match exactly."""
     model.load_state_dict(dict(state), strict=True)
@@ -263,7 +277,7 @@ def train_locally(
     base = {k: v.detach().to(dev, torch.float32).clone() for k, v in base_state.items()}
     params = list(model.parameters())
     anchors = [base[name] for name, _ in model.named_parameters()]
-    optimizer = _build_optimizer(params, hparams)
+    optimizer = build_optimizer(params, hparams)
     features = data.features.to(dev)
     labels = data.labels.to(dev)
     prox_mu = float(hparams["prox_mu"])
@@ -271,7 +285,7 @@ def train_locally(
 
     if resume is not None:
         load_state_into(model, resume.model)
-        _load_optimizer(optimizer, resume)
+        load_optimizer(optimizer, resume)
         step, examples, loss_sum = resume.step, resume.examples, resume.loss_sum
         loss_before, prior_seconds = resume.loss_before, resume.seconds
     else:
@@ -279,7 +293,7 @@ def train_locally(
         loss_before = _sample_loss(recipe, hparams, model, features, labels, order_seed)
 
     def checkpoint(elapsed: float) -> Checkpoint:
-        opt_tensors, opt_meta = _optimizer_state(optimizer)
+        opt_tensors, opt_meta = optimizer_state(optimizer)
         return Checkpoint(
             step=step,
             model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -304,7 +318,7 @@ def train_locally(
                 group["lr"] = step_lr
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != current_epoch:
-            permutation = _epoch_order(n, order_seed, epoch).to(dev)
+            permutation = epoch_order(n, order_seed, epoch).to(dev)
             current_epoch = epoch
         batch = permutation[position * batch_size : (position + 1) * batch_size]
         x, y = features[batch], labels[batch]
@@ -324,20 +338,11 @@ def train_locally(
         loss_sum += loss_value
         if hooks is not None:
             hook_started = time.perf_counter()
-            decision = hooks.after_step(
-                TrainProgress(
-                    step=step,
-                    total_steps=total_steps,
-                    examples=examples,
-                    loss=loss_value,
-                    elapsed_s=prior_seconds + hook_started - started - paused_for,
-                )
+            elapsed = hook_started - started - paused_for
+            progress = TrainProgress(
+                step, total_steps, examples, loss_value, prior_seconds + elapsed
             )
-            if decision is not StepDecision.CONTINUE:
-                cp = checkpoint(hook_started - started - paused_for)
-                hooks.save_checkpoint(cp)
-                if decision is StepDecision.STOP:
-                    raise TrainingInterrupted(cp)
+            between_steps(hooks, progress, functools.partial(checkpoint, elapsed))
             paused_for += time.perf_counter() - hook_started
 
     seconds = prior_seconds + (time.perf_counter() - started - paused_for)
@@ -358,7 +363,8 @@ def train_locally(
     )
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The batch order of one epoch: a permutation from (seed, epoch) alone."""
     generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
     return torch.randperm(n, generator=generator)
 
@@ -378,7 +384,7 @@ def _sample_loss(
     model.eval()
     n = labels.shape[0]
     if n > limit:
-        idx = _epoch_order(n, seed, -1)[:limit].to(features.device)
+        idx = epoch_order(n, seed, -1)[:limit].to(features.device)
         features, labels = features[idx], labels[idx]
     n = labels.shape[0]
     if n <= batch:
@@ -394,16 +400,17 @@ def _sample_loss(
     return value
 
 
-def _build_optimizer(
+def build_optimizer(
     params: list[nn.Parameter], hparams: Mapping[str, HParamValue]
 ) -> torch.optim.Optimizer:
+    """The local optimizer ``hparams`` name (``federated.privacy.dp_sgd`` wraps the same)."""
     lr, wd = float(hparams["lr"]), float(hparams["weight_decay"])
     if hparams["optimizer"] == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     return torch.optim.SGD(params, lr=lr, momentum=float(hparams["momentum"]), weight_decay=wd)
 
 
-def _optimizer_state(
+def optimizer_state(
     optimizer: torch.optim.Optimizer,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split an optimizer state_dict into tensors and JSON so it round-trips without pickle."""
@@ -419,7 +426,8 @@ def _optimizer_state(
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:
+def load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:
+    """Restore the state ``optimizer_state`` split into a checkpoint."""
     entries: dict[int, dict[str, Any]] = {}
     for name, tensor in checkpoint.optimizer_tensors.items():
         index, key = name.split("/", 1)
@@ -439,8 +447,13 @@ __all__ = [
     "TrainingHooks",
     "TrainingInterrupted",
     "apply_delta",
+    "between_steps",
+    "build_optimizer",
+    "epoch_order",
+    "load_optimizer",
     "load_state_into",
     "lr_factor",
+    "optimizer_state",
     "schedule_offset",
     "scheduled_lr",
     "total_steps_for",

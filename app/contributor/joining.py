@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from app.contributor import privacy
 from app.contributor.client import ClientError, CoordinatorClient, UntrustedError, save_json_atomic
 from app.contributor.credentials import (
     CredentialStore,
@@ -32,6 +33,7 @@ __all__ = [
     "detect_key_change",
     "preview_join",
     "project_data_path",
+    "save_consent",
     "save_project_data_path",
 ]
 
@@ -79,10 +81,20 @@ class JoinPreview:
             + ", shown publicly on the project's leaderboard",
             "  - a public key made for this project (the private key stays in your keychain)",
             f"  - per task: the model update (the change to the shared model, codec {codec}), "
-            "the number of examples trained on, and loss before/after, seconds and examples/s",
+            "the number of examples trained on, "
+            + (
+                "seconds and examples/s (no loss computed on your data)"
+                if self.privacy
+                else "and loss before/after, seconds and examples/s"
+            ),
             "  - your IP address, as with any connection to the server",
         ]
-        return lines
+        return lines + privacy.disclosure(self.privacy)
+
+    @property
+    def privacy(self) -> dict[str, Any] | None:
+        """The project's privacy terms (the protocol's ``PrivacyTerms``), pinned at join."""
+        return privacy.normal_terms(self.project.get("privacy"))
 
 
 def preview_join(text: str, *, insecure: bool = False) -> JoinPreview:
@@ -197,6 +209,12 @@ def accept_new_key(
     updated = dataclasses.replace(creds, project_public_key_b64=change.new_public_key_b64)
     credentials.save(updated.key, updated)
     return updated
+
+
+def save_consent(paths: EnginePaths, creds: ProjectCredentials, preview: JoinPreview) -> None:
+    """Keep the privacy terms the volunteer was shown (``app.contributor.privacy``): every
+    task of the project must carry exactly these."""
+    privacy.consent(paths, creds.key, creds.project, preview.privacy)
 
 
 def save_project_data_path(

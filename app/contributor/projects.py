@@ -36,9 +36,11 @@ from app.contributor.joining import (
     KeyChange,
     complete_join,
     preview_join,
+    save_consent,
     save_project_data_path,
 )
 from app.contributor.key_change import accept_key_change, key_change_of
+from app.contributor.privacy import summary as privacy_summary
 from app.contributor.snapshot import KeyChangeSnapshot, ProjectSnapshot
 from app.contributor.task_files import TaskFiles
 from app.contributor.trainer import TrainerError
@@ -58,6 +60,11 @@ CLOSED_RECHECK_S = 3600.0
 RANK_REFRESH_S = 30.0
 # What a step on one project may fail with and ``ProjectBook.failed`` books (stop the
 # project, or back off); anything else is unexpected and stops the engine.
+PRIVACY_STOP_CODES = frozenset(
+    {"privacy_budget_spent", "privacy_terms_changed", "privacy_unsupported"}
+)
+"""Failures that stop work on a project for good (``app.contributor.privacy``)."""
+
 PROJECT_FAILURES = (UntrustedError, AuthError, UnavailableError, ServerError, TrainerError, OSError)
 
 
@@ -135,6 +142,7 @@ class ProjectBook:
         creds = complete_join(
             preview, core.credentials, display_name=display_name, team=team, insecure=insecure
         )
+        save_consent(core.paths, creds, preview)
         if data_path is not None:
             save_project_data_path(core.paths, creds.key, creds.project, data_path)
         self.joined(creds)
@@ -301,6 +309,16 @@ class ProjectBook:
             message = project.key_change.describe() if project.key_change else str(exc)
             code = "key_changed" if project.key_change else "untrusted"
             core.error(f"{name}: {message}", project=name, code=code, fatal=True)
+        elif getattr(exc, "code", None) in PRIVACY_STOP_CODES:
+            # The budget on this machine's data is spent, the project's is, or the terms
+            # changed: no retry can help; joining again (new terms) or nothing.
+            project.disabled_reason = str(getattr(exc, "message", None) or exc)
+            core.error(
+                f"{name}: {project.disabled_reason}",
+                project=name,
+                code=str(getattr(exc, "code", "")),
+                fatal=True,
+            )
         elif isinstance(exc, AuthError):
             if self._token_was_replaced(project):
                 self._back_off(project, exc)  # a re-join swapped the token mid-request
@@ -397,6 +415,7 @@ class ProjectBook:
                     last_update=totals.last_at,
                     rank=project.rank if project else None,
                     disabled=project.disabled_reason if project else None,
+                    privacy=privacy_summary(core.paths.project_dir(ref.key, ref.project)),
                     closed=project.closed if project else False,
                     offline=project.offline if project else False,
                     rejected=totals.rejected,

@@ -135,6 +135,8 @@ class ProjectSnapshot:
     offline: bool = False  # the last try could not reach its coordinator
     rejected: int = 0  # tasks that ended without an accepted update
     key_change: KeyChangeSnapshot | None = None
+    # Its privacy terms in words and, for dp-sgd, the epsilon spent on this machine's data.
+    privacy: str | None = None
 
     def ledger_json(self) -> Json:
         """The fields the ledger alone can tell (``barnraise status`` with no engine)."""
@@ -148,6 +150,7 @@ class ProjectSnapshot:
             "credit": self.credit,
             "credit_unit": self.credit_unit,
             "rank": self.rank,
+            "privacy": self.privacy,
         }
 
     def to_json(self) -> Json:
@@ -180,6 +183,7 @@ class ProjectSnapshot:
             offline=bool(data.get("offline")),
             rejected=data.get("rejected", 0),
             key_change=KeyChangeSnapshot.from_json(change) if isinstance(change, dict) else None,
+            privacy=data.get("privacy"),
         )
 
 

@@ -42,6 +42,7 @@ from app.contributor.heartbeat import Heartbeat
 from app.contributor.joining import project_data_path
 from app.contributor.ledger import Contribution
 from app.contributor.policy_driver import PolicyDriver
+from app.contributor.privacy import PrivacyRecord
 from app.contributor.progress import TrainerReports
 from app.contributor.projects import Project, ProjectBook
 from app.contributor.trainer import TrainerCrashed, TrainerError, TrainJob, TrainOutcome
@@ -60,6 +61,18 @@ MIN_REJECTION_BACKOFF_S = 5.0
 MAX_REJECTION_BACKOFF_S = 600.0
 # Refusals the trainer finds before sending (the coordinator would answer the same).
 UNSENDABLE_CODES = frozenset(UPDATE_REJECTION_CODES) | {"payload_too_large"}
+
+
+REPORTED_METRICS = (
+    "loss_before",
+    "loss_after",
+    "seconds",
+    "examples_per_second",
+    "dp_within_clip",
+    "dp_epsilon",
+)
+"""What an update's manifest reports of the trainer's metrics; a private task's trainer
+leaves the losses out (``app.contributor.trainer.private``)."""
 
 
 class _TaskLost(Exception):
@@ -102,6 +115,11 @@ class TaskFlow:
         if core.stop.is_set():
             projects.drop_task_files(project, release=True)
             return
+        privacy = PrivacyRecord.load(project.dir)
+        problem = privacy.task_problem(manifest)
+        if problem is not None:
+            projects.drop_task_files(project, release=True)
+            raise TrainerError(problem, code="privacy_terms_changed")
         useful_until = manifest.get("useful_until")
         if isinstance(useful_until, int | float):
             # Nothing trained yet: only a task already past its useful time is late.
@@ -123,7 +141,7 @@ class TaskFlow:
         try:
             model_path = project.client.download_model(str(manifest["base_digest"]))
             self._trim_cache(keep=str(manifest["base_digest"]))
-            outcome = self._train(project, task, model_path)
+            outcome = self._train(project, task, model_path, privacy)
         except _TaskLost as exc:
             core.error(
                 f"{name}: task {task.task_id} was lost ({exc}); moving on",
@@ -155,6 +173,8 @@ class TaskFlow:
                     seconds=0.0,
                 )
             return
+        if outcome.privacy_spend is not None:  # trained: it counts, sent or not
+            privacy.add_spend(outcome.privacy_spend, outcome.metrics.get("dp_epsilon"))
         upload = self._update_manifest(project, task, outcome)
         project.files.save_upload(task.task_id, upload)
         self._send_update(project, task, upload)
@@ -196,13 +216,16 @@ class TaskFlow:
             log.warning("could not trim the model cache: %s", exc)
 
     # --- 5: train ------------------------------------------------------------------------
-    def _job(self, project: Project, task: LeasedTask, model_path: Path) -> TrainJob:
+    def _job(
+        self, project: Project, task: LeasedTask, model_path: Path, privacy: PrivacyRecord
+    ) -> TrainJob:
         core = self._core
         manifest = task.manifest
         name = project.ref.project
         interval = core.options.checkpoint_interval_s or float(core.settings.checkpoint_interval_s)
         max_norm = manifest.get("max_update_norm")
         max_bytes = manifest.get("max_payload_bytes")
+        clip = manifest.get("update_clip_norm")
         return TrainJob(
             task_id=task.task_id,
             project=name,
@@ -221,15 +244,20 @@ class TaskFlow:
             seed=task_seed(task.task_id),
             max_update_norm=float(max_norm) if isinstance(max_norm, int | float) else None,
             max_payload_bytes=int(max_bytes) if isinstance(max_bytes, int) else None,
+            privacy=privacy.terms,
+            update_clip_norm=float(clip) if isinstance(clip, int | float) else None,
+            privacy_spends=list(privacy.spends),
         )
 
-    def _train(self, project: Project, task: LeasedTask, model_path: Path) -> TrainOutcome | None:
+    def _train(
+        self, project: Project, task: LeasedTask, model_path: Path, privacy: PrivacyRecord
+    ) -> TrainOutcome | None:
         """The trained outcome, or None when the task was stopped to be given back."""
         core = self._core
         trainer = core.trainer
         name = project.ref.project
         project.give_back, project.late = False, None
-        job = self._job(project, task, model_path)
+        job = self._job(project, task, model_path, privacy)
         with core.lock:
             core.current = CurrentTask(
                 key=project.ref.key,
@@ -317,10 +345,7 @@ class TaskFlow:
     ) -> protocol.UpdateManifest:
         """The manifest to sign and send with the trained update (kept until acknowledged)."""
         metrics = protocol.limits.reportable_metrics(
-            {
-                k: float(outcome.metrics[k])
-                for k in ("loss_before", "loss_after", "seconds", "examples_per_second")
-            }
+            {k: float(outcome.metrics[k]) for k in REPORTED_METRICS if k in outcome.metrics}
         )
         return protocol.UpdateManifest(
             project=project.ref.project,

@@ -250,6 +250,7 @@ class ControllerEngine:
             "data_mode": preview.data_mode,
             "description": preview.description,
             "recipe": preview.recipe,
+            "privacy": preview.privacy,
         }
         target = preview.target
         key = project_key(target.server_url, target.project)
@@ -295,6 +296,7 @@ def _joined_project(p: ProjectSnapshot) -> JoinedProject:
         rank=p.rank,
         tasks=int(p.tasks or 0),
         closed=p.closed,
+        privacy=p.privacy,
         key_change=KeyChangeNotice(
             project=p.project,
             pinned_fingerprint=change.pinned_fingerprint,

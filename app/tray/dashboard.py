@@ -273,6 +273,7 @@ class Dashboard(QMainWindow):
     def _refresh_projects(self) -> None:
         table = self.projects_table
         projects = sorted(self.model.projects.values(), key=lambda p: p.name)
+        privacy_of = {p.name: p.privacy for p in projects}
         rows: list[tuple[str, ...]] = [
             (
                 p.name,
@@ -284,14 +285,18 @@ class Dashboard(QMainWindow):
             )
             for p in projects
         ]
-        if rows == self._shown_rows:
+        shown = [(*row, privacy_of.get(row[0]) or "") for row in rows]
+        if shown == self._shown_rows:
             return  # unchanged: rebuilding the cells on every engine event cost real CPU
-        self._shown_rows = rows
+        self._shown_rows = shown
         selected = self.selected_project()
         table.setRowCount(len(rows))
         for row, cells in enumerate(rows):
+            privacy = privacy_of.get(cells[0])
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
+                if privacy:  # the terms agreed to, and the epsilon spent on this machine's data
+                    item.setToolTip(f"Privacy: {privacy}")
                 if column in (3, 4):
                     item.setTextAlignment(
                         Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter

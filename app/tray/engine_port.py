@@ -54,6 +54,7 @@ class ProjectPreview:
     current_version: int | None = None
     data_columns: dict[str, Any] | None = None  # {"label": str, "features": [str]} (local)
     hparams: dict[str, Any] = field(default_factory=dict)
+    privacy: dict[str, Any] | None = None  # the protocol's PrivacyTerms, pinned at join
 
     @property
     def page_url(self) -> str:
@@ -76,6 +77,7 @@ class ProjectPreview:
             current_version=view.get("current_version"),
             data_columns=view.get("data_columns"),
             hparams=dict(view.get("hparams") or {}),
+            privacy=dict(view["privacy"]) if isinstance(view.get("privacy"), dict) else None,
         )
 
 
@@ -128,6 +130,7 @@ class JoinedProject:
     last_update: float | None = None  # epoch seconds of the last accepted update
     closed: bool = False  # its organiser closed it: it needs no work (asked again rarely)
     key_change: KeyChangeNotice | None = None  # stopped until the volunteer decides
+    privacy: str | None = None  # its privacy terms, and the epsilon spent on this machine's data
 
 
 @dataclass(frozen=True)

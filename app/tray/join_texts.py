@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from app.contributor.privacy import disclosure
 from app.tray.engine_port import DATA_LOCAL, ExistingIdentity, ProjectPreview
 
 __all__ = [
@@ -75,9 +76,15 @@ def consent_text(
         f"<li>the name <b>{who}</b>, shown on the project's public leaderboard;</li>"
         f"{key}"
         "<li>for each task: the model update computed here (changes to the model's weights), "
-        "the number of examples used, training metrics (loss, accuracy) and the compute time.</li>"
-        "</ul>"
-        f"<p>It never sends {data}, your private key, or anything else on this computer.</p>"
+        "the number of examples used, "
+        + (
+            "and the compute time (no loss computed on your data).</li>"
+            if preview.privacy
+            else "training metrics (loss, accuracy) and the compute time.</li>"
+        )
+        + "</ul>"
+        + "".join(f"<p>{escape_html(line)}</p>" for line in disclosure(preview.privacy))
+        + f"<p>It never sends {data}, your private key, or anything else on this computer.</p>"
         "<p>Barnraise computes only within your limits and schedule (Preferences), and you can "
         "pause, snooze or leave at any time.</p>"
     )

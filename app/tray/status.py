@@ -157,6 +157,7 @@ class ProjectStatus:
     # at once; the fingerprints in ``key_change`` follow from the engine's snapshot).
     key_changed: bool = False
     key_change: KeyChangeNotice | None = None
+    privacy: str | None = None  # terms agreed to; dp-sgd: epsilon spent on this machine's data
 
     @property
     def shown_state(self) -> str:
@@ -210,6 +211,7 @@ class StatusModel:
                 closed=p.closed,
                 key_changed=p.key_change is not None,
                 key_change=p.key_change,
+                privacy=p.privacy,
             )
             for p in snapshot.projects
         }

@@ -9,6 +9,7 @@ from backend.pages import (
     PAGE_HEADERS,
     ActionRow,
     ContributorRow,
+    PrivacyView,
     ProjectPageView,
     ProjectSummaryView,
     TeamRow,
@@ -17,6 +18,7 @@ from backend.pages import (
     render_project_page,
 )
 from backend.pages.render import CONTRIBUTOR_ROWS_SHOWN
+from federated import protocol
 
 SHORT_ID_CHARS = 6
 """Shown beside each name on the page: enough to tell two look-alike names apart."""
@@ -127,5 +129,23 @@ def project_page(app: App, req: Request, project: str) -> Response:
             ActionRow(at=a.at, action=a.action, target=a.target, reason=a.reason, detail=a.detail)
             for a in stats.actions
         ),
+        privacy=_privacy_view(view),
     )
     return _html(render_project_page(page))
+
+
+def _privacy_view(view: protocol.Project) -> PrivacyView | None:
+    terms, spent = view.privacy, view.privacy_spent
+    if terms is None or spent is None:
+        return None
+    return PrivacyView(
+        mechanism=terms.mechanism,
+        epsilon=terms.epsilon,
+        delta=terms.delta,
+        noise_multiplier=terms.noise_multiplier,
+        clip_norm=spent.clip_norm if spent.clip_norm is not None else terms.clip_norm,
+        clip_quantile=terms.clip_quantile,
+        epsilon_spent=spent.epsilon,
+        steps=spent.steps,
+        exhausted=spent.exhausted,
+    )

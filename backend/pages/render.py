@@ -28,6 +28,7 @@ from backend.pages.formatting import (
     human_utc,
     iso_utc,
 )
+from backend.pages.privacy import render_privacy
 from backend.pages.views import (
     CREDIT_UNIT,
     ContributorRow,
@@ -409,6 +410,9 @@ def _versions(view: ProjectPageView) -> str:
     )
 
 
+_PRIVACY_FACT = {"dp-sgd": "record-level DP", "dp-fedavg": "user-level DP"}
+
+
 def render_project_page(view: ProjectPageView) -> str:
     """The ``/p/NAME`` page: summary, join instructions, charts, contributors, teams."""
     facts = [
@@ -417,6 +421,7 @@ def render_project_page(view: ProjectPageView) -> str:
         ("Rounds", "asynchronous" if view.mode == "async" else "synchronous"),
         ("Data", "built-in" if view.data_mode == "builtin" else "yours, stays local"),
         ("Codec", view.codec),
+        ("Privacy", _PRIVACY_FACT.get(view.privacy.mechanism, "") if view.privacy else ""),
     ]
     facts_html = "".join(
         f"<li><b>{_h(label)}</b>{_h(value)}</li>" for label, value in facts if value
@@ -431,6 +436,7 @@ def render_project_page(view: ProjectPageView) -> str:
         "</section>"
         f"{_join_card(view)}</div>\n"
         f"<section>{_stats(view)}</section>\n"
+        f"{render_privacy(view.privacy)}\n"
         f"{_charts(view.versions)}\n"
         f"{_contributors(view)}\n"
         f"{_teams(view)}\n"

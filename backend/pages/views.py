@@ -77,6 +77,21 @@ class VersionPoint:
 
 
 @dataclass(frozen=True)
+class PrivacyView:
+    """A project's differential-privacy promise and how much of its budget is gone."""
+
+    mechanism: str  # "dp-sgd" | "dp-fedavg"
+    epsilon: float  # the budget
+    delta: float
+    noise_multiplier: float
+    clip_norm: float  # dp-sgd: per example; dp-fedavg: the current update bound
+    clip_quantile: float
+    epsilon_spent: float
+    steps: int  # dp-fedavg: noisy aggregates; dp-sgd: contributor reports
+    exhausted: bool
+
+
+@dataclass(frozen=True)
 class ProjectPageView:
     """Everything ``/p/NAME`` shows.
 
@@ -110,3 +125,4 @@ class ProjectPageView:
     total_credit: float | None = None  # GFLOP, all contributors
     updates_accepted_total: int | None = None
     actions: tuple[ActionRow, ...] = field(default_factory=tuple)  # newest first
+    privacy: PrivacyView | None = None

@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from backend.services import crediting
+from backend.services import crediting, privacy
 from backend.services.context import ServiceContext
 from backend.services.gate import REFERENCE_VERSIONS, Aggregate, gate, reference_loss
 from backend.services.models import (
@@ -60,7 +60,7 @@ from backend.store import (
 )
 from federated.codec import decode_model, decode_update, encode_model
 from federated.screening import clip_delta
-from federated.strategies import build_strategy, staleness_factor
+from federated.strategies import DPFedAvg, build_strategy, staleness_factor
 from federated.tensors import ClientUpdate
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ def claim_ready(ctx: ServiceContext, project: ProjectRecord) -> AggregationClaim
     now = ctx.clock()
     if not _may_be_ready(ctx, project, now):
         return None
+    if privacy.close_if_spent(ctx, project, ctx.notifier.notify):
+        return None
     with ctx.store.write() as tx:
         fresh = tx.project_by_id(project.id)
         if fresh is None or fresh.status == "closed" or tx.aggregation_running(project.id):
@@ -178,6 +180,8 @@ def run_aggregation(
         _keep_all_out(ctx, project, claim, vetting)
         return None
     clip_norm = vetting.clip_norm
+    dp_clip = privacy.update_clip_norm(settings, base)
+    noisy_aggregates = 0  # user-level privacy: each one computed is counted
 
     def updates(chosen: list[UpdateRecord]) -> Iterator[ClientUpdate]:
         for u in chosen:
@@ -193,12 +197,24 @@ def run_aggregation(
             factor = 1.0
             if settings.mode == "async":
                 factor = staleness_factor(staleness, exponent=settings.staleness_exponent)
-            yield ClientUpdate(delta, u.num_examples, u.max_examples, factor, u.client_id)
+            within = u.metrics.get("dp_within_clip")
+            yield ClientUpdate(
+                delta,
+                u.num_examples,
+                u.max_examples,
+                factor,
+                u.client_id,
+                within_clip=None if within is None else within >= 0.5,
+            )
 
     test = rt.test_data()
 
     def aggregate_of(chosen: list[UpdateRecord]) -> Aggregate:
+        nonlocal noisy_aggregates
         strategy = build_strategy(project.strategy["name"], project.strategy.get("params") or {})
+        if dp_clip is not None:
+            strategy = privacy.wrap(strategy, settings, dp_clip)
+            noisy_aggregates += 1
         if base_strategy_state is not None:
             strategy.load_state_tensors(dict(base_strategy_state))
         state = strategy.aggregate(base_state, updates(chosen))
@@ -210,10 +226,11 @@ def run_aggregation(
         vetting.kept,
         reference_loss(_recent_losses(ctx, project, claim.base_version)),
         settings.max_loss_regression,
+        search=dp_clip is None,
     )
     vetting = vetting.without(gated.kept, gated.verdicts)
     if gated.aggregate is None:
-        _keep_all_out(ctx, project, claim, vetting)
+        _keep_all_out(ctx, project, claim, vetting, noisy_aggregates)
         return None
     new_state, strategy = gated.aggregate.state, gated.aggregate.strategy
     metrics = dict(gated.aggregate.metrics)
@@ -221,6 +238,8 @@ def run_aggregation(
     losses = [u.metrics["loss_after"] for u in vetting.kept if "loss_after" in u.metrics]
     if losses:
         metrics["client_loss_after"] = statistics.median(losses)
+    if isinstance(strategy, DPFedAvg):  # the bound the next version's updates are clipped to
+        metrics[privacy.CLIP_NORM_METRIC] = strategy.clip_norm
     metrics = _finite_metrics(metrics)
     digest = ctx.blobs.put(encode_model(new_state))
     state_tensors = strategy.state_tensors()
@@ -258,8 +277,10 @@ def run_aggregation(
             log.warning("aggregation %s of %s was taken over; discarding", claim.id, project.name)
             return None
         vetting_record(tx, claim.id, vetting, now)
+        privacy.record_aggregates(tx, project.id, settings, noisy_aggregates, now)
         tx.finish_aggregation(claim, record, [])
     _count_kept_out(ctx, project, vetting)
+    privacy.close_if_spent(ctx, project, ctx.notifier.notify)
     ctx.metrics.aggregation_seconds.labels(project=project.name).observe(
         time.perf_counter() - started
     )
@@ -282,13 +303,22 @@ def _recent_losses(ctx: ServiceContext, project: ProjectRecord, base: int) -> li
 
 
 def _keep_all_out(
-    ctx: ServiceContext, project: ProjectRecord, claim: AggregationClaim, vetting: Vetting
+    ctx: ServiceContext,
+    project: ProjectRecord,
+    claim: AggregationClaim,
+    vetting: Vetting,
+    noisy_aggregates: int = 0,
 ) -> None:
-    """Every update of the claim was kept out: record why, publish nothing, end the claim."""
+    """Every update of the claim was kept out: record why, publish nothing, end the claim
+    (and count the noisy aggregates computed on the way against the privacy budget)."""
     with ctx.store.write() as tx:
         if tx.aggregation_owner(claim.id) != claim.owner:
             return
-        vetting_record(tx, claim.id, vetting, ctx.clock())
+        now = ctx.clock()
+        vetting_record(tx, claim.id, vetting, now)
+        privacy.record_aggregates(
+            tx, project.id, ctx.runtime(project).settings, noisy_aggregates, now
+        )
         tx.release_stale_claims(functools.partial(_owned_by, claim.owner))
         if ctx.runtime(project).settings.mode == "sync":  # they may train this round again
             for u in claim.updates:

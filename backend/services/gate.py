@@ -73,15 +73,21 @@ def gate(
     updates: list[UpdateRecord],
     base_loss: float | None,
     tolerance: float,
+    *,
+    search: bool = True,
 ) -> Gated:
-    """Aggregate ``updates`` and hold the result to ``base_loss`` x (1 + ``tolerance``)."""
+    """Aggregate ``updates`` and hold the result to ``base_loss`` x (1 + ``tolerance``).
+
+    ``search`` False: judge the one aggregate of them all, never look for the update that
+    harms it (user-level privacy counts every aggregate computed against the budget)."""
     candidate = aggregate_of(updates)
     if tolerance <= 0 or base_loss is None or candidate.loss is None:
         return Gated(candidate, list(updates))
     limit = base_loss * (1 + tolerance) + MIN_LOSS_RISE
     kept = list(updates)
     verdicts: dict[str, tuple[str, str]] = {}
-    while _over(candidate, limit) and len(kept) > 1 and len(verdicts) < MAX_REMOVALS:
+    removals = MAX_REMOVALS if search else 0
+    while _over(candidate, limit) and len(kept) > 1 and len(verdicts) < removals:
         trials = [(aggregate_of([u for u in kept if u.id != out.id]), out) for out in kept]
         best, culprit = min(trials, key=lambda t: _loss_or_inf(t[0]))
         verdicts[culprit.id] = (

@@ -46,6 +46,7 @@ import msgspec
 from backend import pacing
 from backend.errors import api_error
 from backend.ids import new_id
+from backend.services import privacy
 from backend.services.context import ServiceContext
 from backend.services.tasks import check_live, check_not_banned, full_task_steps, owned_task
 from backend.settings import (
@@ -293,6 +294,13 @@ def _lease_in_tx(
     project = tx.project_by_name(project_name)
     assert project is not None
     if project.status == "closed":
+        settings = ctx.runtime(project).settings
+        if not privacy.fits_another_aggregate(tx, project.id, settings):
+            raise api_error(
+                "privacy_budget_spent",
+                f"project {project_name!r} has spent its privacy budget (epsilon "
+                f"{settings.dp_epsilon:g}, delta {settings.dp_delta:g}); training has ended",
+            )
         raise api_error("project_closed", f"project {project_name!r} is closed")
     if project.status == "paused":
         raise api_error(
@@ -327,8 +335,8 @@ def _lease_in_tx(
         round_waits_for_it = held < settings.min_updates
     elif tx.live_leases(project.id, now) >= settings.max_concurrent_leases:
         return None, expired
-    elif tx.client_pending_updates(project.id, client_id) >= settings.per_source_cap(
-        settings.max_client_share, settings.buffer_size
+    elif tx.client_pending_updates(project.id, client_id) >= settings.client_cap(
+        settings.buffer_size
     ):
         # Its share of the next buffer is waiting already: more work now would only wait
         # (and go stale) behind it, or let one contributor fill a buffer.
@@ -376,6 +384,8 @@ def _lease_in_tx(
         issued_at=int(now),
         deadline=deadline,
         useful_until=round(useful_until),  # nearest second: windows can be seconds long
+        privacy=privacy.terms(settings),
+        update_clip_norm=privacy.update_clip_norm(settings, base),
     )
     signature = sign_task_manifest(ctx, project.name, manifest)
     tx.insert_task(

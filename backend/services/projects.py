@@ -3,11 +3,13 @@ the protocol's ``Project`` view of one."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import torch
 
+from backend.services import privacy
 from backend.services.context import ServiceContext
 from backend.services.models import evaluate_state, model_manifest, save_tensors, sign_model
 from backend.settings import ProjectSettings
@@ -18,6 +20,8 @@ from federated.protocol.messages import DataColumns, Mode, Status
 from federated.recipes import Recipe, get_recipe
 from federated.signing import fingerprint
 from federated.strategies import build_strategy
+
+log = logging.getLogger(__name__)
 
 
 class ProjectService:
@@ -36,10 +40,12 @@ class ProjectService:
         hparams: Mapping[str, Any] | None = None,
         settings: Mapping[str, Any] | None = None,
         description: str = "",
+        warn: Callable[[str], None] | None = None,
     ) -> ProjectRecord:
         """Create a project with its seeded version 0 and its signing key.
 
-        Raises ValueError (RecipeError included) naming what is wrong.
+        Raises ValueError (RecipeError included) naming what is wrong; ``warn`` hears of
+        what would work but not pay off (privacy noise that would swamp the updates).
         """
         ctx = self._ctx
         if not protocol.is_project_name(name):
@@ -69,7 +75,18 @@ class ProjectService:
                 len(recipe_obj.load_shard(resolved, i)) for i in range(int(resolved["num_shards"]))
             ]
         state = recipe_obj.initial_state(resolved)
+        num_parameters = sum(int(t.numel()) for t in state.values())
+        for warning in privacy.check_new_project(
+            project_settings, recipe_obj, resolved, strategy_obj, num_parameters
+        ):
+            log.warning("project %s: %s", name, warning)
+            if warn is not None:
+                warn(warning)
         digest = ctx.blobs.put(encode_model(state))
+        if project_settings.privacy == "dp-fedavg":  # its state carries the adapted clip
+            strategy_obj = privacy.wrap(
+                strategy_obj, project_settings, project_settings.dp_clip_norm
+            )
         state_tensors = strategy_obj.state_tensors()
         state_digest = ctx.blobs.put(save_tensors(state_tensors)) if state_tensors else None
         key = ctx.keys.create(name)
@@ -122,6 +139,7 @@ class ProjectService:
         settings = ProjectSettings.from_dict(project.settings)
         with self._ctx.store.read() as tx:
             version = tx.version(project.id, project.current_version)
+            privacy_spent = privacy.spent(tx, project, settings)
         data_columns = None
         if project.recipe == "tabular-csv":
             label = project.hparams.get("label_column")
@@ -149,6 +167,8 @@ class ProjectService:
             invite_required=settings.invite_required,
             codec=settings.codec,
             page_url=f"/p/{project.name}",
+            privacy=privacy.terms(settings),
+            privacy_spent=privacy_spent,
         )
 
     def project_list(self) -> protocol.ProjectList:
@@ -170,6 +190,7 @@ def summary(view: protocol.Project) -> protocol.ProjectSummary:
         invite_required=view.invite_required,
         page_url=view.page_url,
         data_mode=view.data_mode,
+        privacy=view.privacy.mechanism if view.privacy else None,
     )
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from backend import credit as credit_math
 from backend.errors import FINAL_UPLOAD_CODES, PAYLOAD_CODES, HTTPError, api_error, refusal
 from backend.ids import check_server_id, new_id
+from backend.services import privacy
 from backend.services.context import ProjectRuntime, ServiceContext
 from backend.services.inputs import b64decode_field
 from backend.services.standings import receipt
@@ -316,6 +317,16 @@ class UploadService:
             tx.set_task_status(task.id, "answered")
             tx.add_pending_credit(client.id, gflop, now)
             record_pace(tx, client.id, fresh, update.num_examples, now)
+            batch = hparams.get("batch_size", 1) if isinstance(hparams, dict) else 1
+            privacy.record_report(
+                tx,
+                project.id,
+                settings,
+                client.id,
+                manifest.metrics,
+                min(1.0, float(batch) / max(1, update.num_examples)),
+                now,
+            )
         ctx.metrics.updates_accepted.labels(project=project.name).inc()
         ctx.metrics.contributed_gflop.labels(project=project.name).inc(gflop)
         ctx.wake_worker()

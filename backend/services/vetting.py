@@ -32,7 +32,7 @@ def select_by_share(
 ) -> tuple[list[UpdateRecord], list[UpdateRecord]]:
     """(at most ``size`` updates within the share limits of an aggregate of ``size``, in
     order; the ones passed over because their contributor or network had its share)."""
-    client_cap = settings.per_source_cap(settings.max_client_share, size)
+    client_cap = settings.client_cap(size)
     network_cap = settings.per_source_cap(settings.max_network_share, size)
     per_client: Counter[str] = Counter()
     per_network: Counter[str] = Counter()

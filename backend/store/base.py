@@ -275,6 +275,15 @@ class ReadTx(Protocol):
         version (model, strategy state) still names: their blobs must stay."""
         ...
 
+    def privacy_spends(self, project_id: int) -> list[tuple[float, float, int]]:
+        """The coordinator's noisy aggregates of a project: (noise multiplier, sample rate,
+        steps), one row per distinct pair."""
+        ...
+
+    def reported_epsilon(self, project_id: int) -> tuple[float | None, int]:
+        """(the largest epsilon a contributor reported, how many reports)."""
+        ...
+
 
 class WriteTx(ReadTx, Protocol):
     """A serialised read-write transaction; committed when the ``with`` block ends cleanly."""
@@ -405,6 +414,19 @@ class WriteTx(ReadTx, Protocol):
         ...
 
     def insert_action(self, action: ActionRecord) -> int: ...
+    def record_privacy_spend(
+        self,
+        project_id: int,
+        at: float,
+        *,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        client_id: str | None = None,
+        epsilon: float | None = None,
+    ) -> None:
+        """Add to the privacy ledger (``privacy_spends``, ``reported_epsilon``)."""
+        ...
 
     # --- retention (backend.services.retention) -------------------------------------------
     def mark_payloads_pruning(

@@ -242,6 +242,27 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             " WHERE status = 'aggregated' AND norm IS NOT NULL",
         ),
     ),
+    (
+        9,
+        (
+            # The privacy ledger (backend.services.privacy, issue 14). Rows without a client
+            # are the coordinator's own noisy aggregates (dp-fedavg), written in the
+            # transaction that publishes their version or keeps it back, so a budget is
+            # never spent without a record; rows with one are what a contributor reported
+            # of its own spending with an accepted update (dp-sgd).
+            """CREATE TABLE privacy_spend (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                project_id INTEGER NOT NULL REFERENCES projects(id),
+                at REAL NOT NULL,
+                client_id TEXT,
+                noise_multiplier REAL NOT NULL,
+                sample_rate REAL NOT NULL,
+                steps INTEGER NOT NULL,
+                epsilon REAL
+            )""",
+            "CREATE INDEX privacy_spend_project ON privacy_spend (project_id, client_id)",
+        ),
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -303,3 +303,22 @@ class SQLiteReads:
             -1 if limit is None else limit,
         )
         return [action_from_row(r) for r in rows]
+
+    def privacy_spends(self, project_id: int) -> list[tuple[float, float, int]]:
+        rows = self._all(
+            """SELECT noise_multiplier, sample_rate, SUM(steps) FROM privacy_spend
+               WHERE project_id = ? AND client_id IS NULL
+               GROUP BY noise_multiplier, sample_rate ORDER BY MIN(id)""",
+            project_id,
+        )
+        return [(float(r[0]), float(r[1]), int(r[2])) for r in rows]
+
+    def reported_epsilon(self, project_id: int) -> tuple[float | None, int]:
+        row = self._one(
+            """SELECT MAX(epsilon), COUNT(*) FROM privacy_spend
+               WHERE project_id = ? AND client_id IS NOT NULL""",
+            project_id,
+        )
+        if row is None or row[1] == 0:
+            return None, 0
+        return (None if row[0] is None else float(row[0])), int(row[1])

@@ -22,11 +22,12 @@ from backend.store.base import (
 )
 from backend.store.sqlite_admin import SQLiteAdminWrites
 from backend.store.sqlite_clients import SQLiteClientWrites
+from backend.store.sqlite_privacy import SQLitePrivacyWrites
 from backend.store.sqlite_retention import SQLiteRetention
 from backend.store.sqlite_rows import dump, task_from_row, update_from_row
 
 
-class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites):
+class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePrivacyWrites):
     """Reads and (on the writer connection) writes; implements ``ReadTx`` and ``WriteTx``."""
 
     # --- writes ----------------------------------------------------------------------------

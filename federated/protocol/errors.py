@@ -58,6 +58,7 @@ ERROR_STATUS: dict[str, int] = {
     "task_already_answered": 409,
     "name_taken": 409,
     "project_closed": 410,
+    "privacy_budget_spent": 410,
     "lease_expired": 410,
     "task_rejected": 410,
     "payload_too_large": 413,

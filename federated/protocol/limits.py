@@ -45,12 +45,21 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
     "seconds": (0.0, 1e7),
     "examples_per_second": (0.0, 1e9),
     "steps": (0.0, 1e9),
+    "dp_within_clip": (0.0, 1.0),
+    "dp_epsilon": (0.0, 1e6),
 }
 """The metrics the contributor app reports, and the values each can physically take: a
 cross-entropy is never negative and 1e4 nats is no model anyone trains; a task runs for
 less than 116 days. Other names only keep within ``MAX_METRIC_ABS``."""
 
 MAX_METRIC_ABS = 1e9
+
+MAX_DP_EPSILON = 100.0
+"""The largest privacy budget a project may promise: past it the guarantee means nothing."""
+MAX_DP_DELTA = 1e-3
+"""delta is the chance the guarantee fails outright: it must stay far below 1 / records."""
+MAX_DP_NOISE_MULTIPLIER = 1000.0
+MAX_DP_CLIP_NORM = 1e6
 
 
 def reportable_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -38,6 +38,12 @@ CREDIT_UNIT: Literal["GFLOP"] = "GFLOP"
 Mode = Literal["sync", "async"]
 Status = Literal["open", "paused", "closed"]
 DataMode = Literal["builtin", "local"]
+PrivacyMechanism = Literal["dp-sgd", "dp-fedavg"]
+"""dp-sgd: record-level, each contributor clips per-example gradients and adds noise
+locally (Opacus), so no record of its own data can be inferred from its updates whatever
+the coordinator does. dp-fedavg: user-level, the coordinator clips each contributor's
+whole update and adds noise to their sum, so no contributor's participation can be
+inferred from the published versions (the coordinator itself is trusted)."""
 
 
 class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -152,6 +158,74 @@ class DataColumns(_Answer):
     features: list[str]
 
 
+class PrivacyTerms(_Answer):
+    """What a project promises about differential privacy.
+
+    Disclosed before a volunteer joins, carried in every signed task, and pinned by the
+    contributor at join: it refuses a task whose terms differ from those it consented to,
+    so a coordinator cannot quietly drop the noise for one contributor."""
+
+    mechanism: PrivacyMechanism
+    epsilon: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            le=limits.MAX_DP_EPSILON,
+            description="The budget: training stops when the epsilon spent would pass it.",
+        ),
+    ]
+    delta: Annotated[float, msgspec.Meta(gt=0, le=limits.MAX_DP_DELTA)]
+    noise_multiplier: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            le=limits.MAX_DP_NOISE_MULTIPLIER,
+            description="Gaussian noise standard deviation over the clipping bound.",
+        ),
+    ]
+    clip_norm: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            le=limits.MAX_DP_CLIP_NORM,
+            description="dp-sgd: each example's gradient L2 bound; dp-fedavg: the first "
+            "bound of each update (adapted per version when clip_quantile > 0).",
+        ),
+    ]
+    clip_quantile: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            lt=1,
+            description="dp-fedavg: the share of updates the adaptive bound aims to leave "
+            "unclipped (Andrew et al. 2021); 0: a fixed bound.",
+        ),
+    ] = 0.0
+
+
+class PrivacySpent(_Answer):
+    """How much of a project's privacy budget is gone (``Project.privacy_spent``)."""
+
+    epsilon: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            description="dp-fedavg: the coordinator's accountant over every noisy aggregate "
+            "it computed; dp-sgd: the largest epsilon a contributor reported for its own data.",
+        ),
+    ]
+    delta: Annotated[float, msgspec.Meta(gt=0)]
+    steps: Annotated[
+        int,
+        msgspec.Meta(ge=0, description="dp-fedavg: noisy aggregates; dp-sgd: reports counted."),
+    ]
+    exhausted: bool = False
+    clip_norm: Annotated[
+        float | None,
+        msgspec.Meta(description="dp-fedavg: the bound the next updates are clipped to."),
+    ] = None
+
+
 class ProjectSummary(_Answer):
     name: ProjectName
     description: str = ""
@@ -162,6 +236,7 @@ class ProjectSummary(_Answer):
     invite_required: bool = False
     page_url: str = ""
     data_mode: DataMode = "builtin"
+    privacy: PrivacyMechanism | None = None
 
 
 class ProjectList(_Answer):
@@ -190,6 +265,8 @@ class Project(_Answer, kw_only=True):
     invite_required: bool
     codec: str = ""
     page_url: str = ""
+    privacy: PrivacyTerms | None = None
+    privacy_spent: PrivacySpent | None = None
 
 
 class Challenge(_Answer):
@@ -237,6 +314,17 @@ class TaskManifest(_Answer):
             "give the task back.",
         ),
     ]
+    privacy: PrivacyTerms | None = None
+    update_clip_norm: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                gt=0,
+                description="dp-fedavg: clip the whole update to this L2 norm before sending it.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class SignedTask(_Answer):

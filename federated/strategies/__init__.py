@@ -18,6 +18,7 @@ from typing import Any
 from federated.strategies.aggregate import staleness_factor
 from federated.strategies.base import Strategy
 from federated.strategies.diloco import DiLoCo
+from federated.strategies.dp_fedavg import DPFedAvg
 from federated.strategies.fedadagrad import FedAdagrad
 from federated.strategies.fedadam import FedAdam
 from federated.strategies.fedavg import FedAvg
@@ -32,6 +33,7 @@ from federated.strategies.trimmed_mean import TrimmedMean
 __all__ = [
     "NORM_BOUND_PARAM",
     "STRATEGIES",
+    "DPFedAvg",
     "DiLoCo",
     "FedAdagrad",
     "FedAdam",

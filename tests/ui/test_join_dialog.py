@@ -358,3 +358,32 @@ def test_joining_twice_keeps_one_identity_on_a_real_coordinator(
         assert _client_row(coordinator, client_id)["display_name"] == "Grace H."
     finally:
         app.shutdown()
+
+
+def test_the_consent_names_the_privacy_terms_before_the_volunteer_agrees() -> None:
+    from app.contributor.invites import parse_join_target
+    from app.tray.engine_port import ProjectPreview
+    from app.tray.join_texts import consent_text
+
+    terms = {
+        "mechanism": "dp-sgd",
+        "epsilon": 4.0,
+        "delta": 1e-5,
+        "noise_multiplier": 1.1,
+        "clip_norm": 1.0,
+        "clip_quantile": 0.0,
+    }
+    target = parse_join_target("https://barn.example/p/clinic")
+    view = {"name": "clinic", "recipe": "tabular-csv", "data_mode": "local", "privacy": terms}
+    private = consent_text(
+        ProjectPreview.from_project_view(target, view), "Ada", None, Path("/data/x.csv")
+    )
+    plain = consent_text(
+        ProjectPreview.from_project_view(target, {**view, "privacy": None}),
+        "Ada",
+        None,
+        Path("/data/x.csv"),
+    )
+    assert "record-level DP-SGD (epsilon 4.0, delta 1e-05" in private
+    assert "no loss computed on your data" in private and "loss" not in plain.split("never")[1]
+    assert "Privacy:" not in plain and "training metrics (loss" in plain

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 import pytest
+import torch
 
+from federated.privacy.accounting import Spend, epsilon_spent
+from federated.privacy.dp_sgd import sample_rate
+from federated.privacy.user_level import user_level_epsilon
+from federated.recipes import get_recipe
 from federated.simulate import Attack, main, parse_attack, simulate
+from federated.simulate_privacy import RecordLevelDP, UserLevelDP, train_vectorised
+from federated.training import total_steps_for, train_locally
 
 DIGITS = {"recipe": "digits-mlp", "clients": 10, "rounds": 30, "partition": "dirichlet:0.3"}
 
@@ -73,3 +82,81 @@ def test_cli_table_and_clear_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--rounds", "1", "--clients", "2", "--attackers", "3"]) == 2
     with pytest.raises(Exception, match="scale:FACTOR"):
         parse_attack("flip")
+
+
+# --- differential privacy and the fast path ------------------------------------------------
+
+SMALL: dict[str, Any] = {"recipe": "digits-mlp", "partition": "iid", "codec": "f32"}
+
+
+def test_the_fast_path_trains_what_train_locally_does() -> None:
+    recipe = get_recipe("digits-mlp")
+    hp = recipe.resolve_hparams(
+        {
+            "partition": "dirichlet:0.5",
+            "num_shards": 6,
+            "local_epochs": 2.0,
+            "weight_decay": 0.01,
+        }
+    )
+    shards = [recipe.load_shard(hp, i) for i in range(6)]
+    assert len({len(s) for s in shards}) > 1  # tasks of different lengths, padded together
+    base = recipe.initial_state(hp)
+    seeds = [11 * i + 3 for i in range(6)]
+    fast = train_vectorised(recipe, hp, base, shards, seeds)
+    for shard, seed, got in zip(shards, seeds, fast, strict=True):
+        slow = train_locally(recipe, hp, base, shard, seed=seed).delta
+        for name, tensor in slow.items():
+            assert torch.allclose(got[name], tensor, rtol=1e-4, atol=1e-6), name
+
+
+def test_a_fast_simulation_is_the_plain_one() -> None:
+    plain = simulate(**SMALL, clients=5, rounds=3)
+    fast = simulate(**SMALL, clients=5, rounds=3, fast=True)
+    for a, b in zip(plain.rounds, fast.rounds, strict=True):
+        assert a.accuracy == pytest.approx(b.accuracy, abs=0.003)
+        assert a.bytes_up == b.bytes_up
+    assert "privacy" not in plain.summary() and "privacy" not in plain.config
+    assert "fast" not in plain.config and fast.config["fast"] is True
+
+
+def test_the_fast_path_refuses_what_it_cannot_train() -> None:
+    with pytest.raises(ValueError, match="fast path cannot train optimizer 'adamw'"):
+        simulate(**SMALL, clients=2, rounds=1, fast=True, hparams={"optimizer": "adamw"})
+    with pytest.raises(ValueError, match="DP-SGD"):
+        simulate(**SMALL, clients=2, rounds=1, fast=True, privacy=RecordLevelDP(1.0, 1.0))
+
+
+def test_user_level_dp_spends_a_full_gaussian_mechanism_per_version() -> None:
+    z = 2.0
+    privacy = UserLevelDP(noise_multiplier=z, clip_norm=0.5, clip_quantile=0.5)
+    run = simulate(**SMALL, clients=60, rounds=3, fast=True, privacy=privacy)
+    spent = run.summary()["privacy"]
+    assert spent["level"] == "user" and spent["most_versions"] == 3
+    assert spent["epsilon"] == user_level_epsilon(noise_multiplier=z, versions=3, delta=1e-5)
+    assert spent["count_stddev"] == pytest.approx(60 / 20)
+    assert spent["clip_norms"][0] == 0.5 and spent["clip_norms"][1] != 0.5
+    assert run.config["privacy"]["kind"] == "UserLevelDP"
+    assert 0 <= run.final_accuracy <= 1
+
+
+def test_user_level_dp_through_the_lossy_codec_and_refusing_the_norm_defences() -> None:
+    privacy = UserLevelDP(noise_multiplier=0.5, clip_norm=0.2)
+    run = simulate(**{**SMALL, "codec": "int8"}, clients=4, rounds=2, privacy=privacy)
+    assert run.privacy is not None and run.privacy["clip_norms"] == [0.2, 0.2]
+    with pytest.raises(ValueError, match="defend and user-level DP"):
+        simulate(**SMALL, clients=4, rounds=1, privacy=privacy, defend=True)
+
+
+def test_record_level_dp_charges_each_client_for_its_own_tasks() -> None:
+    privacy = RecordLevelDP(noise_multiplier=1.0, max_grad_norm=1.0)
+    run = simulate(**SMALL, clients=3, rounds=2, privacy=privacy)
+    assert run.privacy is not None and run.privacy["level"] == "record"
+    recipe = get_recipe("digits-mlp")
+    hp = recipe.resolve_hparams({"partition": "iid", "num_shards": 3})
+    for client, epsilon in run.privacy["epsilon_per_client"].items():
+        n = len(recipe.load_shard(hp, int(client)))
+        task = Spend(1.0, sample_rate(int(hp["batch_size"]), n), total_steps_for(hp, n))
+        assert epsilon == pytest.approx(epsilon_spent([task, task], 1e-5))
+    assert run.privacy["epsilon"] == max(run.privacy["epsilon_per_client"].values())
+    assert 0 < run.privacy["epsilon"] < math.inf

@@ -294,15 +294,16 @@ def test_schedule_hparams_are_bounded_and_consistent() -> None:
 
 def test_the_simulator_places_each_round_on_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
     from federated import simulate as sim
+    from federated import simulate_privacy as client_training
 
     seen: list[tuple[int, int]] = []
-    real = sim.train_locally
+    real = client_training.train_locally
 
     def recording(recipe: Any, hparams: Any, base: Any, data: Any, **kw: Any) -> Any:
         seen.append((int(hparams["schedule_offset"]), total_steps_for(hparams, len(data))))
         return real(recipe, hparams, base, data, **kw)
 
-    monkeypatch.setattr(sim, "train_locally", recording)
+    monkeypatch.setattr(client_training, "train_locally", recording)
     hparams = {"max_steps": 3, "lr_schedule": "cosine", "warmup_steps": 2, "schedule_steps": 7}
     sim.simulate(recipe="digits-mlp", clients=2, rounds=4, partition="iid", hparams=hparams)
     assert seen == [(0, 3), (0, 3), (3, 3), (3, 3), (6, 3), (6, 3), (7, 3), (7, 3)]

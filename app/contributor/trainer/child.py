@@ -174,9 +174,10 @@ class _ChildWorker:
             )
 
     def _train(self, job: TrainJob) -> None:
+        from app.contributor.trainer import private
         from federated.codec import ErrorFeedback, decode_model, encode_update
         from federated.recipes import get_recipe
-        from federated.training import Checkpoint, TrainingInterrupted, train_locally
+        from federated.training import Checkpoint, TrainingInterrupted
 
         recipe = get_recipe(job.recipe)
         hparams = recipe.resolve_hparams(job.hparams)
@@ -195,8 +196,10 @@ class _ChildWorker:
             except ValueError as exc:
                 log.warning("ignoring unreadable checkpoint %s: %s", checkpoint_path, exc)
         hooks = _Hooks(self.state, job, self.device)
+        noise_seed = private.noise_seed_for(resume)
         try:
-            result = train_locally(
+            outcome = private.train_task(
+                job,
                 recipe,
                 hparams,
                 base,
@@ -204,8 +207,7 @@ class _ChildWorker:
                 hooks=hooks,
                 resume=resume,
                 device=self.device,
-                max_examples=job.max_examples,
-                seed=job.seed,
+                noise_seed=noise_seed,
             )
         except TrainingInterrupted as stop:
             self.state.send(
@@ -217,6 +219,7 @@ class _ChildWorker:
                 }
             )
             raise _StopTask from None
+        result = outcome.result
         feedback = None
         if job.feedback_path is not None and job.codec != "f32":
             feedback = self._feedback.get(job.project)
@@ -252,7 +255,8 @@ class _ChildWorker:
                 "codec": encoded.codec,
                 "num_examples": result.num_examples,
                 "steps": result.steps,
-                "metrics": result.metrics(),
+                "metrics": outcome.metrics,
+                "privacy_spend": outcome.spend,
             }
         )
 

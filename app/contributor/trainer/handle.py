@@ -234,6 +234,7 @@ class TrainerHandle:
                         steps=int(message["steps"]),
                         metrics={k: float(v) for k, v in message["metrics"].items()},
                         checkpoint_path=job.checkpoint_path,
+                        privacy_spend=_spend(message.get("privacy_spend")),
                     )
                 if kind == "stopped":
                     return TrainOutcome(
@@ -325,3 +326,8 @@ class TrainerHandle:
             else:
                 self._send({"type": "limits", "limits": limits.to_json()})
             return needs_restart
+
+
+def _spend(value: Any) -> dict[str, Any] | None:
+    """The child's report of a dp-sgd task's spend, as a JSON object or None."""
+    return dict(value) if isinstance(value, dict) else None

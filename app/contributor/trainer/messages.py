@@ -19,7 +19,7 @@ Child → parent::
     {"type": "checkpoint", "task_id", "path", "step"}
     {"type": "paused", "task_id"} / {"type": "resumed", "task_id"}
     {"type": "done", "task_id", "payload_path", "payload_digest", "codec", "num_examples",
-     "steps", "metrics"}
+     "steps", "metrics", "privacy_spend"}
     {"type": "stopped", "task_id", "checkpoint_path", "step"}
     {"type": "error", "task_id", "message", "code"}
 """
@@ -80,6 +80,12 @@ class TrainJob:
     # it would refuse is never sent (the engine gives the task back with the reason).
     max_update_norm: float | None = None
     max_payload_bytes: int | None = None
+    # The task's privacy terms (the protocol's PrivacyTerms, checked by the engine against
+    # what the volunteer consented to), its update bound (dp-fedavg) and the volunteer's
+    # own spends so far on this project (dp-sgd; app.contributor.privacy).
+    privacy: dict[str, Any] | None = None
+    update_clip_norm: float | None = None
+    privacy_spends: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class TrainOutcome:
     steps: int = 0
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     checkpoint_path: str | None = None
+    privacy_spend: dict[str, Any] | None = None  # dp-sgd: what this task spent
 
 
 Message = dict[str, Any]

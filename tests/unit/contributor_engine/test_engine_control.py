@@ -293,6 +293,7 @@ def test_the_snapshot_round_trips_through_json() -> None:
                 "credit": 0.0,
                 "credit_unit": "",
                 "rank": None,
+                "privacy": None,
             }
         ],
     }
