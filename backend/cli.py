@@ -24,6 +24,8 @@ from urllib.parse import quote
 
 # The demo project, re-exported: tests and benches import it from here.
 from backend.cli_admin import ADMIN_COMMANDS, add_admin_parsers, run_admin
+from backend.cli_sample import add_sample_parser, run_sample
+from backend.cli_store import add_database_url
 from backend.cli_verify import add_verify_parser, run_verify
 from backend.demo_headless import DEMO_HPARAMS as DEMO_HPARAMS
 from backend.demo_headless import DEMO_PROJECT as DEMO_PROJECT
@@ -48,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="data folder (default: %(default)s → platform data folder)",
     )
+    add_database_url(data)
     p = argparse.ArgumentParser(prog="barnraise-backend", description="The Barnraise coordinator.")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,15 +150,30 @@ def _parser() -> argparse.ArgumentParser:
 
     add_verify_parser(sub, data)
     add_admin_parsers(sub, data)
+    add_sample_parser(sub, data)
 
     demo = sub.add_parser(
-        "demo", parents=[data], help="a local digits project with in-process contributors"
+        "demo",
+        parents=[data],
+        help="a local project (digits, or a language model) with real contributors",
     )
     demo.add_argument(
         "--rounds", type=int, default=None, help="exit after this many model versions"
     )
     demo.add_argument("--contributors", type=int, default=3)
     demo.add_argument("--mode", choices=("sync", "async"), default="sync")
+    demo.add_argument(
+        "--recipe",
+        choices=("digits-mlp", "byte-lm"),
+        default="digits-mlp",
+        help="byte-lm: a byte-level language model (tiny preset) trained with DiLoCo",
+    )
+    demo.add_argument(
+        "--until-loss",
+        type=float,
+        default=None,
+        help="end at the first version whose held-out loss is below this (nats)",
+    )
     demo.add_argument(
         "--privacy",
         choices=("none", "dp-sgd", "dp-fedavg"),
@@ -209,16 +227,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_verify(args, data_dir, sys.stdout)
         if args.command in ADMIN_COMMANDS:
             return run_admin(args, data_dir, sys.stdout)
+        if args.command == "sample":
+            return run_sample(args, data_dir, sys.stdout)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 2
 
 
-def _coordinator(data_dir: Path) -> Any:
+def _coordinator(data_dir: Path, database_url: str | None = None) -> Any:
     from backend.coordinator import Coordinator
 
-    return Coordinator(data_dir, start_worker=False)
+    return Coordinator(data_dir, start_worker=False, database_url=database_url)
 
 
 def _serve(args: argparse.Namespace, data_dir: Path) -> int:
@@ -246,6 +266,7 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
         rate=config.get("rate", DEFAULT_RATE),
         burst=config.get("burst", DEFAULT_BURST),
         trusted_proxies=proxies,
+        database_url=args.database_url,
     )
     per_address = args.max_connections_per_address or config.get("max_connections_per_address")
     limits = ServerLimits(max_connections_per_address=int(per_address)) if per_address else None
@@ -275,7 +296,7 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _project(args: argparse.Namespace, data_dir: Path) -> int:
-    coordinator = _coordinator(data_dir)
+    coordinator = _coordinator(data_dir, args.database_url)
     try:
         if args.action == "create":
             hparams = {
@@ -343,7 +364,7 @@ def _number(text: str) -> Any:
 
 
 def _invite(args: argparse.Namespace, data_dir: Path) -> int:
-    coordinator = _coordinator(data_dir)
+    coordinator = _coordinator(data_dir, args.database_url)
     try:
         code = coordinator.create_invite(args.project, max_uses=args.uses)
     finally:
@@ -367,15 +388,21 @@ def _demo(args: argparse.Namespace) -> int:
         out=None if args.json else sys.stdout,
         kind=args.contributor_kind,
         privacy=args.privacy,
+        recipe=args.recipe,
+        until_loss=args.until_loss,
     )
     if args.json:
         print(json.dumps(summary))
     else:
-        accuracy = summary["final_accuracy"]
+        accuracy, loss = summary["final_accuracy"], summary["final_loss"]
+        final = (
+            f"final validation loss {'n/a' if loss is None else f'{loss:.3f}'}"
+            if summary["recipe"] == "byte-lm"
+            else f"final accuracy {'n/a' if accuracy is None else f'{accuracy:.3f}'}"
+        )
         print(
             f"{'done' if summary['ok'] else 'FAILED'}: {summary['versions']} versions in "
-            f"{summary['seconds']:.1f} s, final accuracy "
-            f"{'n/a' if accuracy is None else f'{accuracy:.3f}'}, "
+            f"{summary['seconds']:.1f} s, {final}, "
             f"{summary['contributors']} contributors, {summary['updates_accepted']} updates accepted, "
             f"{summary['updates_rejected']} rejected, {summary['total_credit']:,.1f} "
             f"{summary['credit_unit']} credited; data in {summary['data_dir']}"

@@ -67,11 +67,9 @@ def add_admin_parsers(sub: Any, data: argparse.ArgumentParser) -> None:
 
 
 def run_admin(args: argparse.Namespace, data_dir: Path, out: TextIO) -> int:
-    from backend.coordinator import DB_FILE, Coordinator
+    from backend.cli_store import existing_coordinator
 
-    if not (data_dir / DB_FILE).is_file():
-        raise ValueError(f"{data_dir} holds no coordinator data ({DB_FILE} is missing)")
-    coordinator = Coordinator(data_dir, start_worker=False)
+    coordinator = existing_coordinator(args, data_dir)
     try:
         project = coordinator.project(args.project)
         admin = coordinator.services.admin

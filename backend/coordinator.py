@@ -37,10 +37,9 @@ from backend.services.provenance import ProvenanceService
 from backend.services.standings import StandingsService
 from backend.services.uploads import UploadService
 from backend.storage import private_file, private_folder
-from backend.store import BlobStore, ClientRecord, ProjectRecord, SQLiteStore, Store
+from backend.store import BlobStore, ClientRecord, ProjectRecord, Store
+from backend.store.factory import DB_FILE, make_store
 from federated import protocol
-
-DB_FILE = "barnraise.sqlite3"
 
 
 def default_data_dir() -> Path:
@@ -75,10 +74,13 @@ class Coordinator:
         start_worker: bool = True,
         metrics: BackendMetrics | None = None,
         store: Store | None = None,
+        database_url: str | None = None,
     ) -> None:
+        """``database_url``: PostgreSQL instead of SQLite in the data folder (which still
+        holds the blobs and the project keys); ``store``: an open store (tests)."""
         self.data_dir = Path(data_dir)
         private_folder(self.data_dir)
-        if store is None:
+        if store is None and not database_url:
             for name in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm"):
                 if name == DB_FILE or (self.data_dir / name).exists():
                     private_file(self.data_dir / name)  # before SQLite opens (or makes) it
@@ -86,7 +88,7 @@ class Coordinator:
             self.data_dir,
             clock=clock,
             metrics=metrics or METRICS,
-            store=store or SQLiteStore(self.data_dir / DB_FILE),
+            store=store or make_store(self.data_dir, database_url),
             blobs=BlobStore(self.data_dir / "blobs"),
             keys=KeyStore(self.data_dir / "keys"),
         )

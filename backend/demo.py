@@ -8,13 +8,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from backend.demo_clients import DemoContributor
-from backend.demo_headless import (
-    DEMO_HPARAMS,
-    DEMO_PROJECT,
-    HeadlessContributor,
-    barnraise_command,
-)
+from backend.demo_headless import HeadlessContributor, barnraise_command
 from backend.demo_privacy import budget_line, privacy_settings
+from backend.demo_projects import demo_project
 from backend.server import bound_port, make_server, start_in_thread
 from backend.wsgi import create_app
 
@@ -32,29 +28,38 @@ def run_demo(
     out: TextIO | None = None,
     kind: str = "auto",
     privacy: str = "none",
+    recipe: str = "digits-mlp",
+    until_loss: float | None = None,
 ) -> dict[str, Any]:
     """Serve a demo project and run ``contributors`` volunteers against it.
 
     ``kind``: ``headless`` (real `barnraise --headless` processes), ``in-process`` (simple
     clients speaking the same API), or ``auto`` (headless when the app is installed).
+    ``recipe`` byte-lm: a language model trained with DiLoCo (``demo_lm``). The demo ends
+    after ``rounds`` versions or, with ``until_loss``, at the first version whose
+    held-out loss is below it.
     """
     started = time.monotonic()
     app = create_app(data_dir, rate=None)
     coordinator = app.coordinator
     names = {p.name for p in coordinator.projects()}
-    if DEMO_PROJECT not in names:
+    demo = demo_project(recipe, contributors)
+    project_name = demo.name
+    if project_name not in names:
         coordinator.create_project(
-            DEMO_PROJECT,
-            recipe="digits-mlp",
-            strategy="fedavg",
-            hparams=DEMO_HPARAMS,
+            project_name,
+            recipe=demo.recipe,
+            strategy=demo.strategy,
+            strategy_params=demo.strategy_params,
+            hparams=demo.hparams,
             settings={
                 "mode": mode,
                 "clients_per_round": contributors,
                 "min_updates": contributors,
                 "buffer_size": contributors,
                 "codec": "int8",
-                **privacy_settings(privacy, rounds=rounds, hparams=DEMO_HPARAMS),
+                **demo.settings,
+                **privacy_settings(privacy, rounds=rounds, hparams=demo.hparams),
             },
         )
     server = make_server(app, "127.0.0.1", port)
@@ -65,7 +70,7 @@ def run_demo(
         if out is not None:
             print(text, file=out, flush=True)
 
-    say(f"leaderboard: {base}/p/{DEMO_PROJECT}")
+    say(f"leaderboard: {base}/p/{project_name}")
     stop = threading.Event()
     command = barnraise_command() if kind != "in-process" else None
     if kind == "headless" and command is None:
@@ -76,12 +81,12 @@ def run_demo(
         name, team = f"contributor-{i + 1}", "demo" if i % 2 == 0 else None
         if command is not None:
             volunteer = HeadlessContributor(
-                command, data_dir / "contributors" / name, f"{base}/p/{DEMO_PROJECT}", name, team
+                command, data_dir / "contributors" / name, f"{base}/p/{project_name}", name, team
             )
             volunteer.start()
             clients.append(volunteer)
         else:
-            simple = DemoContributor(base, DEMO_PROJECT, name, team=team)
+            simple = DemoContributor(base, project_name, name, team=team)
             clients.append(simple)
             threads.append(threading.Thread(target=simple.run, args=(stop,), daemon=True))
     say(
@@ -96,34 +101,38 @@ def run_demo(
             return not any(c.alive() for c in clients if isinstance(c, HeadlessContributor))
         return any(c.errors for c in clients) and not any(t.is_alive() for t in threads)
 
-    project = coordinator.project(DEMO_PROJECT)
+    project = coordinator.project(project_name)
     shown = project.current_version
     target = None if rounds is None else project.current_version + rounds
     last: dict[str, Any] = {}
     ok = True
     try:
         while True:
-            seen = coordinator.notifier.generation(DEMO_PROJECT)
-            stats = coordinator.stats(coordinator.project(DEMO_PROJECT))
+            seen = coordinator.notifier.generation(project_name)
+            stats = coordinator.stats(coordinator.project(project_name))
             for v in stats["versions"]:
                 if v["version"] > shown:
                     shown = v["version"]
                     last = v
-                    acc = v["metrics"].get("accuracy")
-                    view = coordinator.project_view(coordinator.project(DEMO_PROJECT))
+                    view = coordinator.project_view(coordinator.project(project_name))
                     say(
-                        f"version {v['version']}: accuracy {acc:.3f}, contributors "
+                        f"version {v['version']}: {demo.progress(v['metrics'])}, contributors "
                         f"{v['contributors']}, updates {v['updates']}{budget_line(view)}"
                     )
             if target is not None and shown >= target:
                 break
+            loss = (last.get("metrics") or {}).get("loss")
+            if until_loss is not None and isinstance(loss, float) and loss < until_loss:
+                break
             if all_gone():
                 ok = False
                 break
-            if target is not None and time.monotonic() - started > DEMO_TIMEOUT_S:
+            if (target is not None or until_loss is not None) and (
+                time.monotonic() - started > DEMO_TIMEOUT_S
+            ):
                 ok = False
                 break
-            coordinator.notifier.wait(DEMO_PROJECT, seen, 1.0)
+            coordinator.notifier.wait(project_name, seen, 1.0)
     except KeyboardInterrupt:
         pass
     finally:
@@ -131,18 +140,20 @@ def run_demo(
         for c in clients:
             if isinstance(c, HeadlessContributor):
                 c.stop()
-        final = coordinator.stats(coordinator.project(DEMO_PROJECT))
-        spent = coordinator.project_view(coordinator.project(DEMO_PROJECT)).get("privacy_spent")
+        final = coordinator.stats(coordinator.project(project_name))
+        spent = coordinator.project_view(coordinator.project(project_name)).get("privacy_spent")
         server.stop()
         app.close()
         for t in threads:
             t.join(timeout=10)
     return {
         "ok": ok,
-        "project": DEMO_PROJECT,
+        "project": project_name,
         "mode": mode,
         "versions": final["current_version"],
         "final_accuracy": (last.get("metrics") or {}).get("accuracy"),
+        "final_loss": (last.get("metrics") or {}).get("loss"),
+        "recipe": demo.recipe,
         "contributors": final["contributors"],
         "updates_accepted": final["updates_accepted"],
         "updates_rejected": final["updates_rejected"],

@@ -38,6 +38,10 @@ PROBE_PREFIX = "probe-"
 _FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
+POSTGRES_DISK_FULL = "53100"
+"""PostgreSQL's SQLSTATE disk_full (on psycopg errors as ``sqlstate``)."""
+
+
 def is_storage_full(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it was raised from) is a write that failed for want of space."""
     seen: BaseException | None = exc
@@ -48,6 +52,8 @@ def is_storage_full(exc: BaseException) -> bool:
             getattr(seen, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
             or "database or disk is full" in str(seen)
         ):
+            return True
+        if getattr(seen, "sqlstate", None) == POSTGRES_DISK_FULL:
             return True
         seen = seen.__cause__
     return False

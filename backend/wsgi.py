@@ -250,7 +250,8 @@ def create_app(
 
 def app_from_env() -> App:
     """For WSGI servers: ``gunicorn 'backend.wsgi:app_from_env()'`` with BARNRAISE_DATA set
-    (and BARNRAISE_PUBLIC_URL, where pages say volunteers reach the server)."""
+    (and BARNRAISE_PUBLIC_URL, where pages say volunteers reach the server;
+    BARNRAISE_DATABASE_URL for PostgreSQL)."""
     from backend.coordinator import default_data_dir
     from backend.server import freeze_startup_heap
 
@@ -260,6 +261,7 @@ def app_from_env() -> App:
         data,
         public_url=os.environ.get("BARNRAISE_PUBLIC_URL") or DEFAULT_PUBLIC_URL,
         trusted_proxies=proxies,
+        database_url=os.environ.get("BARNRAISE_DATABASE_URL") or None,
     )
     freeze_startup_heap()
     return app

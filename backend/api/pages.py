@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from backend.http import Request, Response
 from backend.pages import (
@@ -18,6 +18,8 @@ from backend.pages import (
     render_project_page,
 )
 from backend.pages.render import CONTRIBUTOR_ROWS_SHOWN
+from backend.services.aggregation import EXAMPLES_TRAINED
+from backend.services.samples import TEXT_RECIPES, page_samples
 from federated import protocol
 
 SHORT_ID_CHARS = 6
@@ -130,6 +132,8 @@ def project_page(app: App, req: Request, project: str) -> Response:
             for a in stats.actions
         ),
         privacy=_privacy_view(view),
+        samples=tuple((x.prompt, x.text) for x in page_samples(coordinator.context, record)),
+        tokens_trained=_tokens_trained(record, stats.versions),
     )
     return _html(render_project_page(page))
 
@@ -149,3 +153,15 @@ def _privacy_view(view: protocol.Project) -> PrivacyView | None:
         steps=spent.steps,
         exhausted=spent.exhausted,
     )
+
+
+def _tokens_trained(record: Any, versions: Any) -> int | None:
+    """A language model's bytes trained into it: its examples (windows) x their length."""
+    seq_len = record.hparams.get("seq_len")
+    if record.recipe not in TEXT_RECIPES or not isinstance(seq_len, int):
+        return None
+    for v in reversed(versions):
+        examples = v.metrics.get(EXAMPLES_TRAINED)
+        if isinstance(examples, int | float):
+            return int(examples) * seq_len
+    return 0

@@ -29,6 +29,7 @@ from backend.pages.formatting import (
     iso_utc,
 )
 from backend.pages.privacy import render_privacy
+from backend.pages.samples import render_samples
 from backend.pages.views import (
     CREDIT_UNIT,
     ContributorRow,
@@ -241,7 +242,13 @@ def _stats(view: ProjectPageView) -> str:
         f'<div class="stat"><dt>Compute given</dt><dd>{format_credit(total_credit)}'
         f" <small>{CREDIT_UNIT}</small></dd></div>"
         f'<div class="stat"><dt>Updates accepted</dt><dd>{format_count(accepted)}</dd></div>'
-        "</dl>"
+        + (
+            f'<div class="stat"><dt>Bytes trained</dt><dd id="tokens-trained">'
+            f"{format_count(view.tokens_trained)}</dd></div>"
+            if view.tokens_trained is not None
+            else ""
+        )
+        + "</dl>"
     )
 
 
@@ -437,6 +444,7 @@ def render_project_page(view: ProjectPageView) -> str:
         f"{_join_card(view)}</div>\n"
         f"<section>{_stats(view)}</section>\n"
         f"{render_privacy(view.privacy)}\n"
+        f"{render_samples(view.samples, view.current_version)}\n"
         f"{_charts(view.versions)}\n"
         f"{_contributors(view)}\n"
         f"{_teams(view)}\n"

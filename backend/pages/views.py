@@ -126,3 +126,6 @@ class ProjectPageView:
     updates_accepted_total: int | None = None
     actions: tuple[ActionRow, ...] = field(default_factory=tuple)  # newest first
     privacy: PrivacyView | None = None
+    # Language models: (prompt, continuation) by the current version, and bytes trained.
+    samples: tuple[tuple[str, str], ...] = ()
+    tokens_trained: int | None = None

@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 WORKER_MAX_SLEEP_S = 60.0
 """The worker re-checks every project at least this often, even without a wake-up."""
 
+EXAMPLES_TRAINED = "examples_trained"
+"""A version's metric: the examples of every update aggregated up to it, cumulative."""
+
 _SHARE_SCAN = 64
 """Async: pending updates read per claim to fill a buffer within the share limits."""
 
@@ -238,6 +241,10 @@ def run_aggregation(
     losses = [u.metrics["loss_after"] for u in vetting.kept if "loss_after" in u.metrics]
     if losses:
         metrics["client_loss_after"] = statistics.median(losses)
+    # Examples trained into the model so far (the page shows an LM's tokens from it).
+    metrics[EXAMPLES_TRAINED] = float(base.metrics.get(EXAMPLES_TRAINED, 0.0)) + sum(
+        min(u.num_examples, u.max_examples or u.num_examples) for u in vetting.kept
+    )
     if isinstance(strategy, DPFedAvg):  # the bound the next version's updates are clipped to
         metrics[privacy.CLIP_NORM_METRIC] = strategy.clip_norm
     metrics = _finite_metrics(metrics)

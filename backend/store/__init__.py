@@ -16,6 +16,7 @@ from backend.store.base import (
     WriteTx,
 )
 from backend.store.blobs import BlobStore
+from backend.store.factory import make_store
 from backend.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "UpdateRecord",
     "VersionRecord",
     "WriteTx",
+    "make_store",
 ]

@@ -3,7 +3,8 @@
 Everything outside ``backend/store/`` talks to storage only through ``Store``,
 ``ReadTx`` and ``WriteTx``; none of it sees SQL. ``Store.write()`` is one serialised
 transaction (SQLite: the single writer connection inside ``BEGIN IMMEDIATE``; PostgreSQL:
-a serialisable transaction), so check-then-act sequences inside it are atomic.
+READ COMMITTED under one advisory lock across every process), so check-then-act
+sequences inside it are atomic.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Split by job as the SQLite store is:
 
     postgres             PostgresStore: connections, the writer lock, durability, batching
     postgres_reads       PostgresReads: the SQL of ``ReadTx``
-    postgres_writes      PostgresTx: PostgresReads plus the SQL of ``WriteTx``
+    postgres_writes      PostgresTx: PostgresReads plus the SQL of ``WriteTx`` (leases, uploads)
+    postgres_aggregation claims and versions, a refused claim in a savepoint
     postgres_clients, postgres_admin, postgres_retention, postgres_privacy
                          the writes of membership, the organiser, retention, privacy
     postgres_rows        records to and from rows
@@ -61,6 +62,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import pq
+from psycopg.abc import Buffer
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.numeric import FloatBinaryDumper, FloatDumper
@@ -96,12 +98,12 @@ SQLite's busy timeout."""
 class _NanAsNull(FloatDumper):
     """NaN is NULL, as SQLite stores it: a float column never holds a NaN on either store."""
 
-    def dump(self, obj: float) -> bytes | None:
+    def dump(self, obj: float) -> Buffer | None:
         return None if obj != obj else super().dump(obj)
 
 
 class _NanAsNullBinary(FloatBinaryDumper):
-    def dump(self, obj: float) -> bytes | None:
+    def dump(self, obj: float) -> Buffer | None:
         return None if obj != obj else super().dump(obj)
 
 
@@ -122,7 +124,7 @@ def redacted(url: str) -> str:
     except psycopg.ProgrammingError:
         return "(an unreadable database URL)"
     params.pop("password", None)
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 class _BatchedWrite:
@@ -187,8 +189,12 @@ class PostgresStore:
             name="barnraise-readers",
             open=True,
         )
-        self._writer.wait(connect_timeout_s)
-        self._pool.wait(connect_timeout_s)
+        try:
+            self._writer.wait(connect_timeout_s)
+            self._pool.wait(connect_timeout_s)
+        except BaseException:
+            self.close()  # the pools' threads and connections go with the failed open
+            raise
 
     def _migrate(self, url: str, kwargs: dict[str, Any]) -> None:
         """On a connection of its own: the first contact says clearly what is wrong."""
@@ -289,14 +295,16 @@ class PostgresStore:
         try:
             with self.write(durable=False) as tx:
                 conn = tx._c
-                for item in batch:
-                    conn.execute("SAVEPOINT batched_write")
+                conn.execute("SAVEPOINT batched_write")
+                for i, item in enumerate(batch):
+                    if i:  # one round trip between items: each is a statement's wait
+                        conn.execute("RELEASE SAVEPOINT batched_write; SAVEPOINT batched_write")
                     try:
                         item.result = item.work(tx)
                     except BaseException as exc:  # the item's caller decides what it means
                         conn.execute("ROLLBACK TO SAVEPOINT batched_write")
                         item.error = exc
-                    conn.execute("RELEASE SAVEPOINT batched_write")
+                conn.execute("RELEASE SAVEPOINT batched_write")
         except BaseException as exc:
             for item in batch:
                 item.result, item.error = None, exc
