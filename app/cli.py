@@ -20,8 +20,10 @@ Common options (also as environment variables): --data-dir (BARNRAISE_DATA_DIR),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -173,6 +175,21 @@ def cmd_remote(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run the command; its exit status. Output cut short by a closed pipe (``| head``)
+    ends quietly, as the Python docs advise (status 1, no traceback)."""
+    try:
+        code = _main(argv, out=out)
+        (out or sys.stdout).flush()
+    except BrokenPipeError:
+        # So the interpreter's last flush of stdout meets no closed pipe (a test's captured
+        # stdout has no file descriptor: nothing to do).
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    return code
+
+
+def _main(argv: Sequence[str] | None, *, out: TextIO | None) -> int:
     out = out or sys.stdout
     tray_args = tray_arguments(sys.argv[1:] if argv is None else argv)
     if tray_args is not None:

@@ -39,6 +39,11 @@ TRAY_ONLY_OPTIONS = (
 )
 """Options only the tray knows: autostart entries start `barnraise --minimized`."""
 
+COMMANDS = frozenset(
+    {"join", "leave", "status", "pause", "resume", "snooze", "retry", "trust", "verify"}
+)
+"""The `barnraise` subcommands: a link after one is that command's argument, not the tray's."""
+
 
 def tray_arguments(argv: Sequence[str]) -> list[str] | None:
     """This launch's arguments for the tray, if the launch is for the tray.
@@ -46,6 +51,8 @@ def tray_arguments(argv: Sequence[str]) -> list[str] | None:
     Desktop entries run `barnraise %u` for a clicked `barnraise://join?...` invite link, which
     becomes `--join LINK`; tray-only options (autostart's `--minimized`) go to the tray as is.
     """
+    if _command_before_link(argv):
+        return None  # `barnraise join barnraise://join?...`: the command takes the link
     translated: list[str] = []
     for_tray = False
     for arg in argv:
@@ -56,6 +63,16 @@ def tray_arguments(argv: Sequence[str]) -> list[str] | None:
             translated.append(arg)
             for_tray = for_tray or arg.split("=", 1)[0] in TRAY_ONLY_OPTIONS
     return translated if for_tray else None
+
+
+def _command_before_link(argv: Sequence[str]) -> bool:
+    """Whether a subcommand (``join``) comes before the first ``barnraise:`` link."""
+    for arg in argv:
+        if arg.startswith("barnraise:"):
+            return False
+        if arg in COMMANDS:
+            return True
+    return False
 
 
 def _run_tray_launch(tray_args: list[str], out: TextIO) -> int:

@@ -9,13 +9,12 @@ Every subcommand takes ``--data DIR`` (default: the platform's user data folder 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import signal
+import os
 import sys
 import tempfile
-import threading
-import tomllib
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -25,7 +24,14 @@ from urllib.parse import quote
 # The demo project, re-exported: tests and benches import it from here.
 from backend.cli_admin import ADMIN_COMMANDS, add_admin_parsers, run_admin
 from backend.cli_sample import add_sample_parser, run_sample
-from backend.cli_store import add_database_url
+from backend.cli_serve import (
+    SERVE_CONFIG_KEYS,
+    check_data_dir,
+    configured_public_url,
+    load_serve_config,
+    serve,
+)
+from backend.cli_store import add_database_url, existing_coordinator
 from backend.cli_verify import add_verify_parser, run_verify
 from backend.demo_headless import DEMO_HPARAMS as DEMO_HPARAMS
 from backend.demo_headless import DEMO_PROJECT as DEMO_PROJECT
@@ -94,8 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
-        help="TOML file with host, port, tls_cert, tls_key, threads, rate, burst, "
-        "public_url, trusted_proxies, max_connections_per_address",
+        help=f"TOML file with {', '.join(SERVE_CONFIG_KEYS)} (any other key is refused)",
     )
 
     project = sub.add_parser("project", help="create and manage projects")
@@ -146,7 +151,17 @@ def _parser() -> argparse.ArgumentParser:
     ic = isub.add_parser("create", parents=[data], help="create an invite link")
     ic.add_argument("project")
     ic.add_argument("--uses", type=int, default=1, help="how many joins it allows (default 1)")
-    ic.add_argument("--url", default="http://127.0.0.1:8080", help="the server's public base URL")
+    ic.add_argument(
+        "--public-url",
+        "--url",
+        dest="public_url",
+        default=None,
+        help="where volunteers reach the server, as `serve` advertises it (default: public_url, "
+        "else host and port, of --config; else serve's default http://127.0.0.1:8080)",
+    )
+    ic.add_argument(
+        "--config", type=Path, default=None, help="the TOML file `serve --config` reads"
+    )
 
     add_verify_parser(sub, data)
     add_admin_parsers(sub, data)
@@ -196,6 +211,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; its exit status. Output cut short by a closed pipe (``| head``)
+    ends quietly, as the Python docs advise (status 1, no traceback)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
+    return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull so the interpreter's last flush meets no closed pipe."""
+    with contextlib.suppress(OSError, ValueError):  # a test's captured stdout has no fd
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE hyperparameters may follow the options of `project create`.
@@ -216,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir: Path = args.data or default_data_dir()
     try:
         if args.command == "serve":
-            return _serve(args, data_dir)
+            return serve(args, data_dir)
         if args.command == "project":
             return _project(args, data_dir)
         if args.command == "invite":
@@ -229,9 +262,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_admin(args, data_dir, sys.stdout)
         if args.command == "sample":
             return run_sample(args, data_dir, sys.stdout)
-    except (ValueError, FileNotFoundError) as exc:
+    except BrokenPipeError:
+        raise
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from backend.errors import HTTPError
+
+        if isinstance(exc, HTTPError):  # e.g. no such project
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2
+        raise
     return 2
 
 
@@ -241,62 +283,12 @@ def _coordinator(data_dir: Path, database_url: str | None = None) -> Any:
     return Coordinator(data_dir, start_worker=False, database_url=database_url)
 
 
-def _serve(args: argparse.Namespace, data_dir: Path) -> int:
-    from backend.server import DEFAULT_THREADS, bound_port, freeze_startup_heap, make_server
-    from backend.serving import ServerLimits
-    from backend.throttle import parse_proxies
-    from backend.wsgi import DEFAULT_BURST, DEFAULT_RATE, bind_url, check_public_url, create_app
-
-    config: dict[str, Any] = {}
-    if args.config:
-        with open(args.config, "rb") as f:
-            config = tomllib.load(f)
-    host = args.host or config.get("host", "127.0.0.1")
-    port = args.port if args.port is not None else int(config.get("port", 8080))
-    threads = args.threads or int(config.get("threads", DEFAULT_THREADS))
-    cert = args.tls_cert or config.get("tls_cert")
-    key = args.tls_key or config.get("tls_key")
-    public_url = args.public_url or config.get("public_url")
-    if public_url:
-        public_url = check_public_url(str(public_url))  # before anything is opened or bound
-    proxies = args.trusted_proxy or list(config.get("trusted_proxies", []))
-    parse_proxies(proxies)  # a bad one is refused before anything is opened or bound
-    app = create_app(
-        data_dir,
-        rate=config.get("rate", DEFAULT_RATE),
-        burst=config.get("burst", DEFAULT_BURST),
-        trusted_proxies=proxies,
-        database_url=args.database_url,
-    )
-    per_address = args.max_connections_per_address or config.get("max_connections_per_address")
-    limits = ServerLimits(max_connections_per_address=int(per_address)) if per_address else None
-    server = make_server(
-        app, host, port, threads=threads, tls_cert=cert, tls_key=key, limits=limits
-    )
-    freeze_startup_heap()
-
-    def stop(_signum: int, _frame: Any) -> None:
-        app.coordinator.notifier.close()  # answer waiting long polls now
-        threading.Thread(target=server.stop, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    server.prepare()
-    app.public_url = public_url or bind_url(host, bound_port(server), tls=bool(cert))
-    scheme = "https" if cert else "http"
-    print(
-        f"barnraise-backend serving {data_dir} on {scheme}://{host}:{bound_port(server)}",
-        flush=True,
-    )
-    try:
-        server.serve()
-    finally:
-        app.close()
-    return 0
-
-
 def _project(args: argparse.Namespace, data_dir: Path) -> int:
-    coordinator = _coordinator(data_dir, args.database_url)
+    if args.action == "create":  # the one project command that may start a coordinator
+        check_data_dir(data_dir)
+        coordinator = _coordinator(data_dir, args.database_url)
+    else:
+        coordinator = existing_coordinator(args, data_dir)
     try:
         if args.action == "create":
             hparams = {
@@ -322,6 +314,7 @@ def _project(args: argparse.Namespace, data_dir: Path) -> int:
                 warn=lambda text: print(f"warning: {text}", file=sys.stderr),
             )
             print(json.dumps(coordinator.project_view(record), indent=2))
+            _print_next_steps(args, record.name, record.settings.get("invite_required", False))
         elif args.action == "list":
             for p in coordinator.projects():
                 print(
@@ -363,15 +356,52 @@ def _number(text: str) -> Any:
     return text
 
 
+def _data_flags(args: argparse.Namespace) -> str:
+    """The ``--data``/``--database-url`` options to repeat in a suggested command."""
+    flags = f" --data {args.data}" if args.data else ""
+    return flags + (" --database-url URL" if args.database_url else "")
+
+
+def _print_next_steps(args: argparse.Namespace, name: str, invite_required: bool) -> None:
+    """After ``project create``: how to serve it and how volunteers join (on stderr, so
+    stdout stays the project's JSON)."""
+    from backend.wsgi import DEFAULT_PUBLIC_URL
+
+    data = _data_flags(args)
+    page = f"{DEFAULT_PUBLIC_URL}/p/{name}"
+    join = (
+        f"give each volunteer a link from `barnraise-backend invite create {name}{data}`; "
+        "they run `barnraise join 'LINK'`"
+        if invite_required
+        else f"volunteers run `barnraise join {page}` (or open the page)"
+    )
+    print(
+        f"next steps:\n"
+        f"  1. serve it: barnraise-backend serve{data} (add --public-url URL where volunteers "
+        "reach it from elsewhere)\n"
+        f"  2. its page: {page}\n"
+        f"  3. {join}",
+        file=sys.stderr,
+    )
+
+
 def _invite(args: argparse.Namespace, data_dir: Path) -> int:
-    coordinator = _coordinator(data_dir, args.database_url)
+    if args.uses < 1:
+        raise ValueError(f"--uses must be at least 1, got {args.uses}")
+    base = configured_public_url(load_serve_config(args.config), public_url=args.public_url)
+    coordinator = existing_coordinator(args, data_dir)
     try:
         code = coordinator.create_invite(args.project, max_uses=args.uses)
     finally:
         coordinator.close()
-    page = f"{args.url.rstrip('/')}/p/{args.project}"
+    page = f"{base}/p/{args.project}"
     print(f"barnraise://join?url={quote(page, safe='')}&invite={code}")
     print(f"{page}?invite={code}")
+    print(
+        f"volunteers run `barnraise join 'LINK'` with either link (quoted: it holds '&'), or "
+        f"open the second; both assume the server is reached at {base}",
+        file=sys.stderr,
+    )
     return 0
 
 

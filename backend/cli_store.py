@@ -31,5 +31,9 @@ def existing_coordinator(args: argparse.Namespace, data_dir: Path) -> Coordinato
 
     url = getattr(args, "database_url", None)
     if not url and not (data_dir / DB_FILE).is_file():
-        raise ValueError(f"{data_dir} holds no coordinator data ({DB_FILE} is missing)")
+        raise ValueError(
+            f"{data_dir} holds no coordinator data ({DB_FILE} is missing): check --data (a "
+            "typo?), or pass --database-url for PostgreSQL; `barnraise-backend project create` "
+            "starts a new coordinator"
+        )
     return Coordinator(data_dir, start_worker=False, database_url=url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,28 @@ from backend.wsgi import create_app
 
 DEMO_TIMEOUT_S = 600.0
 """The demo gives up (exit 1) if the rounds asked for take longer than this."""
+
+DEMO_PORT_FILE = "demo-port"
+"""In the data folder: the port its last demo served on, taken again when free, so the
+page's address and the contributors' joins stay good from one run to the next."""
+
+
+def demo_port(data_dir: Path, asked: int) -> int:
+    """The port to serve on: ``asked``, else (0) the folder's last one when free, else 0
+    (any free port; the headless contributors then join again)."""
+    if asked:
+        return asked
+    try:
+        saved = int((data_dir / DEMO_PORT_FILE).read_text())
+    except (OSError, ValueError):
+        return 0
+    with socket.socket() as probe:  # as the server binds: SO_REUSEADDR, so TIME_WAIT is no bar
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", saved))
+        except OSError:
+            return 0
+    return saved
 
 
 def run_demo(
@@ -62,9 +85,10 @@ def run_demo(
                 **privacy_settings(privacy, rounds=rounds, hparams=demo.hparams),
             },
         )
-    server = make_server(app, "127.0.0.1", port)
+    server = make_server(app, "127.0.0.1", demo_port(data_dir, port))
     start_in_thread(server)
     base = app.public_url = f"http://127.0.0.1:{bound_port(server)}"
+    (data_dir / DEMO_PORT_FILE).write_text(f"{bound_port(server)}\n")
 
     def say(text: str) -> None:
         if out is not None:

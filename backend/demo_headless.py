@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEMO_PROJECT = "digits"
 DEMO_HPARAMS: dict[str, Any] = {
@@ -84,12 +85,27 @@ class HeadlessContributor:
             f"{self.name}: `barnraise --headless` exited with {self.process.returncode}; see {self.log_path}"
         ]
 
+    @property
+    def joined_url_path(self) -> Path:
+        """Where the page URL this volunteer joined is kept: a later demo on another port
+        must join again, or its contributors would wait for a server that is gone."""
+        return self.root / "joined-page-url"
+
     def start(self) -> None:
         joined = (self.root / "credentials.json").exists()
+        previous = (
+            self.joined_url_path.read_text().strip() if self.joined_url_path.exists() else None
+        )
+        name = self.name
+        if joined and previous != self.page_url:
+            self._leave(previous)
+            joined = False
+            # A new key: the coordinator keeps the old identity's name, so take another.
+            name = f"{self.name}-{urlsplit(self.page_url).port}"
         if not joined:
             team = ["--team", self.team] if self.team else []
             result = subprocess.run(
-                [*self.command, "join", self.page_url, "--yes", "--name", self.name, *team],
+                [*self.command, "join", self.page_url, "--yes", "--name", name, *team],
                 env=self.env,
                 capture_output=True,
                 text=True,
@@ -99,6 +115,7 @@ class HeadlessContributor:
                 raise RuntimeError(
                     f"{self.name} could not join: {result.stderr.strip() or result.stdout.strip()}"
                 )
+            self.joined_url_path.write_text(self.page_url + "\n")
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [*self.command, "--headless", "--lease-wait", "5"],
@@ -106,6 +123,20 @@ class HeadlessContributor:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    def _leave(self, previous_url: str | None) -> None:
+        """Leave the project this folder joined at another address (its keys are deleted;
+        the demo's credit is worth nothing)."""
+        project = self.page_url.rstrip("/").rpartition("/p/")[2]
+        result = subprocess.run(
+            [*self.command, "leave", previous_url or project],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=JOIN_TIMEOUT_S,
+        )
+        if result.returncode != 0:  # nothing to leave, or an index we cannot read: start afresh
+            (self.root / "credentials.json").unlink(missing_ok=True)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

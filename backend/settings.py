@@ -235,12 +235,28 @@ class ProjectSettings:
             values.update({"outlier_norm_ratio": 0.0, "clip_norm_ratio": 0.0})
         defaults = cls()
         for name, value in data.items():
-            kind = type(getattr(defaults, name))
-            if kind is bool and isinstance(value, str):
-                values[name] = value.lower() in ("1", "true", "yes", "on")
-            else:
-                values[name] = kind(value)
+            values[name] = _coerce(name, type(getattr(defaults, name)), value)
         return cls(**values).validate()
+
+
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def _coerce(name: str, kind: type, value: Any) -> Any:
+    """``value`` as a setting of type ``kind``; ValueError naming the setting otherwise (a
+    mistyped on/off word is refused, never read as off)."""
+    if kind is bool and isinstance(value, str):
+        word = value.strip().lower()
+        if word not in _TRUE_WORDS + _FALSE_WORDS:
+            raise ValueError(
+                f"{name} must be on or off ({', '.join(_TRUE_WORDS + _FALSE_WORDS)}), got {value!r}"
+            )
+        return word in _TRUE_WORDS
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}") from None
 
 
 SETTING_HELP: dict[str, str] = {

@@ -15,7 +15,7 @@ from backend.services.models import evaluate_state, model_manifest, save_tensors
 from backend.settings import ProjectSettings
 from backend.store import ProjectRecord, VersionRecord
 from federated import protocol
-from federated.codec import encode_model
+from federated.codec import canonical_codec, encode_model
 from federated.protocol.messages import DataColumns, Mode, Status
 from federated.recipes import Recipe, get_recipe
 from federated.signing import fingerprint
@@ -52,6 +52,9 @@ class ProjectService:
             raise ValueError(f"{name!r} is not a project name: use a-z, 0-9 and '-', at most 63")
         recipe_obj = get_recipe(recipe)
         project_settings = ProjectSettings.from_dict(dict(settings or {}))
+        # A codec no contributor can encode fails every task for ever: refuse it now (here,
+        # not in validate(), so a project stored before this check still loads).
+        canonical_codec(project_settings.codec)  # ValueError listing the accepted codecs
         strategy_obj = build_strategy(strategy, dict(strategy_params or {}))
         smallest = (
             project_settings.min_updates

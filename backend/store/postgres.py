@@ -3,12 +3,11 @@
 Split by job as the SQLite store is:
 
     postgres             PostgresStore: connections, the writer lock, durability, batching
-    postgres_reads       PostgresReads: the SQL of ``ReadTx``
-    postgres_writes      PostgresTx: PostgresReads plus the SQL of ``WriteTx`` (leases, uploads)
-    postgres_aggregation claims and versions, a refused claim in a savepoint
-    postgres_clients, postgres_admin, postgres_retention, postgres_privacy
-                         the writes of membership, the organiser, retention, privacy
-    postgres_rows        records to and from rows
+    postgres_reads       PostgresReads: ``sqlite_reads``' queries on psycopg (``?`` to ``%s``),
+                         and the reads whose SQL differs
+    postgres_writes      PostgresTx: ``SQLiteTx``'s statements through PostgresReads, and
+                         the writes whose SQL differs (expiry order, claims, retention)
+    postgres_rows        rows that read as ``sqlite3.Row``, for ``sqlite_rows``' converters
     postgres_migrations  the schema, numbered as ``migrations.py``, and applying it
 
 **One writer, across processes.** Every ``write()`` holds one transaction-scoped advisory
@@ -294,7 +293,7 @@ class PostgresStore:
         """One transaction, a savepoint per item; each item gets its result or error."""
         try:
             with self.write(durable=False) as tx:
-                conn = tx._c
+                conn = tx._pg
                 conn.execute("SAVEPOINT batched_write")
                 for i, item in enumerate(batch):
                     if i:  # one round trip between items: each is a statement's wait

@@ -8,7 +8,8 @@ edit one that has shipped, append ``(N, statements)`` to both files together
 The mapping: SQLite's INTEGER is 64-bit, so BIGINT; REAL is DOUBLE PRECISION; TEXT stays
 TEXT, JSON included (the canonical dumps of ``sqlite_rows.dump``, byte for byte, not JSONB,
 which would reorder keys); ``INTEGER PRIMARY KEY [AUTOINCREMENT]`` is an identity column
-(BY DEFAULT, so a copy can keep the ids, then move the sequence on). One column is added
+(BY DEFAULT, so a copy can keep the ids, then move the sequence on). A migration with no
+type to map (3, 8) is SQLite's own statements. One column is added
 that SQLite has implicitly: ``clients.rowid``, the insertion order that breaks ties in
 the look-ups ordered or scanned by index on SQLite (members joined in the same second).
 
@@ -26,6 +27,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
+from backend.store import migrations as sqlite_migrations
+
 WRITER_LOCK_KEY = int.from_bytes(b"barnrais", "big")
 """The advisory lock every write transaction and migration of a database holds
 (``pg_advisory_xact_lock``): the PostgreSQL store's one writer, across processes."""
@@ -37,6 +40,12 @@ _BOOKKEEPING = """CREATE TABLE IF NOT EXISTS barnraise_migrations (
     applied_at DOUBLE PRECISION NOT NULL
 )"""
 """Which migrations a database has: SQLite keeps the number in ``PRAGMA user_version``."""
+
+
+def _as_on_sqlite(number: int) -> tuple[int, tuple[str, ...]]:
+    """A migration whose DDL is the same text on both stores (no column types to map)."""
+    return number, dict(sqlite_migrations.MIGRATIONS)[number]
+
 
 MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     (
@@ -160,10 +169,7 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "ALTER TABLE clients ADD COLUMN pace_examples BIGINT",
         ),
     ),
-    (
-        3,
-        ("ALTER TABLE updates ADD COLUMN quarantine_reason TEXT",),
-    ),
+    _as_on_sqlite(3),  # why an update was quarantined
     (
         4,
         (
@@ -231,18 +237,7 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "CREATE INDEX updates_payload_pruning ON updates (project_id) WHERE payload_state = 'pruning'",
         ),
     ),
-    (
-        8,
-        (
-            # Look-alike name keys, and the upload screen's typical-norm index.
-            "ALTER TABLE clients ADD COLUMN name_key TEXT",
-            "ALTER TABLE clients ADD COLUMN team_key TEXT",
-            "CREATE INDEX clients_name_key ON clients (project_id, name_key)",
-            "CREATE INDEX clients_team_key ON clients (project_id, team_key, created_at)",
-            "CREATE INDEX updates_aggregated_norms ON updates (project_id, seq)"
-            " WHERE status = 'aggregated' AND norm IS NOT NULL",
-        ),
-    ),
+    _as_on_sqlite(8),  # look-alike name keys, and the upload screen's typical-norm index
     (
         9,
         (

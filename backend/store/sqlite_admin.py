@@ -56,17 +56,13 @@ class SQLiteAdminWrites(SQLiteReads):
         return done
 
     def insert_action(self, action: ActionRecord) -> int:
-        cur = self._c.execute(
+        return self._insert_id(
             """INSERT INTO actions (project_id, at, action, target, reason, detail)
                VALUES (?, ?, ?, ?, ?, ?)""",
-            (
-                action.project_id,
-                action.at,
-                action.action,
-                action.target,
-                action.reason,
-                action.detail,
-            ),
+            action.project_id,
+            action.at,
+            action.action,
+            action.target,
+            action.reason,
+            action.detail,
         )
-        assert cur.lastrowid is not None
-        return int(cur.lastrowid)

@@ -2,7 +2,10 @@
 
 ``SQLiteReads`` only runs statements on the connection it is given; which connection and
 in which transaction is ``sqlite_writer``'s business (a per-thread reader in ``read()``,
-the one writer in ``write()``). ``sqlite_writes.SQLiteTx`` adds the writes.
+the one writer in ``write()``). ``sqlite_writes.SQLiteTx`` adds the writes. Every statement
+goes through ``_one``/``_all``/``_run``/``_many``/``_insert_id``: the PostgreSQL store
+(``postgres_reads``) inherits these queries and overrides only those helpers and the
+statements whose SQL differs there.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from backend.store.base import (
 )
 from backend.store.sqlite_rows import (
     SELECT_PROJECTS,
+    Row,
     action_from_row,
     client_from_row,
     project_from_row,
@@ -36,15 +40,24 @@ class SQLiteReads:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
 
-    def _one(self, sql: str, *args: Any) -> sqlite3.Row | None:
+    def _one(self, sql: str, *args: Any) -> Row | None:
         row: sqlite3.Row | None = self._c.execute(sql, args).fetchone()
         return row
 
-    def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+    def _all(self, sql: str, *args: Any) -> list[Row]:
         return list(self._c.execute(sql, args).fetchall())
 
     def _run(self, sql: str, *args: Any) -> int:
         return self._c.execute(sql, args).rowcount
+
+    def _many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self._c.executemany(sql, rows)
+
+    def _insert_id(self, sql: str, *args: Any) -> int:
+        """Run an INSERT; the id of the row it inserted."""
+        cur = self._c.execute(sql, args)
+        assert cur.lastrowid is not None
+        return int(cur.lastrowid)
 
     # --- reads -----------------------------------------------------------------------------
     def projects(self) -> list[ProjectRecord]:
@@ -106,14 +119,16 @@ class SQLiteReads:
 
     def clients_named(self, project_id: int, name_key: str) -> list[ClientRecord]:
         rows = self._all(
-            "SELECT * FROM clients WHERE project_id = ? AND name_key = ?", project_id, name_key
+            "SELECT * FROM clients WHERE project_id = ? AND name_key = ? ORDER BY rowid",
+            project_id,
+            name_key,
         )
         return [client_from_row(r) for r in rows]
 
     def team_spelling(self, project_id: int, team_key: str) -> str | None:
         row = self._one(
             "SELECT team FROM clients WHERE project_id = ? AND team_key = ?"
-            " ORDER BY created_at LIMIT 1",
+            " ORDER BY created_at, rowid LIMIT 1",
             project_id,
             team_key,
         )
@@ -121,7 +136,8 @@ class SQLiteReads:
 
     def clients_without_name_keys(self, project_id: int) -> list[ClientRecord]:
         rows = self._all(
-            "SELECT * FROM clients WHERE project_id = ? AND name_key IS NULL", project_id
+            "SELECT * FROM clients WHERE project_id = ? AND name_key IS NULL ORDER BY rowid",
+            project_id,
         )
         return [client_from_row(r) for r in rows]
 
@@ -262,8 +278,9 @@ class SQLiteReads:
         return row is not None
 
     def running_claims(self) -> list[tuple[int, str, float]]:
-        rows = self._all(
+        rows = self._all(  # in one_running_aggregation's order, written out for PostgreSQL
             "SELECT project_id, owner, claimed_at FROM aggregations WHERE status = 'running'"
+            " ORDER BY project_id"
         )
         return [(int(r[0]), str(r[1]), float(r[2])) for r in rows]
 

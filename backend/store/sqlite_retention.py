@@ -62,7 +62,7 @@ class SQLiteRetention(SQLiteReads):
         return in_use
 
     def set_payloads_pruned(self, update_ids: Sequence[str]) -> None:
-        self._c.executemany(
+        self._many(
             "UPDATE updates SET payload_state = 'pruned' WHERE id = ? AND payload_state = 'pruning'",
             [(uid,) for uid in update_ids],
         )

@@ -1,14 +1,16 @@
-"""Records to and from SQLite rows: JSON columns, and a memo of parsed project rows.
+"""Records to and from rows: JSON columns, and a memo of parsed project rows.
 
 The SQL of ``sqlite_reads``/``sqlite_writes`` stores dicts as canonical JSON text
-(``dump``) and turns each row back into its ``backend.store.base`` record here.
+(``dump``) and turns each row back into its ``backend.store.base`` record here. A row is
+anything with ``sqlite3.Row``'s access (by position and by name, ``keys()``): SQLite's own,
+or ``postgres_rows``' for the PostgreSQL store, which shares these converters.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from backend.store.base import (
     ActionRecord,
@@ -18,6 +20,16 @@ from backend.store.base import (
     UpdateRecord,
     VersionRecord,
 )
+
+
+class Row(Protocol):
+    """What the converters read: ``sqlite3.Row``'s access by position and by name."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def keys(self) -> list[str]: ...
 
 
 def dump(value: Any) -> str:
@@ -37,7 +49,7 @@ that changed in any column is another key, so the memo can never answer stale da
 records (and their dicts) are shared: callers treat them as read-only."""
 
 
-def project_from_row(row: sqlite3.Row) -> ProjectRecord:
+def project_from_row(row: Row) -> ProjectRecord:
     key = tuple(row)
     record = _PROJECT_MEMO.get(key)
     if record is None:
@@ -47,7 +59,7 @@ def project_from_row(row: sqlite3.Row) -> ProjectRecord:
     return record
 
 
-def _parse_project(row: sqlite3.Row) -> ProjectRecord:
+def _parse_project(row: Row) -> ProjectRecord:
     return ProjectRecord(
         id=row["id"],
         name=row["name"],
@@ -65,7 +77,7 @@ def _parse_project(row: sqlite3.Row) -> ProjectRecord:
     )
 
 
-def version_from_row(row: sqlite3.Row) -> VersionRecord:
+def version_from_row(row: Row) -> VersionRecord:
     return VersionRecord(
         project_id=row["project_id"],
         version=row["version"],
@@ -82,26 +94,27 @@ def version_from_row(row: sqlite3.Row) -> VersionRecord:
     )
 
 
-CLIENT_STORE_ONLY = frozenset({"name_key", "team_key"})
-"""Columns only the store's look-ups use (migration 8), not part of ``ClientRecord``."""
+CLIENT_STORE_ONLY = frozenset({"name_key", "team_key", "rowid"})
+"""Columns only the store's look-ups use (migration 8; PostgreSQL's explicit rowid), not part
+of ``ClientRecord``."""
 
 
-def client_from_row(row: sqlite3.Row) -> ClientRecord:
+def client_from_row(row: Row) -> ClientRecord:
     keys = [k for k in row.keys() if k not in CLIENT_STORE_ONLY]  # noqa: SIM118 - Row has no iteration of keys
     return ClientRecord(**{k: row[k] for k in keys})
 
 
-def task_from_row(row: sqlite3.Row) -> TaskRecord:
+def task_from_row(row: Row) -> TaskRecord:
     values = {k: row[k] for k in row.keys()}  # noqa: SIM118
     values["manifest"] = json.loads(values["manifest"])
     return TaskRecord(**values)
 
 
-def update_from_row(row: sqlite3.Row) -> UpdateRecord:
+def update_from_row(row: Row) -> UpdateRecord:
     values = {k: row[k] for k in row.keys() if k != "seq"}  # noqa: SIM118
     values["metrics"] = json.loads(values["metrics"])
     return UpdateRecord(**values)
 
 
-def action_from_row(row: sqlite3.Row) -> ActionRecord:
+def action_from_row(row: Row) -> ActionRecord:
     return ActionRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118

@@ -26,33 +26,39 @@ from backend.store.sqlite_privacy import SQLitePrivacyWrites
 from backend.store.sqlite_retention import SQLiteRetention
 from backend.store.sqlite_rows import dump, task_from_row, update_from_row
 
+INFINITE_CHECK_ERROR = 1e300
+"""What a spot check's infinite difference is stored as (a float column holds no inf)."""
+
+
+def claim_conflict(project_id: int) -> ClaimConflict:
+    return ClaimConflict(f"an aggregation of project {project_id} is already running")
+
 
 class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePrivacyWrites):
     """Reads and (on the writer connection) writes; implements ``ReadTx`` and ``WriteTx``."""
 
+    _GREATEST = "MAX"
+    """The larger of two values: SQLite's scalar MAX (PostgreSQL's GREATEST)."""
+
     # --- writes ----------------------------------------------------------------------------
     def insert_project(self, project: ProjectRecord) -> int:
-        cur = self._c.execute(
+        return self._insert_id(
             """INSERT INTO projects (name, description, recipe, recipe_version, hparams, strategy,
                  settings, status, current_version, public_key, created_at, shard_sizes)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (
-                project.name,
-                project.description,
-                project.recipe,
-                project.recipe_version,
-                dump(project.hparams),
-                dump(project.strategy),
-                dump(project.settings),
-                project.status,
-                project.current_version,
-                project.public_key,
-                project.created_at,
-                dump(project.shard_sizes) if project.shard_sizes is not None else None,
-            ),
+            project.name,
+            project.description,
+            project.recipe,
+            project.recipe_version,
+            dump(project.hparams),
+            dump(project.strategy),
+            dump(project.settings),
+            project.status,
+            project.current_version,
+            project.public_key,
+            project.created_at,
+            dump(project.shard_sizes) if project.shard_sizes is not None else None,
         )
-        assert cur.lastrowid is not None
-        return int(cur.lastrowid)
 
     def set_project_status(self, project_id: int, status: str) -> None:
         self._run("UPDATE projects SET status = ? WHERE id = ?", status, project_id)
@@ -76,7 +82,7 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
             version.parent_manifest_digest,
             version.updates_root,
         )
-        self._c.executemany(
+        self._many(
             """INSERT INTO version_updates (project_id, version, position, update_id,
                  payload_digest) VALUES (?, ?, ?, ?, ?)""",
             [
@@ -267,7 +273,7 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
         )
 
     def drop_updates(self, update_ids: list[str]) -> None:
-        self._c.executemany(
+        self._many(
             "UPDATE updates SET status = 'dropped' WHERE id = ? AND status = 'pending'",
             [(uid,) for uid in update_ids],
         )
@@ -284,22 +290,26 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
     def settle_credit(self, update_ids: list[str], state: str) -> list[tuple[str, float]]:
         """Mark the pending credit of these updates ``state`` (granted or withheld) and
         take it off their contributors' pending sums; returns (client id, credit) of the
-        updates that were pending (each settles once)."""
+        updates that were pending (each settles once: its state changes in the statement that
+        reads it)."""
         settled: list[tuple[str, float]] = []
         for uid in update_ids:
-            row = self._one(
-                "SELECT client_id, credit FROM updates WHERE id = ? AND credit_state = 'pending'",
+            rows = self._all(  # fetch all: the statement must run to its end before COMMIT
+                """UPDATE updates SET credit_state = ? WHERE id = ? AND credit_state = 'pending'
+                   RETURNING client_id, credit""",
+                state,
                 uid,
             )
-            if row is None:
+            if not rows:
                 continue
-            self._run("UPDATE updates SET credit_state = ? WHERE id = ?", state, uid)
-            self._run(
-                "UPDATE clients SET credit_pending = MAX(0, credit_pending - ?) WHERE id = ?",
-                row["credit"],
-                row["client_id"],
+            client_id, credit = str(rows[0][0]), float(rows[0][1])
+            self._run(  # _GREATEST: a function's name, the dialect's, not data
+                f"""UPDATE clients SET credit_pending = {self._GREATEST}(0, credit_pending - ?)
+                   WHERE id = ?""",  # noqa: S608
+                credit,
+                client_id,
             )
-            settled.append((str(row["client_id"]), float(row["credit"])))
+            settled.append((client_id, credit))
         return settled
 
     def grant_credit(self, client_id: str, credit: float, recent_sum: float, now: float) -> None:
@@ -316,7 +326,7 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
     ) -> None:
         self._run(
             "UPDATE updates SET check_error = ? WHERE id = ?",
-            error if error != float("inf") else 1e300,
+            error if error != float("inf") else INFINITE_CHECK_ERROR,
             update_id,
         )
         if passed:
@@ -334,13 +344,13 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
     def revoke_credit(
         self, client_id: str, update_ids: list[str], credit: float, recent_sum: float, now: float
     ) -> None:
-        self._c.executemany(
+        self._many(
             "UPDATE updates SET credit_state = 'revoked' WHERE id = ? AND credit_state = 'granted'",
             [(uid,) for uid in update_ids],
         )
-        self._run(
-            """UPDATE clients SET credit = MAX(0, credit - ?), recent_sum = ?, recent_time = ?
-               WHERE id = ?""",
+        self._run(  # _GREATEST: a function's name, as in settle_credit
+            f"""UPDATE clients SET credit = {self._GREATEST}(0, credit - ?), recent_sum = ?,
+                 recent_time = ? WHERE id = ?""",  # noqa: S608
             credit,
             recent_sum,
             now,
@@ -349,7 +359,7 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
 
     def reject_updates(self, claim_id: int, verdicts: dict[str, tuple[str, str]]) -> None:
         """Keep these claimed updates out of the aggregate, each with its reason."""
-        self._c.executemany(
+        self._many(
             """UPDATE updates SET status = 'rejected', verdict = ?, verdict_detail = ?
                WHERE id = ? AND aggregation_id = ? AND status = 'claimed'""",
             [(code, detail[:500], uid, claim_id) for uid, (code, detail) in verdicts.items()],
@@ -362,7 +372,7 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
                  refused_at = CASE WHEN ? THEN ? ELSE refused_at END WHERE id = ?""",
             now,
             int(in_a_row),
-            int(in_a_row),
+            bool(in_a_row),
             now,
             client_id,
         )
@@ -370,19 +380,8 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
     def claim_aggregation(
         self, project_id: int, base_version: int, owner: str, now: float, update_ids: list[str]
     ) -> AggregationClaim:
-        try:
-            cur = self._c.execute(
-                """INSERT INTO aggregations (project_id, base_version, status, owner, claimed_at)
-                   VALUES (?, ?, 'running', ?, ?)""",
-                (project_id, base_version, owner, now),
-            )
-        except sqlite3.IntegrityError:
-            raise ClaimConflict(
-                f"an aggregation of project {project_id} is already running"
-            ) from None
-        assert cur.lastrowid is not None
-        claim_id = int(cur.lastrowid)
-        self._c.executemany(
+        claim_id = self._insert_claim(project_id, base_version, owner, now)
+        self._many(
             "UPDATE updates SET status = 'claimed', aggregation_id = ? WHERE id = ? AND status = 'pending'",
             [(claim_id, uid) for uid in update_ids],
         )
@@ -395,6 +394,21 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
             claimed_at=now,
             updates=[update_from_row(r) for r in rows],
         )
+
+    def _insert_claim(self, project_id: int, base_version: int, owner: str, now: float) -> int:
+        """The new claim's id; ``ClaimConflict`` where one of the project is running (the
+        unique partial index ``one_running_aggregation`` refuses it)."""
+        try:
+            return self._insert_id(
+                """INSERT INTO aggregations (project_id, base_version, status, owner, claimed_at)
+                   VALUES (?, ?, 'running', ?, ?)""",
+                project_id,
+                base_version,
+                owner,
+                now,
+            )
+        except sqlite3.IntegrityError:
+            raise claim_conflict(project_id) from None
 
     def cancel_round_leases(self, project_id: int, base_version: int) -> int:
         return self._run(
@@ -423,7 +437,7 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
             "UPDATE updates SET status = 'aggregated' WHERE aggregation_id = ? AND status = 'claimed'",
             claim.id,
         )
-        self._c.executemany(
+        self._many(
             "UPDATE updates SET status = 'dropped' WHERE id = ? AND aggregation_id = ?",
             [(uid, claim.id) for uid in dropped],
         )
@@ -444,14 +458,17 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
         return True
 
     def quarantine_updates(self, claim_id: int, reasons: dict[str, str]) -> None:
-        self._c.executemany(
+        self._many(
             """UPDATE updates SET status = 'quarantined', quarantine_reason = ?
                WHERE id = ? AND aggregation_id = ? AND status = 'claimed'""",
             [(reason[:500], uid, claim_id) for uid, reason in reasons.items()],
         )
 
     def release_stale_claims(self, is_stale: Callable[[str, float], bool]) -> int:
-        rows = self._all("SELECT id, owner, claimed_at FROM aggregations WHERE status = 'running'")
+        rows = self._all(  # in one_running_aggregation's order, written out for PostgreSQL
+            "SELECT id, owner, claimed_at FROM aggregations WHERE status = 'running'"
+            " ORDER BY project_id"
+        )
         released = 0
         for row in rows:
             if not is_stale(str(row["owner"]), float(row["claimed_at"])):

@@ -31,8 +31,13 @@ a few seconds of a tiny model's forward passes on the coordinator."""
 EVAL_BATCH_TOKENS = 16_384
 """Tokens per forward pass when evaluating, so memory stays bounded at any ``seq_len``."""
 LOCAL_EVAL_TOKENS = 16_384
-"""The loss before and after a task is measured on this many tokens of the shard: 128
-windows at the default context, about three training steps' worth of compute."""
+"""The loss before and after a task is measured on at most this many tokens of the shard
+(128 windows at the default context)..."""
+LOCAL_EVAL_SHARE = 50
+"""... and on at most 1/50 of the windows the task trains on (at least
+``MIN_LOCAL_EVAL_WINDOWS``): two forward passes over 2 % of a task's windows cost under 2 %
+of it. A fixed 128 windows was 17 % of a 128-step task at batch 4 (bench/lm.py)."""
+MIN_LOCAL_EVAL_WINDOWS = 8
 
 
 def token_windows(tokens: np.ndarray, seq_len: int) -> Dataset:
@@ -172,8 +177,13 @@ class ByteLM(Recipe):
         return preset_config(hparams).train_flops_per_token(seq_len) * seq_len
 
     def local_eval_size(self, hparams: Mapping[str, HParamValue]) -> tuple[int, int]:
-        windows = max(1, LOCAL_EVAL_TOKENS // int(hparams["seq_len"]))
-        return windows, max(1, EVAL_BATCH_TOKENS // int(hparams["seq_len"]))
+        seq_len = int(hparams["seq_len"])
+        windows = max(1, LOCAL_EVAL_TOKENS // seq_len)
+        steps = int(hparams["max_steps"])
+        if steps > 0:  # the task's own size is known: a small share of it
+            trained = steps * int(hparams["batch_size"])
+            windows = min(windows, max(MIN_LOCAL_EVAL_WINDOWS, trained // LOCAL_EVAL_SHARE))
+        return windows, max(1, EVAL_BATCH_TOKENS // seq_len)
 
 
 __all__ = ["ByteLM", "shard_bounds", "token_windows"]

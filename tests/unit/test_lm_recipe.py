@@ -214,3 +214,15 @@ def test_corpus_bytes_decode_as_python_source() -> None:
     text = bytes(split_tokens("train")[:2000]).decode("utf-8")
     assert "import" in text or "def " in text
     assert np.asarray(split_tokens("train")).max() < 256
+
+
+def test_the_local_loss_is_measured_on_a_small_share_of_the_task() -> None:
+    """Before and after each task: at most 1/50 of the windows it trains on (at least 8),
+    never more than 128, so the two passes stay a small part of the task (bench/lm.py
+    measured a fixed 128 windows at 17 % of a 128-step task at batch 4)."""
+    lm = get_recipe("byte-lm")
+    assert lm.local_eval_size(lm.resolve_hparams({}))[0] == 64  # 200 steps x 16
+    assert lm.local_eval_size(lm.resolve_hparams({"max_steps": 128, "batch_size": 4}))[0] == 10
+    assert lm.local_eval_size(lm.resolve_hparams({"max_steps": 5, "batch_size": 4}))[0] == 8
+    assert lm.local_eval_size(lm.resolve_hparams({"max_steps": 10_000}))[0] == 128
+    assert lm.local_eval_size(lm.resolve_hparams({"max_steps": 0, "local_epochs": 1.0}))[0] == 128

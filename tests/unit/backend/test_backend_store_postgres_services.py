@@ -155,7 +155,10 @@ def test_the_cli_keeps_a_project_in_postgresql_given_a_database_url(
     assert "pg-digits" in capsys.readouterr().out
     assert not (tmp_path / "data" / DB_FILE).exists()  # the blobs and keys only
     assert main(["actions", "--project", "pg-digits", *data]) == 0
-    assert main(["project", "list", "--data", str(tmp_path / "data")]) == 0
-    assert "pg-digits" not in capsys.readouterr().out  # SQLite in the folder: another store
+    capsys.readouterr()
+    # Without the URL the folder holds no coordinator of its own: refused, nothing created.
+    assert main(["project", "list", "--data", str(tmp_path / "data")]) == 2
+    assert "holds no coordinator data" in capsys.readouterr().err
+    assert not (tmp_path / "data" / DB_FILE).exists()
     assert main(["project", "list", "--data", str(tmp_path), "--database-url", "sqlite:x"]) == 2
     assert "not PostgreSQL's" in capsys.readouterr().err
