@@ -116,3 +116,36 @@ def project_summaries() -> list[ProjectSummaryView]:
         ),
         ProjectSummaryView(name="fresh", recipe="digits-mlp", status="closed"),
     ]
+
+
+def private_lm_project(page_url: str = "http://127.0.0.1:8080/p/private-lm") -> ProjectPageView:
+    """A user-level private language model whose budget is spent, and whose model writes
+    markup: its samples and privacy section must reach the reader as text."""
+    from dataclasses import replace
+
+    from backend.pages import PrivacyView
+
+    busy = busy_project(page_url)
+    return replace(
+        busy,
+        name="private-lm",
+        recipe="byte-lm",
+        strategy="diloco",
+        status="closed",
+        privacy=PrivacyView(
+            mechanism="dp-fedavg",
+            epsilon=8.0,
+            delta=1e-5,
+            noise_multiplier=4.03,
+            clip_norm=0.4213,
+            clip_quantile=0.5,
+            epsilon_spent=7.91,
+            steps=40,
+            exhausted=True,
+        ),
+        samples=(
+            ("def ", XSS_NAME + " return self._cache\n"),
+            ("import ", XSS_TEAM + "\n"),
+        ),
+        tokens_trained=123_456_789,
+    )

@@ -192,6 +192,11 @@ def static_server() -> Iterator[str]:
             "/": (200, render_index(samples.project_summaries(), now=samples.NOW), True),
             "/p/digits": (200, render_project_page(samples.busy_project(f"{base}/p/digits")), True),
             "/p/fresh": (200, render_project_page(samples.empty_project(f"{base}/p/fresh")), True),
+            "/p/private-lm": (
+                200,
+                render_project_page(samples.private_lm_project(f"{base}/p/private-lm")),
+                True,
+            ),
             "/control": (200, CONTROL_PAGE, False),
         }
 
@@ -249,6 +254,20 @@ def test_project_page_dom(static_server: str, profile: Path) -> None:
     assert "3f9a:11c2:7be0:94d1:0a5e:c8f7:2d33:6b10" in text
 
 
+def test_a_private_language_models_page_dom(static_server: str, profile: Path) -> None:
+    """The Privacy section and the model's samples in a real browser: the budget spent, what
+    the project gave up, and text the model wrote shown as text, never run."""
+    dom = Dom(dump_dom(f"{static_server}/p/private-lm", profile))
+    assert_nothing_injected(dom)
+    text = "".join(dom.text)
+    assert "7.91" in text and "of 8" in text and "training has ended" in text
+    assert "User-level differential privacy (DP-FedAvg)" in text
+    assert "Given up for privacy" in text and "median-norm screens" in text
+    assert samples.XSS_NAME in text and samples.XSS_TEAM in text  # as text, in the samples
+    assert "123,456,789" in text
+    assert len(dom.tags("meter")) == 1
+
+
 def test_empty_and_index_pages_dom(static_server: str, profile: Path) -> None:
     empty = Dom(dump_dom(f"{static_server}/p/fresh", profile))
     assert_nothing_injected(empty)
@@ -269,6 +288,7 @@ def test_screenshots_desktop_phone_dark(static_server: str, profile: Path) -> No
     screenshot(url, "project-desktop-dark.png", DESKTOP, profile, dark=True)
     screenshot(f"{static_server}/p/fresh", "project-empty-phone.png", PHONE, profile)
     screenshot(f"{static_server}/", "index-desktop.png", (1280, 900), profile)
+    screenshot(f"{static_server}/p/private-lm", "project-private-lm.png", (1280, 2400), profile)
     screenshot(f"{static_server}/p/nope", "error-phone.png", (390, 800), profile)
 
 
