@@ -196,7 +196,6 @@ class _ChildWorker:
             except ValueError as exc:
                 log.warning("ignoring unreadable checkpoint %s: %s", checkpoint_path, exc)
         hooks = _Hooks(self.state, job, self.device)
-        noise_seed = private.noise_seed_for(resume)
         try:
             outcome = private.train_task(
                 job,
@@ -207,7 +206,6 @@ class _ChildWorker:
                 hooks=hooks,
                 resume=resume,
                 device=self.device,
-                noise_seed=noise_seed,
             )
         except TrainingInterrupted as stop:
             self.state.send(

@@ -66,13 +66,13 @@ def train_task(
     hooks: TrainingHooks,
     resume: Checkpoint | None,
     device: str,
-    noise_seed: int,
 ) -> PrivateOutcome:
-    """Train ``job`` under its privacy terms (``job.privacy``; plain training without)."""
+    """Train ``job`` under its privacy terms (``job.privacy``; plain training without,
+    which never imports Opacus: the desktop bundle cannot)."""
     terms = job.privacy or {}
     mechanism = terms.get("mechanism")
     if mechanism == "dp-sgd":
-        return _dp_sgd(job, recipe, hparams, base, data, terms, hooks, resume, device, noise_seed)
+        return _dp_sgd(job, recipe, hparams, base, data, terms, hooks, resume, device)
     result = train_locally(
         recipe,
         hparams,
@@ -116,7 +116,6 @@ def _dp_sgd(
     hooks: TrainingHooks,
     resume: Checkpoint | None,
     device: str,
-    noise_seed: int,
 ) -> PrivateOutcome:
     noise = float(terms["noise_multiplier"])
     epsilon, delta = float(terms["epsilon"]), float(terms["delta"])
@@ -125,6 +124,7 @@ def _dp_sgd(
         from federated.privacy.accounting import Spend, epsilon_spent, steps_within_budget
         from federated.privacy.dp_sgd import sample_rate, train_dp_sgd
 
+        noise_seed = noise_seed_for(resume)
         history = [Spend.from_json(s) for s in job.privacy_spends]
         q = sample_rate(int(hparams["batch_size"]), len(data))
         allowed = steps_within_budget(

@@ -93,6 +93,14 @@ def test_one_process_trains_task_after_task(
         assert outcome.metrics["loss_after"] < outcome.metrics["loss_before"]
     assert trainer.pid == pid and trainer.starts == 1
     assert psutil.Process(pid).nice() == 19  # the lowest priority
+    # Plain tasks never load Opacus, whose accountant needs scipy: the desktop bundle leaves
+    # scipy out, and a plain task once failed there for it (its shared libraries would be
+    # mapped into the child had it been imported).
+    scipy_parts = ("/scipy/", "/scipy.libs/")  # numpy ships a libscipy_openblas of its own
+    mapped = [
+        m.path for m in psutil.Process(pid).memory_maps() if any(p in m.path for p in scipy_parts)
+    ]
+    assert mapped == []
 
 
 def run_in_thread(trainer: TrainerHandle, j: TrainJob) -> tuple[threading.Thread, dict[str, Any]]:
