@@ -67,9 +67,10 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.numeric import FloatBinaryDumper, FloatDumper
 from psycopg_pool import ConnectionPool
 
+from backend.store.batching import BatchedWrite, WriteBatcher
 from backend.store.postgres_migrations import LOCK_WRITER, apply_migrations, schema_version
 from backend.store.postgres_writes import PostgresTx
-from backend.store.sqlite_writer import BUSY_TIMEOUT_MS, MAX_WRITE_BATCH
+from backend.store.sqlite_writer import BUSY_TIMEOUT_MS
 
 T = TypeVar("T")
 
@@ -126,20 +127,7 @@ def redacted(url: str) -> str:
     return make_conninfo("", **params)
 
 
-class _BatchedWrite:
-    """One queued ``write_batched`` call: its work, then its outcome."""
-
-    __slots__ = ("done", "error", "lead", "result", "work")
-
-    def __init__(self, work: Callable[[PostgresTx], Any]) -> None:
-        self.work = work
-        self.done = threading.Event()
-        self.lead = False  # set (before done) when this waiter is to run the next batch
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
-class PostgresStore:
+class PostgresStore(WriteBatcher):
     """``Store`` on a PostgreSQL database; see the module docstring for the model.
 
     ``url`` is a libpq connection string or ``postgresql://`` URL. Opening it applies the
@@ -159,9 +147,7 @@ class PostgresStore:
         self._closed = False
         self._write_lock = threading.Lock()
         self._local = threading.local()
-        self._batch_lock = threading.Lock()  # guards the two below, never held around SQL
-        self._batch_queue: list[_BatchedWrite] = []
-        self._batch_leader = False
+        self._init_batching()
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "row_factory": dict_row,
@@ -256,40 +242,9 @@ class PostgresStore:
         savepoint (an exception undoes only its own changes and is raised to its caller).
         One lock, one BEGIN and one COMMIT per batch instead of per lease. ``work`` must be
         short, must not wait for other threads and must not call the store itself."""
-        item = _BatchedWrite(work)
-        with self._batch_lock:
-            self._batch_queue.append(item)
-            lead = not self._batch_leader
-            self._batch_leader = True
-        if not lead:
-            item.done.wait()  # until our batch ran, or the lead is handed to us
-            lead = item.lead
-        if lead:
-            self._lead_batch()
-        if item.error is not None:
-            raise item.error
-        result: T = item.result
-        return result
+        return self._batched(work)
 
-    def _lead_batch(self) -> None:
-        """Run the oldest queued items (the leader's own first), then pass the lead on to
-        the oldest waiter, so no thread runs batches for others for longer than one."""
-        with self._batch_lock:
-            batch = self._batch_queue[:MAX_WRITE_BATCH]
-            del self._batch_queue[:MAX_WRITE_BATCH]
-        self._run_batch(batch)
-        with self._batch_lock:
-            successor = self._batch_queue[0] if self._batch_queue else None
-            if successor is None:
-                self._batch_leader = False
-            else:
-                successor.lead = True
-        for item in batch:
-            item.done.set()
-        if successor is not None:
-            successor.done.set()
-
-    def _run_batch(self, batch: list[_BatchedWrite]) -> None:
+    def _run_batch(self, batch: list[BatchedWrite]) -> None:
         """One transaction, a savepoint per item; each item gets its result or error."""
         try:
             with self.write(durable=False) as tx:

@@ -10,7 +10,8 @@ Split by concern, so that another database could reuse the shape of the queries:
     sqlite_rows     records to and from rows (JSON columns, the project-row memo)
 """
 
-from backend.store.sqlite_writer import BUSY_TIMEOUT_MS, MAX_WRITE_BATCH, SQLiteStore
+from backend.store.batching import MAX_WRITE_BATCH
+from backend.store.sqlite_writer import BUSY_TIMEOUT_MS, SQLiteStore
 from backend.store.sqlite_writes import SQLiteTx
 
 __all__ = ["BUSY_TIMEOUT_MS", "MAX_WRITE_BATCH", "SQLiteStore", "SQLiteTx"]

@@ -40,17 +40,13 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from backend.store.batching import BatchedWrite, WriteBatcher
 from backend.store.migrations import MIGRATIONS
 from backend.store.sqlite_writes import SQLiteTx
 
 T = TypeVar("T")
-
-MAX_WRITE_BATCH = 64
-"""Batched writes run in one transaction at most: bounds how long a batch holds the
-writer (a lease is well under a millisecond of work) and so the wait of a durable write
-queued behind it."""
 
 BUSY_TIMEOUT_MS = 30_000
 """How long a connection waits for another process's write lock before failing."""
@@ -136,20 +132,7 @@ def _inode(path: Path) -> int | None:
         return None
 
 
-class _BatchedWrite:
-    """One queued ``write_batched`` call: its work, then its outcome."""
-
-    __slots__ = ("done", "error", "lead", "result", "work")
-
-    def __init__(self, work: Callable[[SQLiteTx], Any]) -> None:
-        self.work = work
-        self.done = threading.Event()
-        self.lead = False  # set (before done) when this waiter is to run the next batch
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
-class SQLiteStore:
+class SQLiteStore(WriteBatcher):
     """``Store`` on one SQLite file; see the module docstring for the concurrency model."""
 
     def __init__(self, path: str | Path) -> None:
@@ -165,9 +148,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._batch_lock = threading.Lock()  # guards the two below, never held around SQL
-        self._batch_queue: list[_BatchedWrite] = []
-        self._batch_leader = False
+        self._init_batching()
         self._closed = False
         self._migrate()
         if os.name == "posix":
@@ -241,42 +222,9 @@ class SQLiteStore:
         in the batch, holding the writer: it must be short, must not wait for other
         threads and must not call the store itself (use ``tx``). Like
         ``write(durable=False)``, a later durable write makes the result durable."""
-        item = _BatchedWrite(work)
-        with self._batch_lock:
-            self._batch_queue.append(item)
-            lead = not self._batch_leader
-            self._batch_leader = True
-        if not lead:
-            item.done.wait()  # until our batch ran, or the lead is handed to us
-            lead = item.lead
-        if lead:
-            self._lead_batch()
-        if item.error is not None:
-            raise item.error
-        result: T = item.result
-        return result
+        return self._batched(work)
 
-    def _lead_batch(self) -> None:
-        """Run the oldest queued items (the leader's own first), then pass the lead on.
-
-        The lead goes to the oldest waiter, so its work is in the next batch and no
-        thread runs batches for others for longer than one."""
-        with self._batch_lock:
-            batch = self._batch_queue[:MAX_WRITE_BATCH]
-            del self._batch_queue[:MAX_WRITE_BATCH]
-        self._run_batch(batch)
-        with self._batch_lock:
-            successor = self._batch_queue[0] if self._batch_queue else None
-            if successor is None:
-                self._batch_leader = False
-            else:
-                successor.lead = True
-        for item in batch:
-            item.done.set()
-        if successor is not None:
-            successor.done.set()
-
-    def _run_batch(self, batch: list[_BatchedWrite]) -> None:
+    def _run_batch(self, batch: list[BatchedWrite]) -> None:
         """One transaction, a savepoint per item; each item gets its result or error."""
         try:
             with self.write(durable=False) as tx:
