@@ -9,7 +9,7 @@ TORCH := torch==2.13.0
 APT_PACKAGES := chromium chromium-driver gnome-keyring dbus dbus-x11 libsecret-tools \
 	xvfb xdotool trayer imagemagick libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 \
 	libxkbcommon-x11-0 libegl1 libgl1 desktop-file-utils appstream binutils xdg-utils \
-	postgresql
+	postgresql nginx
 
 .PHONY: test demo lint typecheck pytest system-deps bench package test-package clean
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -e '.[app,backend,dev]'
 	touch $(STAMP)
 
-# System packages the tests drive for real (browser, keychain, X server, tray host, PostgreSQL).
+# System packages the tests drive for real (browser, keychain, X server, tray host, PostgreSQL, nginx).
 # Installed only when missing and when we may (CI runs as root).
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

@@ -26,6 +26,7 @@ from typing import Any
 from backend.keys import KeyStore
 from backend.metrics import METRICS, BackendMetrics
 from backend.services.admin import AdminService
+from backend.services.aggregation import process_owner
 from backend.services.aggregation_worker import AggregationWorker
 from backend.services.context import ProjectRuntime, ServiceContext
 from backend.services.leasing import LeasingService
@@ -111,6 +112,13 @@ class Coordinator:
             provenance=ProvenanceService(ctx),
             admin=AdminService(ctx),
         )
+        # A serving process listens to the others and is marked alive for them; a command
+        # only tells them what it changed.
+        relay = ctx.store.connect_peers(
+            process_owner(), self.notifier.wake if start_worker else None
+        )
+        if relay is not None:
+            self.notifier.relay_to(relay)
         self.worker = AggregationWorker(ctx)
         if start_worker:
             self.worker.start()

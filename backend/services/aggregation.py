@@ -77,8 +77,20 @@ _SHARE_SCAN = 64
 OVERDUE_WAIT_S = 2 * WORKER_MAX_SLEEP_S
 """Complete work older than this with no aggregation running means aggregation is late."""
 
-_OWNER_HOST = socket.gethostname()
-_OWNER = f"{_OWNER_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+OWNER_HOST = socket.gethostname()
+_owner: tuple[int, str] = (0, "")
+
+
+def process_owner() -> str:
+    """This process's name on its aggregation claims and its liveness lock
+    (``Store.connect_peers``): host, pid and a random part, so that a restart reusing a pid
+    is another owner. Made in the process that uses it: a forked worker (gunicorn) is
+    never its parent's owner, which would make its parent's claims look like its own."""
+    global _owner
+    pid = os.getpid()
+    if _owner[0] != pid:
+        _owner = (pid, f"{OWNER_HOST}:{pid}:{uuid.uuid4().hex[:12]}")
+    return _owner[1]
 
 
 def _may_be_ready(ctx: ServiceContext, project: ProjectRecord, now: float) -> bool:
@@ -155,7 +167,9 @@ def claim_ready(ctx: ServiceContext, project: ProjectRecord) -> AggregationClaim
             if len(updates) < settings.buffer_size:
                 return None
         try:
-            claim = tx.claim_aggregation(project.id, version, _OWNER, now, [u.id for u in updates])
+            claim = tx.claim_aggregation(
+                project.id, version, process_owner(), now, [u.id for u in updates]
+            )
         except ClaimConflict:
             return None
         if settings.mode == "sync":

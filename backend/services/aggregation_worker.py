@@ -18,12 +18,12 @@ import threading
 
 from backend.services import crediting, retention
 from backend.services.aggregation import (
-    _OWNER,
-    _OWNER_HOST,
+    OWNER_HOST,
     WORKER_MAX_SLEEP_S,
     _owned_by,
     claim_ready,
     overdue_projects,
+    process_owner,
     run_aggregation,
 )
 from backend.services.context import ServiceContext
@@ -40,22 +40,30 @@ FAILURE_BACKOFF_S = 5.0
 next try; the pause doubles with each failure in a row, up to ``FAILURE_BACKOFF_MAX_S``."""
 FAILURE_BACKOFF_MAX_S = 600.0
 
-CLAIM_CHECK_S = 30.0
-"""How often a running worker looks for claims whose owner went away."""
+CLAIM_CHECK_S = 5.0
+"""How often a running worker looks for claims whose owner went away: a read, and on
+PostgreSQL one look at ``pg_locks``; a survivor takes a dead process's round over within
+about this long of its next pass."""
 
 CHALLENGE_SWEEP_S = 60.0
 """How often the worker deletes the join challenges used or expired (they are single use
 and live ``CHALLENGE_TTL_S``), so the table holds only the live ones."""
 
 
-def _claim_is_stale(owner: str, claimed_at: float, now: float) -> bool:
-    if owner == _OWNER:
+def _claim_is_stale(owner: str, claimed_at: float, now: float, alive: set[str] | None) -> bool:
+    """Whether a running claim's owner went away. ``alive``: the owners the store knows to
+    be running, on any host (PostgreSQL's liveness locks); None where it cannot tell, and
+    then a process on this host is looked up by its pid. Either way a claim older than
+    ``AGGREGATION_CLAIM_TTL_S`` is taken over (a live but stuck owner)."""
+    if owner == process_owner():
         return False
     if now - claimed_at > AGGREGATION_CLAIM_TTL_S:
         return True
+    if alive is not None:
+        return owner not in alive
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != _OWNER_HOST or not pid_text.isdigit():
+    if host != OWNER_HOST or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():
@@ -127,10 +135,19 @@ class AggregationWorker:
         self._claims_checked_at = now
         with self.ctx.store.read() as rtx:
             running = rtx.running_claims()
-        if not any(_claim_is_stale(owner, at, now) for _pid, owner, at in running):
+        if not running:
+            return 0
+        looked_up = {owner for _pid, owner, _at in running}
+        alive = self.ctx.store.live_owners(sorted(looked_up))
+
+        def is_stale(owner: str, claimed_at: float) -> bool:
+            # A claim made since the look (its owner not looked up) is someone's new one.
+            return owner in looked_up and _claim_is_stale(owner, claimed_at, now, alive)
+
+        if not any(is_stale(owner, at) for _pid, owner, at in running):
             return 0
         with self.ctx.store.write() as tx:
-            return tx.release_stale_claims(lambda owner, at: _claim_is_stale(owner, at, now))
+            return tx.release_stale_claims(is_stale)
 
     def overdue_projects(self) -> list[str]:
         return overdue_projects(self.ctx, set(self._failing))

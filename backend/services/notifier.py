@@ -17,7 +17,13 @@ class Notifier:
         self._cond = threading.Condition()
         self._generations: dict[str, int] = {}
         self._listeners: list[Callable[[str | None], None]] = []
+        self._relay: Callable[[str], None] | None = None
         self.closed = False
+
+    def relay_to(self, send: Callable[[str], None]) -> None:
+        """Pass each ``notify`` on to the other coordinator processes too (``send``: the
+        store's, ``Store.connect_peers``); what they send comes in by ``wake``."""
+        self._relay = send
 
     def add_listener(self, listener: Callable[[str | None], None]) -> None:
         """Call ``listener(project)`` after each notification, and ``listener(None)`` on
@@ -36,6 +42,13 @@ class Notifier:
             return self._generations.get(project, 0)
 
     def notify(self, project: str) -> None:
+        """Wake this process's long polls for ``project``, and the other processes'."""
+        self.wake(project)
+        if self._relay is not None:
+            self._relay(project)
+
+    def wake(self, project: str) -> None:
+        """Wake this process's long polls for ``project`` (what another process sent)."""
         with self._cond:
             self._generations[project] = self._generations.get(project, 0) + 1
             self._cond.notify_all()

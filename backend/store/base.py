@@ -462,4 +462,18 @@ class Store(Protocol):
         ...
 
     def schema_version(self) -> int: ...
+    def connect_peers(
+        self, owner: str, wake: Callable[[str], None] | None
+    ) -> Callable[[str], None] | None:
+        """Link this process to the other coordinator processes on the store: returns how to
+        send them a project's long-poll wake-up; with ``wake`` (a serving process), also
+        mark ``owner`` alive while it runs and call ``wake(project)`` for theirs. None: the
+        store has no other processes to tell (SQLite: one host, polls time out)."""
+        ...
+
+    def live_owners(self, owners: list[str]) -> set[str] | None:
+        """Which of these aggregation-claim owners are alive now; None: the store cannot
+        tell (the worker then judges by process id on this host and by the claim's age)."""
+        ...
+
     def close(self) -> None: ...

@@ -69,6 +69,7 @@ from psycopg_pool import ConnectionPool
 
 from backend.store.batching import BatchedWrite, WriteBatcher
 from backend.store.postgres_migrations import LOCK_WRITER, apply_migrations, schema_version
+from backend.store.postgres_notify import PeerLink, live_owners
 from backend.store.postgres_writes import PostgresTx
 from backend.store.sqlite_writer import BUSY_TIMEOUT_MS
 
@@ -145,6 +146,7 @@ class PostgresStore(WriteBatcher):
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         self.url = url
         self._closed = False
+        self._peers: list[PeerLink] = []
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._init_batching()
@@ -154,6 +156,7 @@ class PostgresStore(WriteBatcher):
             "application_name": "barnraise",
             "connect_timeout": max(1, round(connect_timeout_s)),
         }
+        self._kwargs = kwargs
         self._migrate(url, kwargs)
         self._writer: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
             url,
@@ -204,6 +207,28 @@ class PostgresStore(WriteBatcher):
     def schema_version(self) -> int:
         with self._pool.connection() as conn:
             return schema_version(conn)
+
+    def connect_peers(
+        self, owner: str, wake: Callable[[str], None] | None
+    ) -> Callable[[str], None] | None:
+        """Link this process to the others on the database (``postgres_notify``): the
+        returned function sends a project's wake-up to them; with ``wake`` (a serving
+        process) it also holds ``owner``'s liveness lock and calls ``wake(project)`` for
+        each wake-up another process sends."""
+        link = PeerLink(self._connect, self._pool.connection, owner, wake)
+        link.start()
+        self._peers.append(link)
+        return link.send
+
+    def _connect(self) -> psycopg.Connection[DictRow]:
+        conn = psycopg.connect(self.url, **self._kwargs)
+        _configure(conn)
+        return conn
+
+    def live_owners(self, owners: list[str]) -> set[str] | None:
+        """Which of these claim owners' processes are running now, on any host."""
+        with self._pool.connection() as conn:
+            return live_owners(conn, owners)
 
     @contextmanager
     def write(self, *, durable: bool = True) -> Iterator[PostgresTx]:
@@ -298,6 +323,8 @@ class PostgresStore(WriteBatcher):
                 _rollback(conn)  # read only: nothing to commit, and it ends a failed one too
 
     def close(self) -> None:
+        for link in self._peers:
+            link.close()
         with self._write_lock:
             self._closed = True
             self._writer.close()

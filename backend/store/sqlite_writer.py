@@ -249,6 +249,17 @@ class SQLiteStore(WriteBatcher):
         if self._wal_sync is not None:
             self._wal_sync.wait()
 
+    def connect_peers(
+        self, owner: str, wake: Callable[[str], None] | None
+    ) -> Callable[[str], None] | None:
+        """None: processes on one SQLite folder do not wake each other's long polls (those
+        time out and look again); PostgreSQL's store does (LISTEN/NOTIFY)."""
+        return None
+
+    def live_owners(self, owners: list[str]) -> set[str] | None:
+        """None: SQLite cannot tell (the worker checks process ids on this host)."""
+        return None
+
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
