@@ -4,9 +4,12 @@ A blob is written to a temp file in the same folder tree, fsynced, renamed into 
 the directory fsynced, so a blob either exists complete or not at all; writing the same
 content twice is a no-op. Digests are validated by regex before they touch a path.
 
-Temp files (``tmp/incoming-PID-…``, an upload being verified) carry the pid of the process
-that writes them; opening the store removes those that a process no longer alive (or an
-earlier life of this pid) left behind, such as an upload cut short by a crash.
+Temp files (``tmp/incoming-PID-HOST-…``, an upload being verified) carry the pid of the
+process that writes them and a tag of its host; opening the store removes those that a
+process of this host no longer alive (or an earlier life of this pid) left behind, such as
+an upload cut short by a crash. Where several hosts share the folder (a network
+filesystem under coordinators on several machines), another host's pids mean nothing
+here: its files are left to it, or removed once older than ``ORPHAN_AGE_S``.
 
 Update payloads are deleted by retention (``delete``), once the database no longer
 promises them; models and strategy states never are.
@@ -17,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -25,6 +30,10 @@ from federated.files import fsync_dir
 from federated.protocol import is_digest
 
 CHUNK = 1024 * 1024
+ORPHAN_AGE_S = 24 * 3600.0
+"""A temp file this old is an orphan whoever wrote it: no upload or model write lasts a day."""
+HOST_TAG = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+"""This host in temp file names: eight hex digits, so names split on "-" unambiguously."""
 
 
 class BlobStore:
@@ -37,10 +46,10 @@ class BlobStore:
     def remove_orphans(self) -> int:
         """Remove the temp files no live process is writing; how many were removed."""
         removed = 0
+        now = time.time()
         for f in self.tmp_dir.iterdir():
-            pid = f.name.split("-")[1] if f.name.count("-") >= 2 else ""
-            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-                continue  # another process (a gunicorn worker) is writing it
+            if not _orphan(f.name) and not _older(f, now - ORPHAN_AGE_S):
+                continue
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 f.unlink()
                 removed += 1
@@ -62,7 +71,7 @@ class BlobStore:
 
     def temp_file(self) -> tuple[int, Path]:
         """An open descriptor and path of a new temp file on the blob filesystem."""
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"incoming-{os.getpid()}-")
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"incoming-{os.getpid()}-{HOST_TAG}-")
         return fd, Path(name)
 
     def put(self, data: bytes) -> str:
@@ -126,6 +135,22 @@ class BlobStore:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
         return h.hexdigest() == digest
+
+
+def _orphan(name: str) -> bool:
+    """Whether the temp file ``name`` was left by a process of this host that is gone."""
+    parts = name.split("-")
+    pid = parts[1] if len(parts) >= 3 else ""
+    if len(parts) >= 4 and len(parts[2]) == len(HOST_TAG) and parts[2] != HOST_TAG:
+        return False  # another host's: its pid says nothing here
+    return not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)))
+
+
+def _older(path: Path, than: float) -> bool:
+    try:
+        return path.stat().st_mtime < than
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:

@@ -11,6 +11,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import requests
 from backend.coordinator import DB_FILE, Coordinator
 from backend.demo_clients import DemoContributor
 from backend.metrics import BackendMetrics, Registry
+from backend.store.blobs import HOST_TAG, ORPHAN_AGE_S
 from backend.testing import IN_PROCESS_URL, FakeClock, small_delta, upload_request, wsgi_session
 from backend.wsgi import DEFAULT_PUBLIC_URL, App, bind_url, check_public_url
 from federated.codec import encode_update
@@ -248,16 +250,22 @@ def test_orphan_temp_files_are_removed_at_start(tmp_path: Path, clock: FakeClock
             f"incoming-{dead.pid}-x1",  # its process is gone (a crash)
             f"incoming-{os.getpid()}-x2",  # an earlier life of this pid
             f"probe-{dead.pid}-x3",
-            f"incoming-{live.pid}-x4",  # another live process is writing it
+            f"incoming-{live.pid}-{HOST_TAG}-x4",  # another live process is writing it
+            f"incoming-{dead.pid}-0badf00d-x5",  # another host's (a shared folder): kept
+            f"incoming-{dead.pid}-0badf00d-x6",  # … unless a day old
         ):
             (tmp / name).write_bytes(b"half an upload")
+        day_old = time.time() - ORPHAN_AGE_S - 60
+        os.utime(tmp / f"incoming-{dead.pid}-0badf00d-x6", (day_old, day_old))
         c = open_coordinator(tmp_path / "data", clock)
         try:
-            assert c.blobs.orphans_removed == 4
-            assert [p.name for p in tmp.iterdir()] == [f"incoming-{live.pid}-x4"]
+            assert c.blobs.orphans_removed == 5
+            assert sorted(p.name for p in tmp.iterdir()) == sorted(
+                [f"incoming-{dead.pid}-0badf00d-x5", f"incoming-{live.pid}-{HOST_TAG}-x4"]
+            )
             fd, path = c.blobs.temp_file()
             os.close(fd)
-            assert path.name.startswith(f"incoming-{os.getpid()}-")
+            assert path.name.startswith(f"incoming-{os.getpid()}-{HOST_TAG}-")
         finally:
             c.close()
     finally:
