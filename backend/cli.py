@@ -1,6 +1,7 @@
 """``barnraise-backend``: serve, manage projects and invites, verify a project's chain of
 versions (``backend.cli_verify``), ban, unban, revoke and roll back (``backend.cli_admin``),
-run the demo.
+migrate the store's schema and copy SQLite into PostgreSQL (``backend.cli_database``), run
+the demo.
 
 Every subcommand takes ``--data DIR`` (default: the platform's user data folder for
 ``barnraise-backend``).
@@ -23,6 +24,7 @@ from urllib.parse import quote
 
 # The demo project, re-exported: tests and benches import it from here.
 from backend.cli_admin import ADMIN_COMMANDS, add_admin_parsers, run_admin
+from backend.cli_database import add_database_parsers, run_database
 from backend.cli_sample import add_sample_parser, run_sample
 from backend.cli_serve import (
     SERVE_CONFIG_KEYS,
@@ -166,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     add_verify_parser(sub, data)
     add_admin_parsers(sub, data)
     add_sample_parser(sub, data)
+    add_database_parsers(sub, data)
 
     demo = sub.add_parser(
         "demo",
@@ -262,6 +265,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return run_admin(args, data_dir, sys.stdout)
         if args.command == "sample":
             return run_sample(args, data_dir, sys.stdout)
+        if args.command == "database":
+            return run_database(args, data_dir, sys.stdout)
     except BrokenPipeError:
         raise
     except (ValueError, OSError) as exc:

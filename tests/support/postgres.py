@@ -10,16 +10,13 @@ ordinary role that owns its database, as a deployment's coordinator would.
 PostgreSQL missing is a failure that says how to install it, never a skip: CI installs it
 (``postgresql`` is in the Makefile's APT_PACKAGES), so a skip would hide a broken setup.
 
-A test module makes its fixtures from the two generators at the end (pytest finds a
-fixture in the module that defines it, not in one that imports it)::
-
-    @pytest.fixture(scope="session")
-    def postgres_cluster() -> Iterator[PostgresCluster]:
-        yield from cluster_for_session()
-
-    @pytest.fixture
-    def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
-        yield from fresh_database(postgres_cluster)
+``tests/conftest.py`` makes the fixtures from the generators at the end:
+``postgres_cluster`` (``cluster_for_session``), ``postgres_url`` (``fresh_database``: an
+empty database, for tests of migrating one) and ``migrated_postgres_url``
+(``migrated_database``: the store's schema and no rows, for tests of what runs on a
+store). Making and migrating a database costs about 100 ms on a 2-core machine and
+emptying one about 1 ms, so a migrated database is emptied after its test and handed to
+the next one; any connection the test left open is ended first.
 """
 
 from __future__ import annotations
@@ -39,6 +36,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from backend.store.postgres import PostgresStore
 
 INSTALL_HINT = (
     "PostgreSQL is not installed: `apt-get install postgresql` (the tests look for initdb "
@@ -103,6 +102,7 @@ class PostgresCluster:
         self.log = self.root / "server.log"
         self._names = itertools.count(1)
         self._lock = threading.Lock()
+        self._emptied: list[str] = []
         self.started = False
 
     def _run(self, *args: str) -> None:
@@ -156,6 +156,27 @@ class PostgresCluster:
         with self.admin() as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
+    def take_migrated_database(self) -> str:
+        """A database with the store's schema and no rows (one given back, or a new one)."""
+        with self._lock:
+            if self._emptied:
+                return self._emptied.pop()
+        name = self.create_database("migrated")
+        PostgresStore(self.url(name), pool_size=1).close()
+        return name
+
+    def give_back_emptied(self, name: str) -> None:
+        """End the connections to ``name``, delete its rows and restart its sequences, so
+        the next taker finds it as migrating left it; drop it if that fails."""
+        try:
+            with self.admin(name) as conn:
+                conn.execute(_EMPTY_DATABASE)
+        except psycopg.Error:
+            self.drop_database(name)
+            return
+        with self._lock:
+            self._emptied.append(name)
+
     def stop(self) -> None:
         """Stop the server and remove its folder. Idempotent."""
         if self.started:
@@ -165,6 +186,25 @@ class PostgresCluster:
                 self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
 
+
+_EMPTY_DATABASE = """DO $$
+DECLARE item record;
+BEGIN
+    PERFORM pg_terminate_backend(pid) FROM pg_stat_activity
+        WHERE datname = current_database() AND pid <> pg_backend_pid();
+    PERFORM set_config('lock_timeout', '10s', true);
+    -- no foreign-key triggers while deleting: every table is emptied, in any order
+    PERFORM set_config('session_replication_role', 'replica', true);
+    FOR item IN SELECT schemaname, tablename FROM pg_tables
+            WHERE schemaname = 'public' AND tablename <> 'barnraise_migrations' LOOP
+        EXECUTE format('DELETE FROM %I.%I', item.schemaname, item.tablename);
+    END LOOP;
+    FOR item IN SELECT schemaname, sequencename FROM pg_sequences
+            WHERE schemaname = 'public' LOOP
+        PERFORM setval(format('%I.%I', item.schemaname, item.sequencename)::regclass, 1, false);
+    END LOOP;
+END $$"""
+"""Back to a freshly migrated database in one round trip: the migrations' record stays."""
 
 _shared: PostgresCluster | None = None
 _shared_lock = threading.Lock()
@@ -203,3 +243,11 @@ def fresh_database(cluster: PostgresCluster) -> Iterator[str]:
     name = cluster.create_database()
     yield cluster.url(name)
     cluster.drop_database(name)
+
+
+def migrated_database(cluster: PostgresCluster) -> Iterator[str]:
+    """The body of a test fixture: a connection string to a database with the store's
+    schema and no rows, emptied after the test for the next one."""
+    name = cluster.take_migrated_database()
+    yield cluster.url(name)
+    cluster.give_back_emptied(name)

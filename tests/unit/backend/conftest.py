@@ -1,6 +1,8 @@
 """In-process fixtures: a coordinator on a temp folder with a settable clock, its WSGI app,
 and a requests session that calls the app directly (no socket). The aggregation worker
-thread is not started; tests run ``coordinator.worker.run_once()`` to aggregate."""
+thread is not started; tests run ``coordinator.worker.run_once()`` to aggregate. The
+coordinator's store is SQLite in the folder, or an empty PostgreSQL database where
+``store_kind`` says so (a module marked ``both_stores``, see ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -27,12 +29,16 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def coordinator(tmp_path: Path, clock: FakeClock) -> Iterator[Coordinator]:
+def coordinator(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock, store_kind: str
+) -> Iterator[Coordinator]:
+    url = request.getfixturevalue("migrated_postgres_url") if store_kind == "postgres" else None
     c = Coordinator(
         tmp_path / "data",
         clock=clock,
         start_worker=False,
         metrics=BackendMetrics.create(Registry()),
+        database_url=url,
     )
     yield c
     c.close()

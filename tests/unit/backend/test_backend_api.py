@@ -7,17 +7,22 @@ import hashlib
 import threading
 from typing import Any
 
+import psycopg
 import pytest
 import requests
 
 from backend.coordinator import Coordinator
 from backend.credit import update_credit
+from backend.store.factory import DB_FILE
+from backend.store.postgres import PostgresStore
 from backend.testing import IN_PROCESS_URL, FakeClock, small_delta, upload_request, wsgi_session
 from backend.wsgi import App
 from federated.codec import encode_update
 from federated.signing import verify, verify_bytes
 
 API = f"{IN_PROCESS_URL}/api/v1/projects"
+
+pytestmark = pytest.mark.both_stores  # every test with a coordinator, on SQLite and PostgreSQL
 
 
 def payload_for(
@@ -71,10 +76,22 @@ def test_join_returns_project_and_pins_key(
     assert me["display_name"] == "Ada" and me["team"] == "Engines" and me["rank"] == 1
 
 
+def everything_stored(coordinator: Coordinator) -> bytes:
+    """What the store holds: SQLite's database file, or each PostgreSQL table's rows as text."""
+    if not isinstance(coordinator.store, PostgresStore):
+        return (coordinator.data_dir / DB_FILE).read_bytes()
+    with psycopg.connect(coordinator.store.url) as conn:
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        names = [str(name) for (name,) in tables.fetchall()]
+        assert "clients" in names
+        rows = [conn.execute(f'SELECT t::text FROM "{name}" t').fetchall() for name in names]
+    return repr(rows).encode()
+
+
 def test_tokens_are_stored_hashed(coordinator: Coordinator, make_project: Any, join: Any) -> None:
     make_project("digits")
     c = join("digits", "Ada")
-    raw = (coordinator.data_dir / "barnraise.sqlite3").read_bytes()
+    raw = everything_stored(coordinator)
     secret = c.token.split(".", 1)[1]
     assert secret.encode() not in raw
     with coordinator.store.read() as tx:
@@ -290,7 +307,7 @@ def test_async_mode_weights_by_staleness_and_refuses_the_too_stale(
     td = d.lease(0)
     assert td is not None
     with coordinator.store.write() as tx:  # make Dee's task look two versions old
-        tx._c.execute("UPDATE tasks SET base_version = 1 WHERE id = ?", (td["task_id"],))  # type: ignore[attr-defined]
+        tx._run("UPDATE tasks SET base_version = 1 WHERE id = ?", td["task_id"])  # type: ignore[attr-defined]
     r = upload(http, coordinator, d, td)
     assert r.status_code == 409 and r.json()["error"]["code"] == "wrong_base"
 

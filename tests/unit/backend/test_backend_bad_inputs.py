@@ -25,6 +25,8 @@ from federated.codec import encode_update
 from federated.signing import SigningKey
 
 API = f"{IN_PROCESS_URL}/api/v1/projects"
+
+pytestmark = pytest.mark.both_stores  # every test with a coordinator, on SQLite and PostgreSQL
 CAP = 256 * 1024
 
 

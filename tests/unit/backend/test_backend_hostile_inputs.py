@@ -22,6 +22,8 @@ from federated import protocol
 from federated.codec import encode_update
 
 API = f"{IN_PROCESS_URL}/api/v1/projects"
+
+pytestmark = pytest.mark.both_stores  # every test with a coordinator, on SQLite and PostgreSQL
 DEEP = 50_000
 
 

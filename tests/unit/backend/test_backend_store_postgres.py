@@ -27,20 +27,10 @@ from backend.store.factory import DB_FILE, make_store
 from backend.store.migrations import LATEST_VERSION
 from backend.store.postgres import PostgresStore
 from backend.testing import bare_project_record
-from tests.support.postgres import PostgresCluster, cluster_for_session, fresh_database
+from tests.support.postgres import PostgresCluster
 from tests.support.store_cycle import NOW, StoreOpener, run_cycle
 
 STORES = ["sqlite", "postgres"]
-
-
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    yield from cluster_for_session()
-
-
-@pytest.fixture
-def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
-    yield from fresh_database(postgres_cluster)
 
 
 @pytest.fixture(params=STORES)

@@ -15,18 +15,7 @@ import pytest
 
 from backend.store import ClaimConflict, ClientRecord, NameKeys, Store, TaskRecord
 from backend.testing import bare_project_record
-from tests.support.postgres import PostgresCluster, cluster_for_session, fresh_database
 from tests.support.store_cycle import NOW, StoreOpener
-
-
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    yield from cluster_for_session()
-
-
-@pytest.fixture
-def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
-    yield from fresh_database(postgres_cluster)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

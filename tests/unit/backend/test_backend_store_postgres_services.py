@@ -1,12 +1,11 @@
-"""The coordinator's services on either store: ``coordinator`` (conftest's, here
-parametrised) runs on SQLite and on PostgreSQL, so join -> lease -> upload -> aggregate
--> credit goes through the real services, HTTP in process, on both."""
+"""The coordinator's services on either store: ``coordinator`` (conftest's; this module is
+marked ``both_stores``) runs on SQLite and on PostgreSQL, so join -> lease -> upload ->
+aggregate -> credit goes through the real services, HTTP in process, on both."""
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,40 +13,14 @@ import pytest
 import requests
 
 from backend.coordinator import Coordinator
-from backend.metrics import BackendMetrics, Registry
 from backend.services.aggregation import claim_ready
 from backend.services.aggregation_worker import AggregationWorker
 from backend.store.postgres import PostgresStore
-from backend.testing import IN_PROCESS_URL, FakeClock, upload_small_delta
-from tests.support.postgres import PostgresCluster, cluster_for_session, fresh_database
+from backend.testing import IN_PROCESS_URL, upload_small_delta
 
 API = f"{IN_PROCESS_URL}/api/v1/projects"
 
-
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    yield from cluster_for_session()
-
-
-@pytest.fixture
-def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
-    yield from fresh_database(postgres_cluster)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def coordinator(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
-) -> Iterator[Coordinator]:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
-    c = Coordinator(
-        tmp_path / "data",
-        clock=clock,
-        start_worker=False,
-        metrics=BackendMetrics.create(Registry()),
-        database_url=url,
-    )
-    yield c
-    c.close()
+pytestmark = pytest.mark.both_stores
 
 
 def test_rounds_lease_upload_aggregate_and_credit(
