@@ -9,7 +9,7 @@ TORCH := torch==2.13.0
 APT_PACKAGES := chromium chromium-driver gnome-keyring dbus dbus-x11 libsecret-tools \
 	xvfb xdotool trayer imagemagick libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 \
 	libxkbcommon-x11-0 libegl1 libgl1 desktop-file-utils appstream binutils xdg-utils \
-	postgresql nginx
+	postgresql nginx systemd
 
 .PHONY: test demo lint typecheck pytest system-deps bench package test-package clean
 

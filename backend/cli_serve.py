@@ -8,6 +8,7 @@ fails says why in one line (``ValueError``: the CLI prints ``error: ...``, exit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import signal
 import socket
@@ -161,7 +162,7 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
     if public_url:
         public_url = check_public_url(str(public_url))  # before anything is opened or bound
     proxies = args.trusted_proxy or list(config.get("trusted_proxies", []))
-    parse_proxies(proxies)  # a bad one is refused before anything is opened or bound
+    proxy_networks = parse_proxies(proxies)  # a bad one is refused before anything is bound
     per_address = args.max_connections_per_address or _number(
         config, "max_connections_per_address", int, source, None
     )
@@ -174,7 +175,9 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
         database_url=args.database_url,
     )
     try:
-        limits = ServerLimits(max_connections_per_address=per_address) if per_address else None
+        limits = ServerLimits(uncapped_networks=proxy_networks)
+        if per_address:
+            limits = dataclasses.replace(limits, max_connections_per_address=per_address)
         server = make_server(
             app, host, port, threads=threads, tls_cert=cert, tls_key=key, limits=limits
         )

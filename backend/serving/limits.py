@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import resource
 from dataclasses import dataclass
 
@@ -46,6 +47,20 @@ class ServerLimits:
     """Open connections in all; 0 derives it from ``RLIMIT_NOFILE`` (503 beyond)."""
     max_connections_per_address: int = 256
     """Open connections from one address (429 beyond). A campus NAT may need more."""
+    uncapped_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Peers the per-address cap does not count: the trusted proxies (``--trusted-proxy``),
+    each carrying many volunteers' connections; the proxy caps each volunteer itself
+    (nginx's ``limit_conn``, ``deploy/nginx/barnraise-site.conf``)."""
+
+    def caps_address(self, address: str) -> bool:
+        """Whether connections from ``address`` count against the per-address cap."""
+        if not self.uncapped_networks:
+            return True
+        try:
+            peer = ipaddress.ip_address(address)
+        except ValueError:
+            return True
+        return not any(peer in net for net in self.uncapped_networks)
 
     def connection_cap(self) -> int:
         if self.max_connections > 0:

@@ -155,7 +155,9 @@ class Server:
             return error_bytes(
                 "unavailable", "the server is at its connection limit; try again later", 5
             )
-        if self._per_address.get(address, 0) >= self.limits.max_connections_per_address:
+        if self._per_address.get(
+            address, 0
+        ) >= self.limits.max_connections_per_address and self.limits.caps_address(address):
             return error_bytes(
                 "too_many_connections",
                 f"at most {self.limits.max_connections_per_address} connections per address",

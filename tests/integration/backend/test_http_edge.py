@@ -8,6 +8,7 @@ closed after it, and the app never seeing the request."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import selectors
 import socket
@@ -100,8 +101,10 @@ class Reply:
 class Raw:
     """One socket, read with a timeout; answers are parsed by Content-Length."""
 
-    def __init__(self, port: int, timeout: float = READ_S) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = READ_S, source: str | None = None) -> None:
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.buf = bytearray()
 
     def send(self, data: bytes) -> None:
@@ -520,6 +523,28 @@ def test_connections_beyond_a_cap_are_refused(cap: str, status: int, code: str) 
         again.send(get())
         assert again.reply().status == 200
         for conn in [*held, again]:
+            conn.close()
+
+
+def test_a_trusted_proxy_is_not_held_to_the_per_address_cap() -> None:
+    """Behind nginx every volunteer's connection comes from the proxy's address: it is not
+    counted (the proxy caps each volunteer), while any other address still is."""
+    proxy = (ipaddress.ip_network("127.0.0.1/32"),)
+    with serving(
+        max_connections_per_address=2, idle_timeout_s=30.0, uncapped_networks=proxy
+    ) as server:
+        port = bound_port(server)
+        through_proxy = [Raw(port) for _ in range(5)]
+        for conn in through_proxy:
+            conn.send(get())
+            assert conn.reply().status == 200
+        direct = [Raw(port, source="127.0.0.2") for _ in range(3)]
+        for conn in direct[:2]:
+            conn.send(get())
+            assert conn.reply().status == 200
+        direct[2].send(get())
+        assert_refused(direct[2], 429, "too_many_connections")
+        for conn in [*through_proxy, *direct[:2]]:
             conn.close()
 
 
