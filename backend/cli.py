@@ -144,9 +144,12 @@ def _parser() -> argparse.ArgumentParser:
         ("pause", "stop handing out tasks"),
         ("resume", "hand out tasks again"),
         ("close", "close for good"),
+        ("finish", "finish for good: the current version is the final model"),
     ):
         a = psub.add_parser(action, parents=[data], help=text)
         a.add_argument("name")
+        if action == "finish":
+            a.add_argument("--reason", default="", help="why, for the page and the action log")
 
     invite = sub.add_parser("invite", help="invite links")
     isub = invite.add_subparsers(dest="action", required=True)
@@ -337,6 +340,9 @@ def _project(args: argparse.Namespace, data_dir: Path) -> int:
                     indent=2,
                 )
             )
+        elif args.action == "finish":
+            record = coordinator.finish(args.name, args.reason)
+            print(f"{record.name}: finished at version {record.current_version}")
         else:
             status = {"pause": "paused", "resume": "open", "close": "closed"}[args.action]
             record = coordinator.set_status(args.name, status)

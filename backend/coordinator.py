@@ -173,6 +173,10 @@ class Coordinator:
     def set_status(self, name: str, status: str) -> ProjectRecord:
         return self.services.projects.set_status(name, status)
 
+    def finish(self, name: str, reason: str = "") -> ProjectRecord:
+        """Finish the project now, for good: its current version is its final model."""
+        return self.services.projects.finish(name, reason)
+
     # The answers below are the services' protocol messages as plain JSON values
     # (``protocol.to_wire``): what the HTTP API sends, for the CLI and tests.
     def project_view(self, project: ProjectRecord) -> dict[str, Any]:

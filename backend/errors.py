@@ -7,7 +7,7 @@
     ├── NotFound                   404 not_found, unknown_project, unknown_task
     ├── MethodNotAllowed           405 method_not_allowed
     ├── Conflict                   409 wrong_base, task_already_answered
-    ├── Gone                       410 project_closed, lease_expired, task_rejected
+    ├── Gone                       410 project_closed, project_finished, lease_expired, task_rejected
     ├── PayloadTooLarge            413 payload_too_large
     ├── UnsupportedMediaType       415 unsupported_media_type
     ├── RangeNotSatisfiable        416 range_not_satisfiable

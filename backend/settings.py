@@ -7,7 +7,9 @@ limits are module constants.
 
 from __future__ import annotations
 
+import datetime
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -88,6 +90,10 @@ class ProjectSettings:
     dp_clip_norm: float = 1.0
     dp_clip_quantile: float = 0.5
     dp_count_stddev: float = 0.0
+    finish_after_versions: int = 0
+    finish_at_metric: str = ""
+    finish_compute_gflop: float = 0.0
+    finish_at: str = ""
 
     def validate(self) -> ProjectSettings:
         """Return self, or raise ValueError naming the first bad setting."""
@@ -126,6 +132,7 @@ class ProjectSettings:
             raise ValueError("max_loss_regression must be within [0, 100]")
         if not (0.0 < self.replication_tolerance <= 10.0):
             raise ValueError("replication_tolerance must be within (0, 10]")
+        self._validate_finish()
         if not (0 <= self.keep_payload_versions <= 1_000_000):
             raise ValueError(
                 "keep_payload_versions must be 0 (keep every payload) or within [1, 1e6], "
@@ -182,6 +189,14 @@ class ProjectSettings:
                     "clipping spends part of the noise on counting the clipped updates)"
                 )
 
+    def _validate_finish(self) -> None:
+        if not (0 <= self.finish_after_versions <= 100_000_000):
+            raise ValueError("finish_after_versions must be 0 (never) or within [1, 1e8]")
+        if not (math.isfinite(self.finish_compute_gflop) and self.finish_compute_gflop >= 0):
+            raise ValueError("finish_compute_gflop must be 0 (never) or a positive number")
+        metric_target(self.finish_at_metric)  # raises naming the mistake
+        finish_time(self.finish_at)
+
     @property
     def dp_expected_updates(self) -> int:
         """Updates in one aggregate: a sync round's or an async buffer's."""
@@ -195,6 +210,11 @@ class ProjectSettings:
         if self.dp_count_stddev:
             return self.dp_count_stddev
         return max(self.dp_expected_updates / 20.0, self.dp_noise_multiplier)
+
+    @property
+    def finish_at_s(self) -> float | None:
+        """``finish_at`` as Unix seconds, or None when the project has no end date."""
+        return finish_time(self.finish_at)
 
     def per_source_cap(self, share: float, updates: int) -> int:
         """How many of ``updates`` in one aggregate one contributor or network may supply."""
@@ -237,6 +257,48 @@ class ProjectSettings:
         for name, value in data.items():
             values[name] = _coerce(name, type(getattr(defaults, name)), value)
         return cls(**values).validate()
+
+
+_METRIC_TARGET = re.compile(r"^\s*([a-z][a-z0-9_]{0,63})\s*(>=|<=)\s*(\S+)\s*$")
+
+
+def metric_target(text: str) -> tuple[str, str, float] | None:
+    """``finish_at_metric`` ("accuracy>=0.98", "loss<=1.2") as (metric, operator, value);
+    None when empty. ValueError saying what is accepted otherwise."""
+    if not text:
+        return None
+    match = _METRIC_TARGET.match(text)
+    value = _finite(match.group(3)) if match else None
+    if match is None or value is None:
+        raise ValueError(
+            f"finish_at_metric must be METRIC>=VALUE or METRIC<=VALUE on the held-out "
+            f"metrics (e.g. accuracy>=0.98, loss<=1.2), got {text!r}"
+        )
+    return match.group(1), match.group(2), value
+
+
+def finish_time(text: str) -> float | None:
+    """``finish_at`` (ISO 8601, UTC unless it names a zone) as Unix seconds; None if empty."""
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"finish_at must be an ISO 8601 date or time (e.g. 2027-03-31 or "
+            f"2027-03-31T18:00+01:00), got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 _TRUE_WORDS = ("1", "true", "yes", "on")
@@ -290,6 +352,10 @@ SETTING_HELP: dict[str, str] = {
     "dp_clip_norm": "dp-sgd: each example's gradient L2 bound; dp-fedavg: the first bound on each update",
     "dp_clip_quantile": "dp-fedavg: adapt the update bound so this share of updates is not clipped (0: a fixed bound)",
     "dp_count_stddev": "dp-fedavg adaptive clipping: noise on the count of unclipped updates (0: expected updates / 20, at least the noise multiplier)",
+    "finish_after_versions": "the project finishes (stops training, its model final) once this many versions are published; 0: never",
+    "finish_at_metric": "the project finishes at the first version whose held-out metric reaches this, METRIC>=VALUE or METRIC<=VALUE (accuracy>=0.98, loss<=1.2); empty: never",
+    "finish_compute_gflop": "the project finishes once the updates in its model took this much compute, in GFLOP; 0: never",
+    "finish_at": "the project finishes at this date or time (ISO 8601, UTC unless given: 2027-03-31); empty: never",
     "fit_tasks": "size each task (full, 1/2 or 1/4 of its steps) to the contributor's measured pace so its update arrives while still useful, and withhold it when even 1/4 would not",
 }
 """One line per ProjectSettings field: shown by the CLI, checked against the docs."""

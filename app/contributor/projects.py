@@ -81,6 +81,7 @@ class Project:
     not_before: float = 0.0
     offline: bool = False  # the last try could not reach the coordinator
     closed: bool = False  # the organiser closed the project: asked again only rarely
+    finished: bool = False  # it finished training (closed too): its model is final
     rejections: int = 0  # tasks in a row that ended without an accepted update
     ended: deque[str] = field(default_factory=lambda: deque(maxlen=64))  # refused task ids
     key_change: KeyChange | None = None  # the coordinator signs with an unpinned key
@@ -353,13 +354,16 @@ class ProjectBook:
         """One project failed: it waits (doubling, capped) while the others go on."""
         core = self._core
         name = project.ref.project
-        if isinstance(exc, ServerError) and exc.code == "project_closed":
+        if isinstance(exc, ServerError) and exc.code in ("project_closed", "project_finished"):
             project.closed = True
+            project.finished = exc.code == "project_finished"
             project.not_before = time.monotonic() + CLOSED_RECHECK_S
             core.error(
-                f"{name} is closed by its organiser; it no longer needs work from you",
+                f"{name} has finished training — thank you! Its model is final"
+                if project.finished
+                else f"{name} is closed by its organiser; it no longer needs work from you",
                 project=name,
-                code="project_closed",
+                code=exc.code,
             )
             return
         project.offline = isinstance(exc, UnavailableError)
@@ -417,6 +421,7 @@ class ProjectBook:
                     disabled=project.disabled_reason if project else None,
                     privacy=privacy_summary(core.paths.project_dir(ref.key, ref.project)),
                     closed=project.closed if project else False,
+                    finished=project.finished if project else False,
                     offline=project.offline if project else False,
                     rejected=totals.rejected,
                     key_change=KeyChangeSnapshot(

@@ -132,6 +132,7 @@ class ProjectSnapshot:
     last_update: float | None = None
     disabled: str | None = None  # why the engine stopped working for it
     closed: bool = False  # its organiser closed it
+    finished: bool = False  # it finished training: its model is final (closed too)
     offline: bool = False  # the last try could not reach its coordinator
     rejected: int = 0  # tasks that ended without an accepted update
     key_change: KeyChangeSnapshot | None = None
@@ -159,6 +160,7 @@ class ProjectSnapshot:
             "last_update": self.last_update,
             "disabled": self.disabled,
             "closed": self.closed,
+            "finished": self.finished,
             "offline": self.offline,
             "rejected": self.rejected,
             "key_change": self.key_change.to_json() if self.key_change else None,
@@ -180,6 +182,7 @@ class ProjectSnapshot:
             last_update=data.get("last_update"),
             disabled=data.get("disabled"),
             closed=bool(data.get("closed")),
+            finished=bool(data.get("finished")),
             offline=bool(data.get("offline")),
             rejected=data.get("rejected", 0),
             key_change=KeyChangeSnapshot.from_json(change) if isinstance(change, dict) else None,

@@ -100,7 +100,7 @@ class TaskFlow:
         if task is None:
             core.set_state(EngineState.LEASING, project=name)
             task = self._lease(project, wait)
-            project.closed = False
+            project.closed = project.finished = False
             if task is None:
                 return
             if task.task_id in project.ended:

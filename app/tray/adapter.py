@@ -296,6 +296,7 @@ def _joined_project(p: ProjectSnapshot) -> JoinedProject:
         rank=p.rank,
         tasks=int(p.tasks or 0),
         closed=p.closed,
+        finished=p.finished,
         privacy=p.privacy,
         key_change=KeyChangeNotice(
             project=p.project,

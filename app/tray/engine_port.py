@@ -129,6 +129,7 @@ class JoinedProject:
     tasks: int = 0
     last_update: float | None = None  # epoch seconds of the last accepted update
     closed: bool = False  # its organiser closed it: it needs no work (asked again rarely)
+    finished: bool = False  # it finished training (closed too): its model is final
     key_change: KeyChangeNotice | None = None  # stopped until the volunteer decides
     privacy: str | None = None  # its privacy terms, and the epsilon spent on this machine's data
 

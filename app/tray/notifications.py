@@ -63,6 +63,17 @@ class Notifier:
             "info",
         )
 
+    def project_finished(self, project: str) -> bool:
+        if project in self._closed_seen:
+            return False
+        self._closed_seen.add(project)
+        return self._notify(
+            f"{project} has finished",
+            f"{project} reached its goal and its model is final: it needs no more work "
+            "from you. Thank you for helping to train it!",
+            "info",
+        )
+
     def project_closed(self, project: str) -> bool:
         if project in self._closed_seen:
             return False

@@ -25,6 +25,7 @@ from app.tray.engine_port import DashboardView, KeyChangeNotice
 
 __all__ = [
     "CLOSED_WORDS",
+    "FINISHED_WORDS",
     "KEY_CHANGED_WORDS",
     "PLAIN_REASONS",
     "STATE_WORDS",
@@ -92,9 +93,11 @@ PLAIN_REASONS = {
 # volunteer decides; a closed project needs no work (the engine asks again only rarely).
 KEY_CHANGED_WORDS = "Key changed — check with the organiser"
 CLOSED_WORDS = "Closed by its organiser"
+FINISHED_WORDS = "Finished — thank you"
 # Error codes that describe a project's state rather than a problem to report as one.
 _KEY_CHANGED_CODE = "key_changed"
 _CLOSED_CODE = "project_closed"
+_FINISHED_CODE = "project_finished"
 
 # Reasons the status line says otherwise (the pause is the state itself).
 _SILENT_REASONS = {"paused"}
@@ -153,6 +156,7 @@ class ProjectStatus:
     tasks: int = 0
     last_update: float | None = None
     closed: bool = False
+    finished: bool = False  # closed too: it reached its end
     # The engine refuses this project's tasks because its key changed (from the Error event
     # at once; the fingerprints in ``key_change`` follow from the engine's snapshot).
     key_changed: bool = False
@@ -164,6 +168,8 @@ class ProjectStatus:
         """What its row and menu entry say: a changed key or a closure before any state."""
         if self.key_changed:
             return KEY_CHANGED_WORDS
+        if self.finished:
+            return FINISHED_WORDS
         if self.closed:
             return CLOSED_WORDS
         return self.state[:1].upper() + self.state[1:]
@@ -209,6 +215,7 @@ class StatusModel:
                 tasks=p.tasks,
                 last_update=p.last_update,
                 closed=p.closed,
+                finished=p.finished,
                 key_changed=p.key_change is not None,
                 key_change=p.key_change,
                 privacy=p.privacy,
@@ -252,7 +259,7 @@ class StatusModel:
                 if event.state in _GOT_WORK:
                     # It handed out a task, signed by a trusted key: open, and trusted
                     # (the new key may have been accepted elsewhere, `barnraise trust`).
-                    status.closed = False
+                    status.closed = status.finished = False
                     status.key_changed, status.key_change = False, None
                 status.state = STATE_WORDS.get(event.state, event.state)
         elif isinstance(event, Progress):
@@ -279,8 +286,9 @@ class StatusModel:
             if event.action != "run":
                 self.reasons = event.reasons
         elif isinstance(event, Error):
-            if event.code == _CLOSED_CODE and event.project:
-                self._project(event.project).closed = True  # a state, not a problem
+            if event.code in (_CLOSED_CODE, _FINISHED_CODE) and event.project:
+                status = self._project(event.project)  # a state, not a problem
+                status.closed, status.finished = True, event.code == _FINISHED_CODE
             elif event.code == _KEY_CHANGED_CODE and event.project:
                 self._project(event.project).key_changed = True  # the status line says so
             else:
@@ -339,10 +347,12 @@ class StatusModel:
             return shorten(f"Problem: {self.last_error.message}")
         if self.all_closed and self.state in (EngineState.BACKOFF, EngineState.IDLE):
             only = next(iter(self.projects)) if len(self.projects) == 1 else None
+            if only and self.projects[only].finished:
+                return shorten(f"Nothing to do: {only} has finished — thank you")
             return shorten(
                 f"Nothing to do: {only} is closed"
                 if only
-                else "Nothing to do: your projects are closed"
+                else "Nothing to do: your projects are closed or finished"
             )
         if self.starting and self.state is EngineState.STOPPED:
             return "Starting…"

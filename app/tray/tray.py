@@ -147,6 +147,8 @@ class TrayApp(QObject):
         if isinstance(event, Error):
             if event.code == "project_closed" and event.project:
                 self.notifier.project_closed(event.project)
+            elif event.code == "project_finished" and event.project:
+                self.notifier.project_finished(event.project)
             else:
                 self.notifier.error(event.message, event.code)
             if event.code == "key_changed" and event.project:

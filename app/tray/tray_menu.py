@@ -10,7 +10,7 @@ from typing import Protocol
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu
 
-from app.tray.status import CLOSED_WORDS, KEY_CHANGED_WORDS, StatusModel
+from app.tray.status import CLOSED_WORDS, FINISHED_WORDS, KEY_CHANGED_WORDS, StatusModel
 
 __all__ = [
     "SNOOZE_HOUR_S",
@@ -50,7 +50,10 @@ class MenuCommands(Protocol):
 def menu_key(model: StatusModel) -> tuple[object, ...]:
     """What the menu's entries depend on, besides the status line's text."""
     pages = tuple(
-        sorted((p.name, p.page_url, p.closed, p.key_changed) for p in model.projects.values())
+        sorted(
+            (p.name, p.page_url, p.closed, p.finished, p.key_changed)
+            for p in model.projects.values()
+        )
     )
     return (model.paused, model.offline, pages)
 
@@ -77,7 +80,8 @@ def fill_tray_menu(
             review.setObjectName("reviewKeyAction")
             review.triggered.connect(functools.partial(commands.review_key_change, p.name))
         elif p.closed:
-            menu.addAction(f"{p.name}: {CLOSED_WORDS.lower()}").setEnabled(False)
+            words = FINISHED_WORDS if p.finished else CLOSED_WORDS.lower()
+            menu.addAction(f"{p.name}: {words}").setEnabled(False)
     menu.addSeparator()
     if model.paused:
         menu.addAction("Resume", commands.resume).setObjectName("resumeAction")

@@ -18,7 +18,7 @@ from backend.pages import (
     render_project_page,
 )
 from backend.pages.render import CONTRIBUTOR_ROWS_SHOWN
-from backend.services.aggregation import EXAMPLES_TRAINED
+from backend.services.finishing import EXAMPLES_TRAINED
 from backend.services.samples import TEXT_RECIPES, page_samples
 from federated import protocol
 
@@ -134,6 +134,7 @@ def project_page(app: App, req: Request, project: str) -> Response:
         privacy=_privacy_view(view),
         samples=tuple((x.prompt, x.text) for x in page_samples(coordinator.context, record)),
         tokens_trained=_tokens_trained(record, stats.versions),
+        model_digest=view.model_digest or "",
     )
     return _html(render_project_page(page))
 

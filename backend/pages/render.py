@@ -70,7 +70,7 @@ def _h(text: object) -> str:
 
 
 def _status_badge(status: str) -> str:
-    kind = status if status in {"open", "paused", "closed"} else "other"
+    kind = status if status in {"open", "paused", "closed", "finished"} else "other"
     return f'<span class="badge badge-{kind}">{_h(status)}</span>'
 
 
@@ -175,7 +175,31 @@ def render_index(projects: Sequence[ProjectSummaryView], *, now: float | None = 
 # Project page: /p/NAME
 
 
+def _finished_card(view: ProjectPageView) -> str:
+    """A finished project's thanks, why it finished, and its final model to take away."""
+    why = next((a.reason for a in view.actions if a.action == "finish"), "")
+    model = ""
+    if view.model_digest:
+        api = f"/api/v1/projects/{view.name}"
+        model = (
+            f'<p><a href="{_h(api)}/models/{_h(view.model_digest)}" '
+            f'download="{_h(view.name)}-v{view.current_version}.safetensors">'
+            f"Download the final model</a> (version {view.current_version}, safetensors, "
+            f'float32; its signed manifest: <a href="{_h(api)}/models/current">JSON</a>).</p>'
+        )
+    return (
+        '<aside class="card join finished" id="join"><h2>Finished — thank you</h2>'
+        "<p>This project reached its goal and needs no more work: thank you to everyone "
+        "whose computer trained it. The leaderboard and model history stay here.</p>"
+        + (f'<p class="muted">Finished: {_h(why)}.</p>' if why else "")
+        + model
+        + "</aside>"
+    )
+
+
 def _join_card(view: ProjectPageView) -> str:
+    if view.status == "finished":
+        return _finished_card(view)
     if view.status == "closed":
         return (
             '<aside class="card join" id="join"><h2>Join this project</h2>'

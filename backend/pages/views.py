@@ -129,3 +129,4 @@ class ProjectPageView:
     # Language models: (prompt, continuation) by the current version, and bytes trained.
     samples: tuple[tuple[str, str], ...] = ()
     tokens_trained: int | None = None
+    model_digest: str = ""  # the current version's model: the final one once finished

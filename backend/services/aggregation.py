@@ -36,8 +36,9 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from backend.services import crediting, privacy
+from backend.services import crediting, finishing, privacy
 from backend.services.context import ServiceContext
+from backend.services.finishing import ENDED, EXAMPLES_TRAINED
 from backend.services.gate import REFERENCE_VERSIONS, Aggregate, gate, reference_loss
 from backend.services.models import (
     evaluate_state,
@@ -68,8 +69,6 @@ log = logging.getLogger(__name__)
 WORKER_MAX_SLEEP_S = 60.0
 """The worker re-checks every project at least this often, even without a wake-up."""
 
-EXAMPLES_TRAINED = "examples_trained"
-"""A version's metric: the examples of every update aggregated up to it, cumulative."""
 
 _SHARE_SCAN = 64
 """Async: pending updates read per claim to fill a buffer within the share limits."""
@@ -101,7 +100,7 @@ def _may_be_ready(ctx: ServiceContext, project: ProjectRecord, now: float) -> bo
     ``claim_ready`` decides for real, inside the write transaction."""
     with ctx.store.read() as tx:
         fresh = tx.project_by_id(project.id)
-        if fresh is None or fresh.status == "closed" or tx.aggregation_running(project.id):
+        if fresh is None or fresh.status in ENDED or tx.aggregation_running(project.id):
             return False
         settings = ctx.runtime(fresh).settings
         if settings.mode == "sync":
@@ -141,7 +140,7 @@ def claim_ready(ctx: ServiceContext, project: ProjectRecord) -> AggregationClaim
         return None
     with ctx.store.write() as tx:
         fresh = tx.project_by_id(project.id)
-        if fresh is None or fresh.status == "closed" or tx.aggregation_running(project.id):
+        if fresh is None or fresh.status in ENDED or tx.aggregation_running(project.id):
             return None
         settings = ProjectSettings.from_dict(fresh.settings)
         version = fresh.current_version
@@ -302,6 +301,7 @@ def run_aggregation(
         tx.finish_aggregation(claim, record, [])
     _count_kept_out(ctx, project, vetting)
     privacy.close_if_spent(ctx, project, ctx.notifier.notify)
+    finishing.finish_if_done(ctx, project, ctx.notifier.notify)
     ctx.metrics.aggregation_seconds.labels(project=project.name).observe(
         time.perf_counter() - started
     )

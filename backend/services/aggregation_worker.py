@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 
-from backend.services import crediting, retention
+from backend.services import crediting, finishing, retention
 from backend.services.aggregation import (
     OWNER_HOST,
     WORKER_MAX_SLEEP_S,
@@ -176,7 +176,13 @@ class AggregationWorker:
                 self._prune(project)
         published = False
         for project in ctx.projects():
-            if project.status == "closed" or ctx.clock() < self._failing.get(project.id, 0.0):
+            if project.status in finishing.ENDED:
+                continue
+            if ctx.runtime(project).settings.finish_at and finishing.finish_if_done(
+                ctx, project, ctx.notifier.notify
+            ):
+                continue  # its end date passed
+            if ctx.clock() < self._failing.get(project.id, 0.0):
                 continue
             claim = claim_ready(ctx, project)
             if claim is None:
@@ -260,7 +266,10 @@ class AggregationWorker:
                 candidates.append(deadline - now + 0.01)
             for project in tx.projects():
                 settings = ProjectSettings.from_dict(project.settings)
-                if project.status == "closed" or settings.mode != "sync":
+                end = settings.finish_at_s
+                if end is not None and end > now and project.status not in finishing.ENDED:
+                    candidates.append(end - now + 0.01)
+                if project.status in finishing.ENDED or settings.mode != "sync":
                     continue
                 counts = tx.round_counts(project.id, project.current_version, now)
                 base = tx.version(project.id, project.current_version)

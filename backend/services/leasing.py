@@ -48,6 +48,7 @@ from backend.errors import api_error
 from backend.ids import new_id
 from backend.services import privacy
 from backend.services.context import ServiceContext
+from backend.services.finishing import FINISHED, finished_error
 from backend.services.tasks import check_live, check_not_banned, full_task_steps, owned_task
 from backend.settings import (
     LONG_POLL_MAX_S,
@@ -293,6 +294,8 @@ def _lease_in_tx(
     """try_lease's transaction: (the signed task or None, projects with expired leases)."""
     project = tx.project_by_name(project_name)
     assert project is not None
+    if project.status == FINISHED:
+        raise finished_error(project_name)
     if project.status == "closed":
         settings = ctx.runtime(project).settings
         if not privacy.fits_another_aggregate(tx, project.id, settings):

@@ -12,6 +12,7 @@ from backend.errors import HTTPError, Unauthorized, api_error
 from backend.ids import check_server_id, new_id
 from backend.names import name_key
 from backend.services.context import ServiceContext
+from backend.services.finishing import FINISHED, finished_error
 from backend.services.projects import ProjectService
 from backend.services.tasks import check_not_banned
 from backend.settings import CHALLENGE_TTL_S, ProjectSettings
@@ -47,6 +48,8 @@ class MembershipService:
     def new_challenge(self, name: str) -> protocol.Challenge:
         ctx = self._ctx
         project = ctx.project(name)
+        if project.status == FINISHED:
+            raise finished_error(name)
         if project.status == "closed":
             raise api_error(
                 "project_closed", f"project {name!r} is closed and takes no new members"
@@ -63,6 +66,8 @@ class MembershipService:
         ``body``'s shape and sizes are checked already (``federated.protocol``)."""
         ctx = self._ctx
         project = ctx.project(name)
+        if project.status == FINISHED:
+            raise finished_error(name)
         if project.status == "closed":
             raise api_error(
                 "project_closed", f"project {name!r} is closed and takes no new members"

@@ -9,10 +9,10 @@ from typing import Any, cast
 
 import torch
 
-from backend.services import privacy
+from backend.services import finishing, privacy
 from backend.services.context import ServiceContext
 from backend.services.models import evaluate_state, model_manifest, save_tensors, sign_model
-from backend.settings import ProjectSettings
+from backend.settings import ProjectSettings, metric_target
 from backend.store import ProjectRecord, VersionRecord
 from federated import protocol
 from federated.codec import canonical_codec, encode_model
@@ -85,6 +85,8 @@ class ProjectService:
             log.warning("project %s: %s", name, warning)
             if warn is not None:
                 warn(warning)
+        metrics = _evaluate_initial(recipe_obj, resolved, state)
+        _check_end(project_settings, metrics, ctx.clock())
         digest = ctx.blobs.put(encode_model(state))
         if project_settings.privacy == "dp-fedavg":  # its state carries the adapted clip
             strategy_obj = privacy.wrap(
@@ -119,7 +121,7 @@ class ProjectService:
                     digest=digest,
                     created_at=now,
                     signature=sign_model(key, manifest),
-                    metrics=_evaluate_initial(recipe_obj, resolved, state),
+                    metrics=metrics,
                     strategy_state_digest=state_digest,
                     updates_root=manifest.updates_root,
                 )
@@ -127,13 +129,33 @@ class ProjectService:
         return ctx.project(name)
 
     def set_status(self, name: str, status: str) -> ProjectRecord:
+        """Open, pause or close; a closed project stays closed, a finished one may only
+        be closed (``finish`` finishes one)."""
         if status not in ("open", "paused", "closed"):
             raise ValueError(f"status must be open, paused or closed, got {status!r}")
         ctx = self._ctx
         project = ctx.project(name)
         with ctx.store.write() as tx:
+            fresh = tx.project_by_id(project.id)
+            current = fresh.status if fresh else project.status
+            if current == "closed" and status != "closed":
+                raise ValueError(f"project {name!r} is closed for good: it cannot be {status}")
+            if current == finishing.FINISHED and status != "closed":
+                raise ValueError(
+                    f"project {name!r} has finished: its model is final; it can only be closed"
+                )
             tx.set_project_status(project.id, status)
         ctx.notifier.notify(name)
+        ctx.wake_worker()
+        return ctx.project(name)
+
+    def finish(self, name: str, reason: str) -> ProjectRecord:
+        """The organiser's finish: ValueError if the project has ended already."""
+        ctx = self._ctx
+        project = ctx.project(name)
+        why = reason.strip() or "finished by its organiser"
+        if not finishing.finish(ctx, project, why, ctx.notifier.notify):
+            raise ValueError(f"project {name!r} has ended already ({ctx.project(name).status})")
         ctx.wake_worker()
         return ctx.project(name)
 
@@ -204,3 +226,17 @@ def _evaluate_initial(
     if test is None:
         return {}
     return evaluate_state(recipe, hparams, state, test)
+
+
+def _check_end(settings: ProjectSettings, metrics: Mapping[str, Any], now: float) -> None:
+    """A declared end that can never be reached, or is reached already, is a typo."""
+    target = metric_target(settings.finish_at_metric)
+    if target is not None and target[0] not in metrics:
+        known = ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, int | float)))
+        raise ValueError(
+            f"finish_at_metric names {target[0]!r}, which this recipe does not measure on "
+            f"held-out data; it measures: {known or 'nothing'}"
+        )
+    end = settings.finish_at_s
+    if end is not None and end <= now:
+        raise ValueError(f"finish_at {settings.finish_at} is not in the future")

@@ -27,6 +27,7 @@ from backend.errors import FINAL_UPLOAD_CODES, PAYLOAD_CODES, HTTPError, api_err
 from backend.ids import check_server_id, new_id
 from backend.services import privacy
 from backend.services.context import ProjectRuntime, ServiceContext
+from backend.services.finishing import FINISHED, finished_error
 from backend.services.inputs import b64decode_field
 from backend.services.standings import receipt
 from backend.services.tasks import check_live, check_not_banned, owned_task, record_pace
@@ -93,6 +94,8 @@ class UploadService:
         """The checks before the body is read; returns the project's payload size limit."""
         check_server_id(attempt.task_id, "task id")
         settings = self._ctx.runtime(attempt.project).settings
+        if attempt.project.status == FINISHED:
+            raise finished_error(attempt.project.name)
         if attempt.project.status == "closed":
             raise api_error("project_closed", f"project {attempt.project.name!r} is closed")
         return settings.max_payload_bytes

@@ -78,8 +78,9 @@ T = TypeVar("T")
 POOL_SIZE = 16
 """Read connections per process at most: one per thread of the embedded server's pool
 (``backend.serving``, 16) reading at once. Writes use one more, their own; flushes share
-this pool. Each is a server process: several coordinators x (``POOL_SIZE`` + 1) must fit
-the server's ``max_connections`` (100 by default)."""
+this pool, and a serving process holds one more to listen to the others
+(``postgres_notify``). Each is a server process: several coordinators x (``POOL_SIZE`` + 2)
+must fit the server's ``max_connections`` (100 by default)."""
 
 CONNECT_TIMEOUT_S = 10
 """How long opening the store waits for the server before saying it cannot be reached."""

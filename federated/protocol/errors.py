@@ -58,6 +58,7 @@ ERROR_STATUS: dict[str, int] = {
     "task_already_answered": 409,
     "name_taken": 409,
     "project_closed": 410,
+    "project_finished": 410,
     "privacy_budget_spent": 410,
     "lease_expired": 410,
     "task_rejected": 410,
@@ -99,7 +100,7 @@ and heartbeats for it answer 410 ``task_rejected``. Everything else leaves the t
 was: server errors and 429 (try again), 401 and ``unknown_task``/``not_your_task`` (the
 caller does not own the task, so it must not be able to end it), ``incomplete_body`` (a
 connection cut mid-upload: send it again), ``lease_expired``, ``task_already_answered``
-and ``project_closed`` (the task is over already), and ``banned`` (the caller may not work
+``project_closed`` and ``project_finished`` (the task is over already), and ``banned`` (the caller may not work
 for the project at all: the ban ended its leases already, and after an unban it starts
 from new tasks)."""
 

@@ -36,7 +36,7 @@ CREDIT_UNIT: Literal["GFLOP"] = "GFLOP"
 """What credit is counted in: useful training work, not wall time."""
 
 Mode = Literal["sync", "async"]
-Status = Literal["open", "paused", "closed"]
+Status = Literal["open", "paused", "closed", "finished"]
 DataMode = Literal["builtin", "local"]
 PrivacyMechanism = Literal["dp-sgd", "dp-fedavg"]
 """dp-sgd: record-level, each contributor clips per-example gradients and adds noise

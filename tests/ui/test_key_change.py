@@ -206,6 +206,34 @@ def test_a_closed_project_shows_as_closed_not_as_a_problem(qtbot, tray_app, engi
     qtbot.waitUntil(lambda: not tray_app.model.projects["digits"].closed)
 
 
+def test_a_finished_project_thanks_the_volunteer(qtbot, tray_app, engine):
+    from app.contributor.events import Error
+
+    joined(engine, tray_app)
+    engine.publish_from_thread(
+        StateChanged(state=EngineState.LEASING, previous=EngineState.WAITING, project="digits"),
+        Error(
+            message="digits has finished training — thank you! Its model is final",
+            project="digits",
+            code="project_finished",
+        ),
+        StateChanged(state=EngineState.BACKOFF, previous=EngineState.LEASING),
+    )
+    qtbot.waitUntil(lambda: tray_app.model.state is EngineState.BACKOFF)
+    tray_app.dashboard.refresh()
+    assert row_state(tray_app) == "Finished — thank you"
+    assert "digits: Finished — thank you" in tray_app.menu_texts()
+    assert tray_app.model.status_line() == "Nothing to do: digits has finished — thank you"
+    assert tray_app.model.look is TrayLook.IDLE  # not the error face
+    assert tray_app.notifier.shown[-1][0] == "digits has finished"
+    engine.projects["digits"] = dataclasses.replace(
+        engine.projects["digits"], closed=True, finished=True
+    )
+    tray_app.model.load(engine.snapshot())  # after a restart: from the engine's snapshot
+    tray_app.refresh()
+    assert row_state(tray_app) == "Finished — thank you"
+
+
 def test_a_closed_project_from_the_snapshot_shows_as_closed(qtbot, tray_app, engine):
     joined(engine, tray_app)
     engine.projects["digits"] = dataclasses.replace(engine.projects["digits"], closed=True)

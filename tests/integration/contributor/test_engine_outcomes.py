@@ -223,6 +223,26 @@ def test_a_closed_project_is_not_asked_again_and_does_not_hold_up_the_other(
     assert closed == {"digits": True, "other": False}
 
 
+def test_a_finished_project_stops_with_thanks_and_is_not_asked_again(
+    served: tuple[Any, Tap, str], tmp_path: Path
+) -> None:
+    app, tap, url = served
+    c = make_controller(tmp_path / "c", lease_wait_s=1)
+    c.join(f"{url}/p/digits", display_name="done")
+    app.coordinator.finish("digits", "accurate enough")
+    events = EventLog()
+    _run(c, events)
+    try:
+        finished = events.wait_for(lambda e: isinstance(e, Error) and e.code == "project_finished")
+        snapshot = c.snapshot()
+    finally:
+        _stop(c)
+    assert "thank you" in finished.message
+    assert tap.leases["digits"] == 1, "a finished project is not asked again"
+    (project,) = snapshot["projects"]
+    assert project["finished"] and project["closed"]
+
+
 def test_an_unreachable_coordinator_is_offline_and_retry_now_asks_at_once(
     tmp_path: Path,
 ) -> None:
