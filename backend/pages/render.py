@@ -352,6 +352,8 @@ def _contributors(view: ProjectPageView) -> str:
     )
     if shown:
         rows = "".join(_contributor_row(i, r, view.now) for i, r in enumerate(shown, start=1))
+    elif view.status in ("closed", "finished"):
+        rows = '<tr><td class="empty" colspan="8">Nobody contributed to this project.</td></tr>'
     else:
         rows = (
             '<tr><td class="empty" colspan="8">No contributions yet. '

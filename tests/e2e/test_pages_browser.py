@@ -308,6 +308,8 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     app = create_app(tmp_path_factory.mktemp("backend-data"), rate=None)
     app.coordinator.create_project("digits", recipe="digits-mlp")
+    app.coordinator.create_project("done", recipe="digits-mlp", hparams={"num_shards": 2})
+    app.coordinator.finish("done", "accuracy high enough for the demo")
     server = make_server(
         "127.0.0.1", 0, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler
     )
@@ -379,3 +381,27 @@ def test_real_backend_page(real_server: str, profile: Path) -> None:
     assert "404" in "".join(missing.text)
     screenshot(url, "real-project-desktop.png", DESKTOP, profile)
     screenshot(url, "real-project-phone.png", PHONE, profile)
+
+
+def test_a_finished_projects_page_thanks_and_its_model_downloads(
+    real_server: str, profile: Path
+) -> None:
+    """Finished: the page says so and why, the join card is the thanks, and the link it
+    offers downloads the final model as safetensors from the real coordinator."""
+    url = f"{real_server}/p/done"
+    dom = Dom(dump_dom(url, profile))
+    assert_nothing_injected(dom)
+    text = "".join(dom.text)
+    assert "Finished — thank you" in text
+    assert "accuracy high enough for the demo" in text
+    assert "Join this project" not in text
+    (link,) = [a for a in dom.tags("a") if "download" in a]
+    assert link["download"] == "done-v0.safetensors"
+    href = str(link["href"])
+    with urllib.request.urlopen(f"{real_server}{href}", timeout=30) as response:
+        payload = response.read()
+    from safetensors.numpy import load as load_safetensors
+
+    tensors = load_safetensors(payload)
+    assert tensors and all(t.dtype.name == "float32" for t in tensors.values())
+    screenshot(url, "real-project-finished.png", DESKTOP, profile)
