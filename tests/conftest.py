@@ -3,10 +3,9 @@ the session's one PostgreSQL cluster, and running a module's tests on both store
 
 ``postgres_cluster`` (one per session, started on first use), ``postgres_url`` (a new empty
 database per test) and ``migrated_postgres_url`` (the store's schema, no rows) come from
-``tests/support/postgres.py``. A module marked
-``pytest.mark.both_stores`` runs each test that asks for ``store_kind`` (the unit
-``coordinator`` does) once on SQLite and once on PostgreSQL, ids ``sqlite``/``postgres``;
-elsewhere ``store_kind`` is ``"sqlite"``."""
+``tests/support/postgres.py``. A module marked ``pytest.mark.both_stores`` runs each test
+that asks for ``store_kind`` (the unit ``coordinator`` does) once on SQLite and once on
+PostgreSQL, ids ``sqlite``/``postgres``; elsewhere ``store_kind`` is ``"sqlite"``."""
 
 from __future__ import annotations
 

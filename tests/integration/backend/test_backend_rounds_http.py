@@ -1,4 +1,5 @@
-"""Three contributors finish five rounds of digits over real HTTP, in sync and async mode."""
+"""Three contributors finish five rounds of digits over real HTTP, in sync and async mode,
+on each store (the session's SQLite and PostgreSQL live servers)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,19 @@ from federated.signing import verify, verify_bytes
 ROUNDS = 5
 TIMEOUT_S = 120.0
 
+pytestmark = pytest.mark.both_stores
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, store_kind: str) -> object:
+    """The session's live server keeping its data in ``store_kind``."""
+    return request.getfixturevalue(
+        "postgres_live_server" if store_kind == "postgres" else "live_server"
+    )
+
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_three_contributors_finish_five_rounds(live_server: object, mode: str) -> None:
-    server = live_server
+def test_three_contributors_finish_five_rounds(server: object, mode: str) -> None:
     coordinator = server.app.coordinator  # type: ignore[attr-defined]
     name = f"digits-{mode}"
     coordinator.create_project(

@@ -16,7 +16,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from backend.coordinator import Coordinator
 from backend.demo_headless import DEMO_HPARAMS, HeadlessContributor, barnraise_command
 from backend.testing import free_port, wait_until_healthy
 from tests.support.nginx import Nginx
-from tests.support.postgres import PostgresCluster, cluster_for_session, fresh_database
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -37,16 +35,6 @@ KILLS = ("aggregation", "upload", "aggregation", "upload")
 VERSIONS_AFTER_LAST_KILL = 2
 STEP_TIMEOUT_S = 90.0
 SERVE = Path(sys.executable).with_name("barnraise-backend")
-
-
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    yield from cluster_for_session()
-
-
-@pytest.fixture
-def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
-    yield from fresh_database(postgres_cluster)
 
 
 class CoordinatorProcess:

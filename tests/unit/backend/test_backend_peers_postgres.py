@@ -20,18 +20,8 @@ from backend.metrics import BackendMetrics, Registry
 from backend.store.postgres import PostgresStore
 from backend.store.postgres_notify import owner_key
 from backend.testing import FakeClock
-from tests.support.postgres import PostgresCluster, cluster_for_session, fresh_database
+from tests.support.postgres import PostgresCluster
 from tests.support.wait import wait_until
-
-
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    yield from cluster_for_session()
-
-
-@pytest.fixture
-def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
-    yield from fresh_database(postgres_cluster)
 
 
 class Heard:

@@ -29,6 +29,7 @@ from backend.store.postgres import PostgresStore
 from backend.testing import bare_project_record
 from tests.support.postgres import PostgresCluster
 from tests.support.store_cycle import NOW, StoreOpener, run_cycle
+from tests.support.wait import wait_until
 
 STORES = ["sqlite", "postgres"]
 
@@ -178,6 +179,48 @@ def test_an_unreachable_server_is_named_in_the_error(postgres_cluster: PostgresC
     with pytest.raises(RuntimeError, match="cannot connect to PostgreSQL") as caught:
         PostgresStore(url, connect_timeout_s=2)
     assert "no_such_database" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+def test_a_migrated_database_given_back_is_as_migrating_left_it(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    """``migrated_postgres_url`` hands each test a database the last one used: emptied,
+    its ids starting again at 1, its migrations kept, a connection left open ended."""
+    name = postgres_cluster.take_migrated_database()
+    used = PostgresStore(postgres_cluster.url(name), pool_size=1)
+    left_open = PostgresStore(postgres_cluster.url(name), pool_size=1)
+    try:
+        run_cycle(used)  # a row in every table the services write
+        with used.write() as tx:
+            assert tx.insert_project(bare_project_record("before")) > 1
+    finally:
+        used.close()
+    postgres_cluster.give_back_emptied(name)
+
+    def connections() -> int:
+        with postgres_cluster.admin() as admin:
+            row = admin.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s", (name,)
+            ).fetchone()
+        return int(row[0]) if row else -1
+
+    wait_until(lambda: connections() == 0, 10, f"the connections to {name} ended")
+    assert postgres_cluster.take_migrated_database() == name
+    again = PostgresStore(postgres_cluster.url(name), pool_size=1)
+    try:
+        with _pg(again) as conn:
+            tables = conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchall()
+            counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone() for (t,) in tables}
+        assert counts.pop("barnraise_migrations") == (len(postgres_migrations.MIGRATIONS),)
+        assert counts and set(counts.values()) == {(0,)}
+        with again.write() as tx:
+            assert tx.insert_project(bare_project_record("after")) == 1
+    finally:
+        again.close()
+        left_open.close()  # its connections were ended under it
+        postgres_cluster.drop_database(name)
 
 
 # --- one history, both stores ------------------------------------------------------------
