@@ -55,7 +55,7 @@ MIN_CHART_POINTS = 100
 START_TIMEOUT_S = 120.0  # tray up, trainer child started, first update accepted
 STOP_TIMEOUT_S = 60.0
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(SOAK_S + 2 * START_TIMEOUT_S + 60)]
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(SOAK_S + 2 * START_TIMEOUT_S + 60)]
 
 
 @dataclass
