@@ -21,10 +21,8 @@ pass raw strings.
 from __future__ import annotations
 
 from backend.pages.chart import render_line_chart
+from backend.pages.document import CONTENT_SECURITY_POLICY, PAGE_HEADERS, STYLESHEET
 from backend.pages.render import (
-    CONTENT_SECURITY_POLICY,
-    PAGE_HEADERS,
-    STYLESHEET,
     render_error_page,
     render_index,
     render_project_page,
