@@ -94,6 +94,7 @@ class ProjectSettings:
     finish_at_metric: str = ""
     finish_compute_gflop: float = 0.0
     finish_at: str = ""
+    model_license: str = ""
 
     def validate(self) -> ProjectSettings:
         """Return self, or raise ValueError naming the first bad setting."""
@@ -196,6 +197,11 @@ class ProjectSettings:
             raise ValueError("finish_compute_gflop must be 0 (never) or a positive number")
         metric_target(self.finish_at_metric)  # raises naming the mistake
         finish_time(self.finish_at)
+        if not _LICENSE.match(self.model_license):
+            raise ValueError(
+                "model_license must be an SPDX licence id or a short name (letters, digits, "
+                f"'.', '+', '-', spaces; at most 64), got {self.model_license!r}"
+            )
 
     @property
     def dp_expected_updates(self) -> int:
@@ -259,6 +265,7 @@ class ProjectSettings:
         return cls(**values).validate()
 
 
+_LICENSE = re.compile(r"^[A-Za-z0-9.+\- ]{0,64}$")
 _METRIC_TARGET = re.compile(r"^\s*([a-z][a-z0-9_]{0,63})\s*(>=|<=)\s*(\S+)\s*$")
 
 
@@ -356,6 +363,7 @@ SETTING_HELP: dict[str, str] = {
     "finish_at_metric": "the project finishes at the first version whose held-out metric reaches this, METRIC>=VALUE or METRIC<=VALUE (accuracy>=0.98, loss<=1.2); empty: never",
     "finish_compute_gflop": "the project finishes once the updates in its model took this much compute, in GFLOP; 0: never",
     "finish_at": "the project finishes at this date or time (ISO 8601, UTC unless given: 2027-03-31); empty: never",
+    "model_license": "the trained model's licence, shown on its model card: an SPDX id (CC-BY-4.0, Apache-2.0) or a short name; empty: not stated",
     "fit_tasks": "size each task (full, 1/2 or 1/4 of its steps) to the contributor's measured pace so its update arrives while still useful, and withhold it when even 1/4 would not",
 }
 """One line per ProjectSettings field: shown by the CLI, checked against the docs."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.http import Request, Response
@@ -17,10 +18,13 @@ from backend.pages import (
     render_index,
     render_project_page,
 )
+from backend.pages.model_card import render_model_card
 from backend.pages.render import CONTRIBUTOR_ROWS_SHOWN
+from backend.pages.views import ModelCardView
 from backend.services.finishing import EXAMPLES_TRAINED
 from backend.services.samples import TEXT_RECIPES, page_samples
 from federated import protocol
+from federated.fetch import loading_snippet
 
 SHORT_ID_CHARS = 6
 """Shown beside each name on the page: enough to tell two look-alike names apart."""
@@ -166,3 +170,51 @@ def _tokens_trained(record: Any, versions: Any) -> int | None:
         if isinstance(examples, int | float):
             return int(examples) * seq_len
     return 0
+
+
+def model_card_page(app: App, req: Request, project: str) -> Response:
+    coordinator = app.coordinator
+    record = coordinator.project(project)
+    view = coordinator.services.projects.project_view(record)
+    stats = coordinator.services.standings.stats(record)
+    current = next(v for v in reversed(stats.versions) if v.version == record.current_version)
+    examples = current.metrics.get(EXAMPLES_TRAINED)
+    page_url = f"{app.public_url}/p/{record.name}"
+    file = Path(f"{record.name}-v{record.current_version}.safetensors")
+    return _html(
+        render_model_card(
+            ModelCardView(
+                name=record.name,
+                page_url=page_url,
+                now=coordinator.clock(),
+                status=record.status,
+                version=record.current_version,
+                created_at=current.created_at,
+                digest=view.model_digest or "",
+                key_fingerprint=view.key_fingerprint,
+                recipe=record.recipe,
+                recipe_version=record.recipe_version,
+                description=record.description,
+                data_mode=view.data_mode,
+                strategy=str(record.strategy.get("name", "")),
+                mode=view.mode,
+                codec=view.codec,
+                hparams=tuple((k, str(v)) for k, v in sorted(record.hparams.items())),
+                metrics=tuple(
+                    (k, float(v))
+                    for k, v in sorted(current.metrics.items())
+                    if isinstance(v, int | float) and k != EXAMPLES_TRAINED
+                ),
+                contributors=stats.contributors,
+                updates_accepted=stats.updates_accepted,
+                total_credit=stats.total_credit,
+                examples_trained=int(examples) if isinstance(examples, int | float) else None,
+                license=str(record.settings.get("model_license", "")),
+                finished_reason=next((a.reason for a in stats.actions if a.action == "finish"), "")
+                if record.status == "finished"
+                else "",
+                privacy=_privacy_view(view),
+                load_snippet=loading_snippet(file, view),
+            )
+        )
+    )

@@ -137,6 +137,18 @@ ROUTE_TABLE: tuple[Route, ...] = (
         html_errors=True,
     ),
     Route(
+        "page_model_card",
+        "GET",
+        "/p/{project}/model",
+        pages.model_card_page,
+        "HTML: the model card of a project's current (or final) model, and how to take it away.",
+        "pages",
+        {200: Answer("HTML page.", media="html")},
+        errors=(400, 404),
+        html_errors=True,
+        trailing_slash=True,
+    ),
+    Route(
         "page_project",
         "GET",
         "/p/{project}",

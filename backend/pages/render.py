@@ -387,6 +387,8 @@ def render_project_page(view: ProjectPageView) -> str:
         f'<h1><span id="project-name">{_h(view.name)}</span> {_status_badge(view.status)}</h1>'
         f"{description}"
         f'<ul class="facts">{facts_html}</ul>'
+        f'<p class="note"><a href="/p/{_h(view.name)}/model">Model card</a>: download '
+        f"version {view.current_version}, its metrics and licence.</p>"
         "</section>"
         f"{_join_card(view)}</div>\n"
         f"<section>{_stats(view)}</section>\n"

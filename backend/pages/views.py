@@ -130,3 +130,35 @@ class ProjectPageView:
     samples: tuple[tuple[str, str], ...] = ()
     tokens_trained: int | None = None
     model_digest: str = ""  # the current version's model: the final one once finished
+
+
+@dataclass(frozen=True)
+class ModelCardView:
+    """Everything ``/p/NAME/model`` shows: what the current (or final) model is, how it was
+    made, by whom, under which licence, and how to take it away."""
+
+    name: str
+    page_url: str
+    now: float
+    status: str
+    version: int
+    created_at: float
+    digest: str
+    key_fingerprint: str
+    recipe: str
+    recipe_version: int
+    description: str
+    data_mode: str
+    strategy: str
+    mode: str
+    codec: str
+    hparams: tuple[tuple[str, str], ...]
+    metrics: tuple[tuple[str, float], ...]
+    contributors: int
+    updates_accepted: int
+    total_credit: float
+    examples_trained: int | None
+    license: str = ""
+    finished_reason: str = ""
+    privacy: PrivacyView | None = None
+    load_snippet: str = ""

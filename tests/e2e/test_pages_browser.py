@@ -308,7 +308,12 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     app = create_app(tmp_path_factory.mktemp("backend-data"), rate=None)
     app.coordinator.create_project("digits", recipe="digits-mlp")
-    app.coordinator.create_project("done", recipe="digits-mlp", hparams={"num_shards": 2})
+    app.coordinator.create_project(
+        "done",
+        recipe="digits-mlp",
+        hparams={"num_shards": 2},
+        settings={"model_license": "CC-BY-4.0"},
+    )
     app.coordinator.finish("done", "accuracy high enough for the demo")
     server = make_server(
         "127.0.0.1", 0, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler
@@ -405,3 +410,20 @@ def test_a_finished_projects_page_thanks_and_its_model_downloads(
     tensors = load_safetensors(payload)
     assert tensors and all(t.dtype.name == "float32" for t in tensors.values())
     screenshot(url, "real-project-finished.png", DESKTOP, profile)
+
+
+def test_the_model_card_in_a_browser(real_server: str, profile: Path) -> None:
+    """What the model is, who made it, its licence and the one command that takes it away,
+    linked from the project page."""
+    page = Dom(dump_dom(f"{real_server}/p/done", profile))
+    assert "/p/done/model" in {a.get("href") for a in page.tags("a")}
+    url = f"{real_server}/p/done/model"
+    dom = Dom(dump_dom(url, profile))
+    assert_nothing_injected(dom)
+    text = "".join(dom.text)
+    assert "Final model" in text and "CC-BY-4.0" in text
+    assert f"python -m federated.fetch {real_server}/p/done --fingerprint" in text
+    assert "accuracy high enough for the demo" in text
+    assert "Hyperparameters" in text and "num_shards" in text and "Held-out metrics" in text
+    assert len(dom.tags("table")) == 4
+    screenshot(url, "real-model-card.png", DESKTOP, profile)
