@@ -25,7 +25,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from bench.load_payloads import Payloads
@@ -54,6 +54,18 @@ STOP_TIMEOUT_S = 10.0
 ERROR_PAUSE_S = 0.05
 
 METRICS = {"loss_before": 2.3, "loss_after": 2.2, "seconds": 0.1, "examples_per_second": 1000.0}
+
+
+class PhaseProbe(Protocol):
+    """More to measure over each phase's measured seconds (``options["probe"]``): the
+    processes behind a proxy, say. ``start`` as measuring begins, ``tick`` once per
+    progress line, ``finish`` as it ends; what ``finish`` returns joins the phase's result."""
+
+    def start(self) -> None: ...
+
+    def tick(self) -> None: ...
+
+    def finish(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -218,7 +230,12 @@ async def prime(target: Target, member: Member, same: bool) -> tuple[Payloads, s
 
 
 async def sample(
-    stats: Stats, meter: CpuMeter, pid: int | None, seconds: float, interval: float
+    stats: Stats,
+    meter: CpuMeter,
+    pid: int | None,
+    seconds: float,
+    interval: float,
+    probe: PhaseProbe | None = None,
 ) -> list[float]:
     """Print a line per interval until ``seconds`` have passed; the server RSS samples."""
     print(
@@ -236,6 +253,8 @@ async def sample(
         rss = rss_mib(pid)
         if rss is not None:
             rss_samples.append(rss)
+        if probe is not None:
+            probe.tick()
         print(
             f"{now - start:6.1f} {(count - last_count) / max(now - last_t, 1e-9):8.0f} "
             f"{_num(server_pct, 13)} {_num(own_pct, 16)} {_num(rss, 15)}",
@@ -255,7 +274,7 @@ async def run_phase(
     seconds: float,
     pid: int | None,
     payloads: Payloads,
-    options: dict[str, float],
+    options: dict[str, Any],
     first_index: int,
 ) -> dict[str, Any]:
     """One phase of ``clients`` new contributors (``bench-{first_index}`` on)."""
@@ -278,14 +297,18 @@ async def run_phase(
     print(f"\n== {clients} clients, {seconds:.0f} s{think} ==")
     for what, n in join_errors.items():
         print(f"   {n} x {what}")
+    probe: PhaseProbe | None = options.get("probe")
     rss_start = rss_mib(pid)
     meter = CpuMeter(pid)
+    if probe is not None:
+        probe.start()
     stats.measuring = True
     start = time.monotonic()
-    rss_samples = await sample(stats, meter, pid, seconds, options["interval"])
+    rss_samples = await sample(stats, meter, pid, seconds, options["interval"], probe)
     stats.measuring = False
     elapsed = time.monotonic() - start
     server_pct, own_pct = meter.shares()
+    probed = probe.finish() if probe is not None else {}
     stop.set()
     _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
     for task in pending:
@@ -301,6 +324,7 @@ async def run_phase(
         rss_mib_start=rss_start,
         rss_mib_max=max(rss_samples) if rss_samples else None,
         rss_mib_end=rss_samples[-1] if rss_samples else None,
+        **probed,
     )
     print_phase(result)
     return result
@@ -399,5 +423,5 @@ def run_active(
     """The active mode: one result dict per count of contributors.
 
     ``options``: think_s, upload_share, interval (seconds between progress lines),
-    same_payload."""
+    same_payload, and optionally probe (a ``PhaseProbe``)."""
     return asyncio.run(run_active_async(url, project, counts, seconds, pid, options))

@@ -45,6 +45,18 @@ memory grows with the number of clients. ``--url`` (and ``--server-pid`` for RSS
 aims it at a server you started yourself instead; the project (``--project``) must then
 exist and be open.
 
+Scale-out mode (``bench/scale_out.py``): ``--stores sqlite,postgres --processes 1,2,3``
+runs, in one invocation, the same active phases against one SQLite server (always one
+process, reached directly), one coordinator on a throwaway PostgreSQL reached directly,
+and 1, 2, 3 coordinator processes sharing that PostgreSQL behind a real nginx, each with a
+fresh data folder and database; then one table: leases/s, uploads/s, p99 per operation,
+RSS and CPU per coordinator process, PostgreSQL's and nginx's CPU, the generator's, and
+ratios against SQLite. ``--server-cpus`` pins all of the server side (coordinators,
+PostgreSQL, nginx), ``--client-cpus`` the generator::
+
+    .venv/bin/python bench/backend_load.py --stores sqlite,postgres --processes 1,2,3 \
+        --clients 64 --seconds 10 --server-cpus 0 --client-cpus 1
+
 Idle mode (``bench/idle_load.py``): ``--idle N,N,...`` runs, instead of the leasing load,
 one phase per count of contributors that only wait for work. Each joins for real and holds
 one long poll (``POST .../tasks/lease?wait=30``, again at once on 204) on its own
@@ -101,16 +113,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(
+def create_project(
     data: Path,
     project: str,
-    threads: int | None,
-    cpus: str | None,
     buffer_size: int = 32,
     settings: Sequence[str] = (),
-) -> tuple[subprocess.Popen[bytes], str]:
-    """``threads`` None: the server's default. ``settings``: more ``project create`` flags,
-    after (so overriding) the bench's own."""
+    database_url: str | None = None,
+) -> Path:
+    """The bench's project in ``data`` (its store in ``database_url`` when given); the
+    server configuration file to serve it with (no rate limit: measure the server).
+    ``settings``: more ``project create`` flags, after (so overriding) the bench's own."""
+    database = ["--database-url", database_url] if database_url else []
     subprocess.run(
         [
             *CLI,
@@ -119,6 +132,7 @@ def start_server(
             project,
             "--data",
             str(data),
+            *database,
             "--recipe",
             "digits-mlp",
             "--mode",
@@ -140,17 +154,27 @@ def start_server(
         stdout=subprocess.DEVNULL,
     )
     config = data / "bench.toml"
-    config.write_text("rate = 0\n", encoding="utf-8")  # no rate limit: measure the server
-    port = free_port()
-    command = [*CLI, "serve", "--data", str(data), "--port", str(port), "--config", str(config)]
+    config.write_text("rate = 0\n", encoding="utf-8")
+    return config
+
+
+def spawn_server(
+    command_tail: Sequence[str], port: int, threads: int | None, cpus: str | None, log: Path
+) -> subprocess.Popen[bytes]:
+    """``serve`` on ``port`` with ``command_tail`` (``--data``, ``--config``, …), its
+    output to ``log``; not waited for (``wait_healthy``)."""
+    command = [*CLI, "serve", *command_tail, "--port", str(port)]
     if threads is not None:
         command += ["--threads", str(threads)]
     if cpus:
         command = ["taskset", "-c", cpus, *command]
-    log = data / "server.log"  # a file, not a pipe nobody reads: a chatty server must not block
+    # A file, not a pipe nobody reads: a chatty server must not block.
     with log.open("wb") as stderr:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
-    url = f"http://127.0.0.1:{port}"
+        return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], port: int, log: Path) -> str:
+    """The server's URL once ``/healthz`` answers 200; exits if it dies or takes 60 s."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -159,10 +183,28 @@ def start_server(
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/healthz")
             if conn.getresponse().status == 200:
-                return proc, url
+                return f"http://127.0.0.1:{port}"
         except OSError:
             time.sleep(0.1)
     raise SystemExit("server did not answer /healthz within 60 s")
+
+
+def start_server(
+    data: Path,
+    project: str,
+    threads: int | None,
+    cpus: str | None,
+    buffer_size: int = 32,
+    settings: Sequence[str] = (),
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``threads`` None: the server's default. ``settings``: more ``project create`` flags,
+    after (so overriding) the bench's own."""
+    config = create_project(data, project, buffer_size, settings)
+    port = free_port()
+    log = data / "server.log"
+    tail = ["--data", str(data), "--config", str(config)]
+    proc = spawn_server(tail, port, threads, cpus, log)
+    return proc, wait_healthy(proc, port, log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,10 +261,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--idle-seconds", type=float, default=40.0, help="probe time per idle phase")
     p.add_argument("--idle-wait", type=float, default=30.0, help="the idle polls' ?wait= seconds")
+    p.add_argument(
+        "--stores",
+        help="scale-out mode instead (bench/scale_out.py): comma-separated sqlite,postgres; "
+        "the active phases against each, fresh each time, and one table at the end",
+    )
+    p.add_argument(
+        "--processes",
+        help="scale-out mode: comma-separated counts of coordinator processes on one "
+        "PostgreSQL, each behind nginx (postgres/1 also runs direct; sqlite is always one "
+        "process, direct); default 1; alone, it implies --stores sqlite,postgres",
+    )
     args = p.parse_args(argv)
+    scale_out_mode = args.stores is not None or args.processes is not None
+    if scale_out_mode and (args.url or args.server_pid or args.idle is not None):
+        p.error("--stores/--processes start their own servers: drop --url, --server-pid, --idle")
     if args.client_cpus:
         os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
     raise_fd_limit()  # before the server starts: it inherits the limit
+    if scale_out_mode:
+        from bench import scale_out  # here, not above: it uses this module's server helpers
+
+        return scale_out.run(args)
 
     proc: subprocess.Popen[bytes] | None = None
     data: Path | None = None
