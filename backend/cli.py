@@ -139,6 +139,13 @@ def _parser() -> argparse.ArgumentParser:
             )
     for action in ("list",):
         psub.add_parser(action, parents=[data], help="list projects")
+    change = psub.add_parser(
+        "set", parents=[data], help="change a running project's settings where it is safe"
+    )
+    change.add_argument("name")
+    change.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="settings to change")
+    change.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE")
+    change.add_argument("--reason", default="", help="why, for the page and the action log")
     for action, text in (
         ("show", "show a project"),
         ("pause", "stop handing out tasks"),
@@ -340,6 +347,15 @@ def _project(args: argparse.Namespace, data_dir: Path) -> int:
                     indent=2,
                 )
             )
+        elif args.action == "set":
+            changes = _key_values(args.settings, "setting")
+            record = coordinator.change_project(
+                args.name,
+                {k.replace("-", "_"): v for k, v in changes.items()},
+                _key_values(args.hp, "hyperparameter"),
+                args.reason,
+            )
+            print(json.dumps({"settings": record.settings, "hparams": record.hparams}, indent=2))
         elif args.action == "finish":
             record = coordinator.finish(args.name, args.reason)
             print(f"{record.name}: finished at version {record.current_version}")

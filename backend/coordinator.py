@@ -25,14 +25,17 @@ from typing import Any
 
 from backend.keys import KeyStore
 from backend.metrics import METRICS, BackendMetrics
+from backend.services import project_changes
 from backend.services.admin import AdminService
 from backend.services.aggregation import process_owner
 from backend.services.aggregation_worker import AggregationWorker
 from backend.services.context import ProjectRuntime, ServiceContext
+from backend.services.exports import ExportService
 from backend.services.leasing import LeasingService
 from backend.services.membership import MembershipService, hash_token
 from backend.services.models import ModelService
 from backend.services.notifier import Notifier
+from backend.services.profiles import ProfileService
 from backend.services.projects import ProjectService
 from backend.services.provenance import ProvenanceService
 from backend.services.standings import StandingsService
@@ -62,6 +65,8 @@ class Services:
     standings: StandingsService
     provenance: ProvenanceService
     admin: AdminService
+    profiles: ProfileService
+    exports: ExportService
 
 
 class Coordinator:
@@ -102,15 +107,18 @@ class Coordinator:
         self.keys = ctx.keys
         self.notifier = ctx.notifier
         projects = ProjectService(ctx)
+        standings = StandingsService(ctx)
         self.services = Services(
             projects=projects,
             membership=MembershipService(ctx, projects),
             leasing=LeasingService(ctx),
             uploads=UploadService(ctx),
             models=ModelService(ctx),
-            standings=StandingsService(ctx),
+            standings=standings,
             provenance=ProvenanceService(ctx),
             admin=AdminService(ctx),
+            profiles=ProfileService(ctx, standings),
+            exports=ExportService(ctx, standings),
         )
         # A serving process listens to the others and is marked alive for them; a command
         # only tells them what it changed.
@@ -172,6 +180,18 @@ class Coordinator:
 
     def set_status(self, name: str, status: str) -> ProjectRecord:
         return self.services.projects.set_status(name, status)
+
+    def change_project(
+        self,
+        name: str,
+        settings: Mapping[str, Any] | None = None,
+        hparams: Mapping[str, Any] | None = None,
+        reason: str = "",
+    ) -> ProjectRecord:
+        """Change a running project's settings and hyperparameters where it is safe."""
+        return project_changes.change(
+            self.context, self.project(name), dict(settings or {}), dict(hparams or {}), reason
+        )
 
     def finish(self, name: str, reason: str = "") -> ProjectRecord:
         """Finish the project now, for good: its current version is its final model."""

@@ -38,6 +38,7 @@ class ProjectRuntime:
     spec: TensorSpec
     flops_per_example: float
     settings: ProjectSettings
+    stored_settings: dict[str, Any] = field(default_factory=dict)  # what ``settings`` parsed
     _test: Dataset | None = None
     _test_loaded: bool = False
     _models: dict[str, StateDict] = field(default_factory=dict)
@@ -93,9 +94,15 @@ class ServiceContext:
         self._runtimes_lock = threading.Lock()
 
     def runtime(self, project: ProjectRecord) -> ProjectRuntime:
-        """The project's recipe, tensor spec and parsed settings (settings never change)."""
+        """The project's recipe, tensor spec and parsed settings, parsed again when the
+        organiser changed them (``project_changes``; in any process: ``project`` is a row
+        just read)."""
         with self._runtimes_lock:
             rt = self._runtimes.get(project.name)
+            if rt is not None and (
+                rt.stored_settings != project.settings or rt.hparams != project.hparams
+            ):
+                rt = None
             if rt is None:
                 recipe = get_recipe(project.recipe)
                 rt = ProjectRuntime(
@@ -104,6 +111,7 @@ class ServiceContext:
                     spec=recipe.tensor_spec(project.hparams),
                     flops_per_example=float(recipe.flops_per_example(project.hparams)),
                     settings=ProjectSettings.from_dict(project.settings),
+                    stored_settings=dict(project.settings),
                 )
                 self._runtimes[project.name] = rt
             return rt

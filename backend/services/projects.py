@@ -86,7 +86,7 @@ class ProjectService:
             if warn is not None:
                 warn(warning)
         metrics = _evaluate_initial(recipe_obj, resolved, state)
-        _check_end(project_settings, metrics, ctx.clock())
+        check_end(project_settings, metrics, ctx.clock())
         digest = ctx.blobs.put(encode_model(state))
         if project_settings.privacy == "dp-fedavg":  # its state carries the adapted clip
             strategy_obj = privacy.wrap(
@@ -228,7 +228,7 @@ def _evaluate_initial(
     return evaluate_state(recipe, hparams, state, test)
 
 
-def _check_end(settings: ProjectSettings, metrics: Mapping[str, Any], now: float) -> None:
+def check_end(settings: ProjectSettings, metrics: Mapping[str, Any], now: float) -> None:
     """A declared end that can never be reached, or is reached already, is a typo."""
     target = metric_target(settings.finish_at_metric)
     if target is not None and target[0] not in metrics:

@@ -265,6 +265,25 @@ class ReadTx(Protocol):
         """The project's organiser actions, newest first (at most ``limit``)."""
         ...
 
+    def clients_seen_since(self, project_id: int, since: float) -> int:
+        """The project's members not banned and seen at ``since`` or later."""
+        ...
+
+    def credit_by_day(
+        self, project_id: int, client_id: str | None, team: str | None
+    ) -> list[tuple[int, float]]:
+        """(UTC day number, credit granted) of one client's updates (or one team's), by the
+        day each was accepted, oldest first; days without credit are left out."""
+        ...
+
+    def refusals(self, project_id: int, client_id: str, limit: int) -> list[tuple[float, str]]:
+        """(when, code) of the client's refused tasks and kept-out updates, newest first."""
+        ...
+
+    def refusal_codes(self, project_id: int, client_id: str) -> dict[str, int]:
+        """How many of those refusals had each code."""
+        ...
+
     # --- retention (backend.services.retention) -------------------------------------------
     def payloads_pruning(self, project_id: int, limit: int) -> list[tuple[str, str]]:
         """(update id, payload digest) of the project's updates whose payload is being
@@ -291,6 +310,12 @@ class WriteTx(ReadTx, Protocol):
 
     def insert_project(self, project: ProjectRecord) -> int: ...
     def set_project_status(self, project_id: int, status: str) -> None: ...
+    def set_project_config(
+        self, project_id: int, settings: dict[str, Any], hparams: dict[str, Any]
+    ) -> None:
+        """The organiser's change of settings and hyperparameters (``project set``)."""
+        ...
+
     def insert_version(self, version: VersionRecord) -> None: ...
     def insert_challenge(self, project_id: int, challenge: str, expires_at: float) -> None: ...
     def consume_challenge(self, project_id: int, challenge: str, now: float) -> bool: ...

@@ -63,6 +63,16 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
     def set_project_status(self, project_id: int, status: str) -> None:
         self._run("UPDATE projects SET status = ? WHERE id = ?", status, project_id)
 
+    def set_project_config(
+        self, project_id: int, settings: dict[str, Any], hparams: dict[str, Any]
+    ) -> None:
+        self._run(
+            "UPDATE projects SET settings = ?, hparams = ? WHERE id = ?",
+            dump(settings),
+            dump(hparams),
+            project_id,
+        )
+
     def insert_version(self, version: VersionRecord) -> None:
         self._run(
             """INSERT INTO versions (project_id, version, digest, created_at, signature, metrics,
