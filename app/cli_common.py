@@ -38,6 +38,7 @@ def _paths() -> Any:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from app.contributor.credentials import open_credential_store
+    from app.contributor.credential_choice import open_chosen_store
 
-    return open_credential_store(args.credentials)
+    # --credentials FILE, else the file chosen in the tray (remembered), else the keychain.
+    return open_chosen_store(args.credentials)

@@ -46,6 +46,8 @@ __all__ = [
     "KeyringCredentialStore",
     "ProjectCredentials",
     "ProjectRef",
+    "file_store_warning",
+    "keychain_problem",
     "normalize_server_url",
     "open_credential_store",
     "project_key",
@@ -187,6 +189,23 @@ def _unusable_backend(backend: keyring.backend.KeyringBackend) -> bool:
     return False
 
 
+def keychain_problem(backend: keyring.backend.KeyringBackend | None = None) -> str | None:
+    """Why the OS keychain cannot be used (the message the CLI prints), or None when it can."""
+    backend = backend if backend is not None else keyring.get_keyring()
+    if _unusable_backend(backend):
+        return NO_KEYCHAIN.format(backend=type(backend).__module__)
+    return None
+
+
+def file_store_warning(path: Path) -> str:
+    """What keeping credentials in a file means: the CLI logs it when it opens one, the tray
+    shows it before the volunteer chooses one (one wording, written here)."""
+    return (
+        f"storing project credentials in the plain file {path} (no OS keychain); anyone who "
+        "can read it can act as you in those projects"
+    )
+
+
 NO_KEYCHAIN = (
     "no OS keychain available (keyring backend: {backend}); use --credentials FILE to keep "
     "credentials in a private file instead, or start a Secret Service such as gnome-keyring"
@@ -203,8 +222,9 @@ class KeyringCredentialStore:
         backend: keyring.backend.KeyringBackend | None = None,
     ) -> None:
         self._backend = backend if backend is not None else keyring.get_keyring()
-        if _unusable_backend(self._backend):
-            raise CredentialsError(NO_KEYCHAIN.format(backend=type(self._backend).__module__))
+        problem = keychain_problem(self._backend)
+        if problem is not None:
+            raise CredentialsError(problem)
         self.index_path = index_path if index_path is not None else config_dir() / INDEX_FILENAME
         self._lock = threading.Lock()
 
@@ -296,11 +316,7 @@ class FileCredentialStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        log.warning(
-            "storing project credentials in the plain file %s (no OS keychain); anyone who "
-            "can read it can act as you in those projects",
-            path,
-        )
+        log.warning("%s", file_store_warning(path))
         self._read()  # refuse at once if it is unsafe or damaged
 
     def _check_permissions(self, st: os.stat_result) -> None:

@@ -5,6 +5,9 @@ that cannot be read is None ("unknown"); ``app.contributor.policy`` documents ho
 unknown is treated. Each reading comes from a small source object (a Protocol) so tests and
 other platforms swap one without touching the rest; ``FakeSensors`` is the test double.
 
+On Linux, idle time comes from GNOME's or KDE's D-Bus idle monitor, else the X server's
+screen-saver extension (``x11_idle``: XFCE, MATE, Cinnamon, i3), else the login terminals.
+
 No Qt and no torch here; external tools (``gdbus``, ``ioreg``, ``nvidia-smi``) are run with
 a short timeout and only if found on PATH.
 """
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import psutil
+
+from app.contributor.x11_idle import X11ScreenSaverIdle
 
 __all__ = [
     "COMMAND_TIMEOUT_S",
@@ -243,7 +248,11 @@ def default_idle_source() -> IdleSource:
         return WindowsIdle()
     if sys.platform == "darwin":
         return MacIdle()
-    return FirstKnownIdle([GnomeMutterIdle(), FreedesktopScreenSaverIdle(), TerminalIdle()])
+    # X11 after the D-Bus monitors (GNOME, KDE), before the login terminals: XFCE, MATE,
+    # Cinnamon, i3 and other X11 desktops have no D-Bus idle monitor that answers.
+    return FirstKnownIdle(
+        [GnomeMutterIdle(), FreedesktopScreenSaverIdle(), X11ScreenSaverIdle(), TerminalIdle()]
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from app.contributor.credential_choice import ChosenCredentialStore, CredentialStorage
 from app.contributor.events import Event
 from app.contributor.invites import JoinTarget
 from app.contributor.settings import Settings, load_settings
@@ -122,10 +123,10 @@ class ControllerEngine:
         insecure: bool = False,
     ) -> None:
         from app.contributor.controller import Controller, EngineOptions, EnginePaths
-        from app.contributor.credentials import open_credential_store
 
         self._settings_path = settings_path
-        self._store = open_credential_store(credentials_file)
+        # Starts without a keychain too: the Join dialog then offers a private file.
+        self._store = ChosenCredentialStore(credentials_file)
         self.paths = EnginePaths.default()
         self.controller = Controller(
             credentials=self._store,
@@ -204,6 +205,12 @@ class ControllerEngine:
 
     def validate_data(self, preview: ProjectPreview, path: Path) -> str:
         return check_local_csv(path, preview.data_columns)
+
+    def credential_storage(self) -> CredentialStorage:
+        return self._store.storage()
+
+    def use_file_store(self) -> CredentialStorage:
+        return self._store.use_file()
 
     def existing_identity(self, preview: ProjectPreview) -> ExistingIdentity | None:
         from app.contributor.client import ClientError, CoordinatorClient, RetryPolicy

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from app.contributor.credential_choice import CredentialStorage
 from app.contributor.events import EngineState, Event
 from app.contributor.invites import JoinTarget
 from app.contributor.settings import Settings
@@ -24,6 +25,7 @@ from app.contributor.settings import Settings
 __all__ = [
     "DATA_BUILTIN",
     "DATA_LOCAL",
+    "CredentialStorage",
     "DashboardView",
     "EnginePort",
     "ExistingIdentity",
@@ -193,6 +195,16 @@ class EnginePort(Protocol):
     def validate_data(self, preview: ProjectPreview, path: Path) -> str:
         """Check a local-data folder/CSV without training; return a one-line summary
         ("412 rows, 8 features") or raise ValueError saying what is wrong and where."""
+        ...
+
+    def credential_storage(self) -> CredentialStorage:
+        """Where a join would keep its key: the keychain, the chosen file, or nowhere yet
+        (no keychain: the Join dialog offers a private file). May block (the keyring)."""
+        ...
+
+    def use_file_store(self) -> CredentialStorage:
+        """Keep keys in the private file ``credential_storage()`` offered, remembered for
+        later starts; raises CredentialsError saying why not."""
         ...
 
     def existing_identity(self, preview: ProjectPreview) -> ExistingIdentity | None:

@@ -4,8 +4,9 @@ Pages: (1) paste a page URL or invite and say how you appear on the leaderboard;
 (2) the project as its coordinator describes it: description, recipe, data mode, strategy
 and the server key fingerprint, plus a data chooser that validates a local-data folder/CSV,
 and, when this computer already joined the project, that it keeps that identity;
-(3) consent, which says exactly what leaves this machine and what never does;
-(4) joining, then done.
+(3) only on a computer without a keychain (checked during the look-up): keep the key in a
+private file instead, with the CLI's warning (``key_storage_page``); (4) consent, which
+says exactly what leaves this machine and what never does; (5) joining, then done.
 
 The display name is published on a public leaderboard, so it is never taken from the
 computer: the field starts empty with a random suggestion ("volunteer-ab12") that is used
@@ -22,7 +23,6 @@ from PySide6.QtGui import QFont, QFontDatabase
 from PySide6.QtWidgets import (
     QCheckBox,
     QDialog,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -34,10 +34,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.contributor.credential_choice import STORAGE_FILE, STORAGE_NONE
 from app.contributor.invites import InviteError, JoinTarget, parse_join_target
 from app.tray.bridge import TaskRunner
+from app.tray.data_chooser import ERROR_STYLE, DataChooser
 from app.tray.engine_port import (
     DATA_LOCAL,
+    CredentialStorage,
     EnginePort,
     ExistingIdentity,
     JoinedProject,
@@ -53,14 +56,13 @@ from app.tray.join_texts import (
     strategy_text,
     suggest_display_name,
 )
+from app.tray.key_storage_page import USE_FILE_TEXT, KeyStoragePage
 
 __all__ = ["JoinDialog", "already_joined_text", "consent_text", "suggest_display_name"]
 
 log = logging.getLogger(__name__)
 
-PAGE_PASTE, PAGE_PROJECT, PAGE_CONSENT, PAGE_DONE = range(4)
-ERROR_STYLE = "color:#B91C1C;"
-OK_STYLE = "color:#15803D;"
+PAGE_PASTE, PAGE_PROJECT, PAGE_STORAGE, PAGE_CONSENT, PAGE_DONE = range(5)
 
 
 class JoinDialog(QDialog):
@@ -74,8 +76,8 @@ class JoinDialog(QDialog):
         self.runner = runner
         self.preview: ProjectPreview | None = None
         self.identity: ExistingIdentity | None = None  # this computer joined it before
+        self.storage: CredentialStorage | None = None  # where the key would be kept
         self.suggested_name = suggest_display_name()
-        self.data_checked: Path | None = None
         self.joined_project: JoinedProject | None = None
         self.setObjectName("joinDialog")
         self.setWindowTitle("Join a project")
@@ -85,6 +87,9 @@ class JoinDialog(QDialog):
         self.pages = QStackedWidget()
         self.pages.addWidget(self._build_paste_page())
         self.pages.addWidget(self._build_project_page())
+        self.storage_page = KeyStoragePage(self._heading(""))
+        self.storage_page.check_again_button.clicked.connect(self._check_keychain_again)
+        self.pages.addWidget(self.storage_page)
         self.pages.addWidget(self._build_consent_page())
         self.pages.addWidget(self._build_done_page())
 
@@ -106,6 +111,16 @@ class JoinDialog(QDialog):
         layout.setContentsMargins(18, 16, 18, 14)
         layout.addWidget(self.pages, 1)
         layout.addLayout(buttons)
+        for control, name in (  # what a screen reader says (Next's follows its text)
+            (self.back_button, "Back"),
+            (self.cancel_button, "Cancel joining"),
+            (self.url_edit, "Project address or invite link"),
+            (self.name_edit, "Your name on the leaderboard"),
+            (self.team_edit, "Team (optional)"),
+            (self.consent_view, "What leaves this computer"),
+            (self.consent_box, "I understand and agree to contribute on these terms"),
+        ):
+            control.setAccessibleName(name)
         self._show_page(PAGE_PASTE)
 
     # --- pages -----------------------------------------------------------------------------
@@ -207,33 +222,11 @@ class JoinDialog(QDialog):
         hint.setStyleSheet("color: palette(mid);")
         layout.addWidget(hint)
 
-        self.data_box = QWidget()
-        data_layout = QVBoxLayout(self.data_box)
-        data_layout.setContentsMargins(0, 8, 0, 0)
-        data_layout.addWidget(
-            QLabel("<b>Your data</b> — a CSV file or a folder of CSV files on this computer:")
-        )
-        row = QHBoxLayout()
-        self.data_edit = QLineEdit()
-        self.data_edit.setObjectName("dataEdit")
-        self.data_edit.setPlaceholderText("/path/to/data.csv")
-        file_button = QPushButton("Choose file…")
-        folder_button = QPushButton("Choose folder…")
-        self.check_button = QPushButton("Check data")
-        self.check_button.setObjectName("checkDataButton")
-        file_button.clicked.connect(self._choose_file)
-        folder_button.clicked.connect(self._choose_folder)
-        self.check_button.clicked.connect(self._check_data)
-        row.addWidget(self.data_edit, 1)
-        row.addWidget(file_button)
-        row.addWidget(folder_button)
-        row.addWidget(self.check_button)
-        data_layout.addLayout(row)
-        self.data_status = QLabel()
-        self.data_status.setObjectName("dataStatus")
-        self.data_status.setWordWrap(True)
-        data_layout.addWidget(self.data_status)
-        self.data_edit.textChanged.connect(self._data_edited)
+        self.data_box = DataChooser(self.engine, self.runner)
+        self.data_box.changed.connect(self._update_buttons)
+        self.data_edit = self.data_box.edit
+        self.check_button = self.data_box.check_button
+        self.data_status = self.data_box.status
         layout.addWidget(self.data_box)
         layout.addStretch(1)
         return page
@@ -279,12 +272,16 @@ class JoinDialog(QDialog):
 
     def _show_page(self, index: int) -> None:
         self.pages.setCurrentIndex(index)
-        self.back_button.setVisible(index in (PAGE_PROJECT, PAGE_CONSENT))
-        self.next_button.setText(
-            {PAGE_PASTE: "Look up", PAGE_PROJECT: "Next", PAGE_CONSENT: "Join", PAGE_DONE: "Close"}[
-                index
-            ]
-        )
+        self.back_button.setVisible(index in (PAGE_PROJECT, PAGE_STORAGE, PAGE_CONSENT))
+        text = {
+            PAGE_PASTE: "Look up",
+            PAGE_PROJECT: "Next",
+            PAGE_STORAGE: USE_FILE_TEXT,
+            PAGE_CONSENT: "Join",
+            PAGE_DONE: "Close",
+        }[index]
+        self.next_button.setText(text)
+        self.next_button.setAccessibleName(text)
         self.cancel_button.setVisible(index != PAGE_DONE)
         self._update_buttons()
 
@@ -299,6 +296,8 @@ class JoinDialog(QDialog):
             ok = self.preview is not None and (
                 self.preview.data_mode != DATA_LOCAL or self.data_checked is not None
             )
+        elif page == PAGE_STORAGE:
+            ok = self.storage is not None
         elif page == PAGE_CONSENT:
             ok = self.consent_box.isChecked()
         else:
@@ -306,14 +305,18 @@ class JoinDialog(QDialog):
         self.next_button.setEnabled(ok)
 
     def _back(self) -> None:
-        if self.page in (PAGE_PROJECT, PAGE_CONSENT):
+        if self.page in (PAGE_PROJECT, PAGE_STORAGE):
             self._show_page(self.page - 1)
+        elif self.page == PAGE_CONSENT:
+            self._show_page(PAGE_PROJECT)  # the storage page is done once chosen
 
     def _next(self) -> None:
         if self.page == PAGE_PASTE:
             self._look_up()
         elif self.page == PAGE_PROJECT:
-            self._show_consent()
+            self._keys_then_consent()
+        elif self.page == PAGE_STORAGE:
+            self._use_file_store()
         elif self.page == PAGE_CONSENT:
             self._join()
         else:
@@ -341,19 +344,23 @@ class JoinDialog(QDialog):
 
     def _look_up_on_worker(
         self, target: JoinTarget
-    ) -> tuple[ProjectPreview, ExistingIdentity | None]:
-        # Runs on a worker thread: the project from its coordinator, then whether this
+    ) -> tuple[ProjectPreview, ExistingIdentity | None, CredentialStorage]:
+        # Runs on a worker thread: the project from its coordinator, where its key would be
+        # kept (so a missing keychain is known before the consent page), then whether this
         # computer already has an identity there (keychain, coordinator).
         preview = self.engine.preview(target)
+        storage = self.engine.credential_storage()
         try:
             identity = self.engine.existing_identity(preview)
         except Exception as exc:  # the join itself will say what is wrong, if anything
             log.warning("could not tell whether %s was joined before: %s", target.project, exc)
             identity = None
-        return preview, identity
+        return preview, identity, storage
 
-    def _looked_up(self, found: tuple[ProjectPreview, ExistingIdentity | None]) -> None:
-        preview, identity = found
+    def _looked_up(
+        self, found: tuple[ProjectPreview, ExistingIdentity | None, CredentialStorage]
+    ) -> None:
+        preview, identity, self.storage = found
         self.identity = identity
         if identity is not None:
             # Keep the published name and team unless the volunteer typed others: an empty
@@ -368,7 +375,7 @@ class JoinDialog(QDialog):
 
     def _previewed(self, preview: ProjectPreview) -> None:
         self.preview = preview
-        self.data_checked = None
+        self.data_box.reset(preview)
         self.paste_error.setText("")
         self.project_heading.setText(preview.name)
         self.description_label.setText(
@@ -380,7 +387,6 @@ class JoinDialog(QDialog):
         self.strategy_value.setText(strategy_text(preview))
         self.fingerprint_value.setText(preview.key_fingerprint)
         self.data_box.setVisible(preview.data_mode == DATA_LOCAL)
-        self.data_status.setText("")
         self._show_page(PAGE_PROJECT)
 
     def _preview_failed(self, exc: Exception) -> None:
@@ -388,57 +394,40 @@ class JoinDialog(QDialog):
         self.paste_error.setText(f"Could not look up the project: {exc}")
         self._update_buttons()
 
-    # --- step 2: local data ----------------------------------------------------------------
-    def _choose_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Choose a CSV file", str(Path.home()), "CSV files (*.csv);;All files (*)"
-        )
-        if path:
-            self.data_edit.setText(path)
-            self._check_data()
+    # --- step 2: local data (DataChooser), step 3: where the key is kept ---------------
+    @property
+    def data_checked(self) -> Path | None:
+        return self.data_box.checked
 
-    def _choose_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(
-            self, "Choose a folder of CSV files", str(Path.home())
-        )
-        if path:
-            self.data_edit.setText(path)
-            self._check_data()
+    def _keys_then_consent(self) -> None:
+        if self.storage is not None and self.storage.kind == STORAGE_NONE:
+            self.storage_page.set_storage(self.storage)
+            self._show_page(PAGE_STORAGE)
+        else:
+            self._show_consent()
 
-    def _data_edited(self) -> None:
-        self.data_checked = None
-        self.data_status.setText("")
+    def _check_keychain_again(self) -> None:
+        def checked(storage: CredentialStorage) -> None:
+            self.storage = storage
+            if storage.kind == STORAGE_NONE:
+                self.storage_page.set_storage(storage)
+                self.storage_page.failed("Still no keychain that Barnraise can use.")
+            else:
+                self._show_consent()
+
+        self.runner.run(self.engine.credential_storage, checked, self._storage_failed)
+
+    def _use_file_store(self) -> None:
+        def chosen(storage: CredentialStorage) -> None:
+            self.storage = storage
+            self._show_consent()
+
+        self._update_buttons(busy=True)
+        self.runner.run(self.engine.use_file_store, chosen, self._storage_failed, ordered=True)
+
+    def _storage_failed(self, exc: Exception) -> None:
+        self.storage_page.failed(f"Nothing was changed: {exc}")
         self._update_buttons()
-
-    def _check_data(self) -> None:
-        preview = self.preview
-        text = self.data_edit.text().strip()
-        if preview is None or not text:
-            self.data_status.setStyleSheet(ERROR_STYLE)
-            self.data_status.setText("Choose a CSV file or a folder first.")
-            return
-        path = Path(text).expanduser()
-        self.data_status.setStyleSheet("color: palette(mid);")
-        self.data_status.setText("Checking…")
-        self.check_button.setEnabled(False)
-
-        def checked(summary: str) -> None:
-            self.check_button.setEnabled(True)
-            if self.data_edit.text().strip() != text:
-                return  # edited meanwhile; the answer is for another path
-            self.data_checked = path
-            self.data_status.setStyleSheet(OK_STYLE)
-            self.data_status.setText(f"✓ {summary}")
-            self._update_buttons()
-
-        def failed(exc: Exception) -> None:
-            self.check_button.setEnabled(True)
-            self.data_checked = None
-            self.data_status.setStyleSheet(ERROR_STYLE)
-            self.data_status.setText(str(exc))
-            self._update_buttons()
-
-        self.runner.run(lambda: self.engine.validate_data(preview, path), checked, failed)
 
     # --- step 3: consent and join ----------------------------------------------------------
     def display_name(self) -> str:
@@ -452,9 +441,15 @@ class JoinDialog(QDialog):
         assert self.preview is not None
         self.consent_box.setChecked(False)
         self.join_error.setText("")
+        key_file = self.storage.path if self.storage and self.storage.kind == STORAGE_FILE else None
         self.consent_view.setHtml(
             consent_text(
-                self.preview, self.display_name(), self._team(), self.data_checked, self.identity
+                self.preview,
+                self.display_name(),
+                self._team(),
+                self.data_checked,
+                self.identity,
+                key_file=key_file,
             )
         )
         self._show_page(PAGE_CONSENT)

@@ -49,9 +49,12 @@ def consent_text(
     team: str | None,
     data_path: Path | None,
     identity: ExistingIdentity | None = None,
+    *,
+    key_file: Path | None = None,
 ) -> str:
     """The consent statement (HTML): what is sent, where, and what never leaves.
-    ``display_name`` and ``team`` are exactly what the join will send."""
+    ``display_name`` and ``team`` are exactly what the join will send; ``key_file``: the
+    private file the key is kept in, where this computer has no keychain."""
     host = escape_html(preview.target.host or preview.target.server_url)
     who = escape_html(display_name) + (f" (team {escape_html(team)})" if team else "")
     if identity is not None and identity.display_name and identity.display_name != display_name:
@@ -62,7 +65,8 @@ def consent_text(
             f"{escape_html(identity.client_id)}): you keep that identity and its credit;</li>"
         )
     else:
-        key = "<li>a public key created now for this project (its private half stays in your keychain);</li>"
+        kept = f"the private file {escape_html(str(key_file))}" if key_file else "your keychain"
+        key = f"<li>a public key created now for this project (its private half stays in {kept});</li>"
     if preview.data_mode == DATA_LOCAL:
         data = (
             f"the data in <b>{escape_html(str(data_path))}</b>: it is read only by the training process "

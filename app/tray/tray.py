@@ -5,6 +5,9 @@ state (icon, tooltip, a menu rebuilt from state by ``build_tray_menu``, the Dash
 turns the volunteer's clicks into engine commands on a worker thread, and persists
 preferences. ``shutdown()`` is idempotent and runs on ``aboutToQuit``.
 
+At the first start (no project joined, never welcomed) it opens the ``WelcomeDialog``;
+closing it marks the volunteer welcomed. The menu's "Welcome…" opens it again.
+
 A project whose coordinator signs with a new key stops until the volunteer decides: the
 tray opens a ``KeyChangeDialog`` once per new key (and again from the menu or the window).
 """
@@ -20,7 +23,7 @@ from PySide6.QtGui import QAction, QDesktopServices
 from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon, QWidget
 
 from app.contributor.events import Error, Event, TaskFinished
-from app.contributor.settings import Settings, save_settings
+from app.contributor.settings import Settings, config_dir, save_settings
 from app.tray.autostart import set_autostart
 from app.tray.bridge import EngineBridge, TaskRunner
 from app.tray.dashboard import Dashboard
@@ -33,6 +36,7 @@ from app.tray.notifications import Notifier
 from app.tray.preferences import PreferencesDialog
 from app.tray.status import StatusModel
 from app.tray.tray_menu import SNOOZE_HOUR_S, fill_tray_menu, menu_key, tomorrow_morning
+from app.tray.welcome import WelcomeDialog, mark_welcomed, was_welcomed
 
 __all__ = ["SNOOZE_HOUR_S", "TrayApp", "tomorrow_morning"]
 
@@ -60,6 +64,8 @@ class TrayApp(QObject):
         super().__init__(parent)
         self.engine = engine
         self.settings_path = settings_path
+        # The welcome's mark lives beside the settings (the app's config folder).
+        self.config_folder = settings_path.parent if settings_path is not None else config_dir()
         self.tray_available = (
             QSystemTrayIcon.isSystemTrayAvailable() if tray_available is None else tray_available
         )
@@ -84,6 +90,7 @@ class TrayApp(QObject):
         self.dashboard.quit_requested.connect(self.quit)
         self.join_dialog: JoinDialog | None = None
         self.preferences: PreferencesDialog | None = None
+        self.welcome: WelcomeDialog | None = None
         self.key_dialogs: dict[str, KeyChangeDialog] = {}
         # (project, new fingerprint) already put in front of the volunteer unasked: each new
         # key opens its dialog once, after that it waits in the menu and the window.
@@ -129,6 +136,8 @@ class TrayApp(QObject):
                 "Your desktop has no system tray, so Barnraise shows this window instead."
             )
         self.icon_shown.emit()
+        if not self.model.projects and not was_welcomed(self.config_folder):
+            self.open_welcome()
         self.runner.run(self.engine.start, self._engine_started, self._command_failed, ordered=True)
 
     def _engine_started(self, _: object) -> None:
@@ -269,6 +278,8 @@ class TrayApp(QObject):
         except OSError as exc:
             self._command_failed(OSError(f"could not save settings: {exc}"))
         self.notifier.enabled = settings.notifications
+        if self.welcome is not None:
+            self.welcome.set_settings(settings)
         if settings.start_at_login != previous.start_at_login:
             try:
                 where = set_autostart(settings.start_at_login)
@@ -388,6 +399,24 @@ class TrayApp(QObject):
         self.show_dashboard()
         self.dashboard.confirm_leave(project)
 
+    def open_welcome(self) -> WelcomeDialog:
+        """What Barnraise does, the limits in force, Preferences, and a way to join."""
+        if self.welcome is None:
+            dialog = WelcomeDialog(self.settings)
+            dialog.join_requested.connect(lambda: self.open_join())
+            dialog.preferences_requested.connect(self.open_preferences)
+            dialog.finished.connect(lambda _: self._welcome_closed())
+            self.welcome = dialog
+        self._raise(self.welcome)
+        return self.welcome
+
+    def _welcome_closed(self) -> None:
+        self.welcome = None
+        try:
+            mark_welcomed(self.config_folder)  # seen once is enough; the menu has it
+        except OSError as exc:
+            log.warning("could not remember that the welcome was shown: %s", exc)
+
     def open_preferences(self) -> PreferencesDialog:
         if self.preferences is None:
             if self._gpus is None:
@@ -442,6 +471,7 @@ class TrayApp(QObject):
             log.exception("engine.stop() failed")
         self.tray.hide()
         for window in (
+            self.welcome,
             self.join_dialog,
             self.preferences,
             *list(self.key_dialogs.values()),

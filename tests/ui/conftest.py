@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from app.contributor.credential_choice import STORAGE_KEYCHAIN, CredentialStorage
 from app.contributor.events import EngineState, Error, Event, EventBus, StateChanged
 from app.contributor.invites import JoinTarget
 from app.contributor.settings import Settings, default_settings
@@ -47,6 +48,7 @@ class FakeEngine:
         # Identities this machine has (project → identity), as the keychain would say.
         self.identities: dict[str, ExistingIdentity] = {}
         self.accept_error: Exception | None = None
+        self.storage = CredentialStorage(STORAGE_KEYCHAIN)  # where a join keeps its key
         self.snapshots = 0  # how often the tray read the snapshot
         self.threads: set[str] = set()
         self.lock = threading.Lock()
@@ -148,6 +150,13 @@ class FakeEngine:
         self._record("validate_data", path)
         return check_local_csv(path, preview.data_columns)
 
+    def credential_storage(self) -> CredentialStorage:
+        self._record("credential_storage")
+        return self.storage
+
+    def use_file_store(self) -> CredentialStorage:
+        raise AssertionError("the fake engine has a keychain; use the real engine for this")
+
     def existing_identity(self, preview: ProjectPreview) -> ExistingIdentity | None:
         self._record("existing_identity", preview.name)
         return self.identities.get(preview.name)
@@ -214,7 +223,9 @@ def engine() -> FakeEngine:
 @pytest.fixture
 def tray_app(qtbot: Any, engine: FakeEngine, config_dir: Path) -> Iterator[Any]:
     from app.tray.tray import TrayApp
+    from app.tray.welcome import mark_welcomed
 
+    mark_welcomed(config_dir)  # the first start's welcome has its own tests (test_welcome.py)
     app = TrayApp(engine, settings_path=config_dir / "settings.json", tray_available=True, gpus=[])
     qtbot.addWidget(app.dashboard)
     app.start()

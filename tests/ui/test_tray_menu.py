@@ -30,6 +30,7 @@ def test_menu_lists_everything_a_volunteer_needs(tray_app):
         "Join project…",
         "Leaderboard",
         "Preferences…",
+        "Welcome…",
         "Quit Barnraise",
     ]
     status = tray_app.menu.actions()[0]
