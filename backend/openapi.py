@@ -38,13 +38,26 @@ _HEADERS: dict[str, Schema] = {
         "required": True,
     },
     "ETag": {
-        "description": 'The model digest in quotes: "<sha256 hex>".',
+        "description": 'A sha256 in quotes, "<hex>": of the model, or of the export file.',
         "schema": {"type": "string", "pattern": r'^"[0-9a-f]{64}"$'},
     },
     "Accept-Ranges": {"schema": {"const": "bytes"}},
+    "Last-Modified": {
+        "description": "When the export was generated (HTTP date).",
+        "schema": {"type": "string"},
+    },
+    "Cache-Control": {
+        "description": "public, max-age=SECONDS: until the next export is due.",
+        "schema": {"type": "string", "pattern": r"^public, max-age=\d+$"},
+    },
     "Content-Range": {
         "description": "bytes START-END/TOTAL",
         "schema": {"type": "string", "pattern": r"^bytes (\d+-\d+|\*)/\d+$"},
+    },
+    "Upload-Offset": {
+        "description": "Bytes of the upload the coordinator holds: the next chunk's first.",
+        "schema": {"type": "integer", "minimum": 0},
+        "required": True,
     },
 }
 _HEADER_KEYS = {name: name.replace("-", "") for name in _HEADERS}
@@ -53,6 +66,7 @@ _MEDIA = {
     "binary": "application/octet-stream",
     "html": "text/html",
     "text": "text/plain",
+    "gzip": "application/gzip",
 }
 
 
@@ -71,6 +85,10 @@ def _schemas() -> dict[str, Schema]:
         "VersionNumber": (r"^(0|[1-9][0-9]{0,9})$", "A model version number, from 0."),
         "PublicKey": (B64_32_PATTERN, "Raw 32-byte Ed25519 public key, base64."),
         "Signature": (B64_64_PATTERN, "Raw 64-byte Ed25519 signature, base64."),
+        "TeamName": (
+            rf"^[^/]{{1,{protocol.MAX_TEAM_CHARS}}}$",
+            "A team's name as stored, URL-encoded (UTF-8); a name holding '/' has no page.",
+        ),
     }
     for name, (pattern, description) in named.items():
         schemas[name] = {"type": "string", "pattern": pattern, "description": description}
@@ -103,7 +121,14 @@ def _answer(answer: Answer) -> Schema:
         }
     if answer.media is not None:
         schema = _ref(answer.message.__name__) if answer.message else {"type": "object"}
-        if answer.media != "json":
+        if answer.media == "gzip" and answer.message:
+            schema = {
+                "type": "string",
+                "contentMediaType": "application/gzip",
+                "description": f"gzip of a {answer.message.__name__} JSON document (schema "
+                f"in components: {answer.message.__name__}).",
+            }
+        elif answer.media != "json":
             schema = {"type": "string"}
         out["content"] = {_MEDIA[answer.media]: {"schema": schema}}
     return out
@@ -161,6 +186,8 @@ _PATH_PARAM_SCHEMA = {
     "update_id": "Id",
     "digest": "Digest",
     "version": "VersionNumber",
+    "client_id": "Id",
+    "team": "TeamName",
 }
 
 

@@ -36,7 +36,7 @@ PAGE_ROWS = CONTRIBUTOR_ROWS_SHOWN
 """Contributors and teams shown on a page at most (the JSON leaderboard has them all)."""
 
 
-def _html(text: str) -> Response:
+def html_response(text: str) -> Response:
     headers = [(k, v) for k, v in PAGE_HEADERS if k.lower() != "content-type"]
     content_type = dict((k.lower(), v) for k, v in PAGE_HEADERS).get(
         "content-type", "text/html; charset=utf-8"
@@ -63,9 +63,10 @@ def index_page(app: App, req: Request) -> Response:
                 total_credit=stats.total_credit,
                 accuracy=latest.metrics.get("accuracy") if latest else None,
                 updated_at=latest.created_at if latest else None,
+                state=coordinator.services.profiles.state(project),
             )
         )
-    return _html(render_index(summaries, now=coordinator.clock()))
+    return html_response(render_index(summaries, now=coordinator.clock()))
 
 
 def project_page(app: App, req: Request, project: str) -> Response:
@@ -85,6 +86,7 @@ def project_page(app: App, req: Request, project: str) -> Response:
             updates_rejected=r.updates_rejected,
             last_seen=r.last_seen,
             banned=r.banned,
+            client_id=r.client_id,
         )
         for r in board.contributors[:PAGE_ROWS]
     )
@@ -140,7 +142,7 @@ def project_page(app: App, req: Request, project: str) -> Response:
         tokens_trained=_tokens_trained(record, stats.versions),
         model_digest=view.model_digest or "",
     )
-    return _html(render_project_page(page))
+    return html_response(render_project_page(page))
 
 
 def _privacy_view(view: protocol.Project) -> PrivacyView | None:
@@ -181,7 +183,7 @@ def model_card_page(app: App, req: Request, project: str) -> Response:
     examples = current.metrics.get(EXAMPLES_TRAINED)
     page_url = f"{app.public_url}/p/{record.name}"
     file = Path(f"{record.name}-v{record.current_version}.safetensors")
-    return _html(
+    return html_response(
         render_model_card(
             ModelCardView(
                 name=record.name,

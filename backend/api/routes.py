@@ -9,71 +9,12 @@ storage.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
 from backend.api import models, pages, projects, provenance, stats, system, tasks
+from backend.api.public_routes import EXPORT_ROUTES, PROFILE_PAGE_ROUTES
+from backend.api.route_types import API, Answer, Media, Param, Route
 from federated import protocol as p
 
-API = "/api/v1"
-
-Media = Literal["json", "binary", "html", "text"]
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One success answer of a route: its description, body and headers."""
-
-    description: str
-    message: type[Any] | None = None
-    media: Media | None = "json"
-    headers: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Param:
-    """A query or header parameter, with its JSON Schema."""
-
-    name: str
-    where: Literal["query", "header"]
-    description: str
-    schema: dict[str, Any]
-    required: bool = False
-
-
-@dataclass(frozen=True)
-class Route:
-    name: str
-    method: str
-    path: str
-    handler: Callable[..., Any]
-    summary: str
-    tag: str
-    answers: dict[int, Answer]
-    errors: tuple[int, ...] = ()
-    bearer: bool = False
-    body: type[Any] | Literal["binary"] | None = None
-    params: tuple[Param, ...] = ()
-    description: str = ""
-    html_errors: bool = False
-    trailing_slash: bool = False
-    regex: re.Pattern[str] = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "regex", _compile(self.path, self.trailing_slash))
-
-    @property
-    def path_params(self) -> list[str]:
-        return re.findall(r"\{(\w+)\}", self.path)
-
-
-def _compile(path: str, trailing_slash: bool) -> re.Pattern[str]:
-    """``/p/{project}`` -> ``^/p/(?P<project>[^/]+)$``: a segment per name, the rest literal."""
-    parts = re.split(r"(\{\w+\})", path)
-    body = "".join(f"(?P<{s[1:-1]}>[^/]+)" if s.startswith("{") else re.escape(s) for s in parts)
-    return re.compile(f"^{body}{'/?' if trailing_slash else ''}$")
+__all__ = ["API", "HTML_ROUTES", "ROUTE_TABLE", "Answer", "Media", "Param", "Route"]
 
 
 _P = f"{API}/projects/{{project}}"
@@ -90,7 +31,34 @@ UPLOAD_DESCRIPTION = (
     "first receipt; another payload for an answered task is 409. A final refusal (400 "
     "bad_request/bad_json, 403 bad_signature, 409 wrong_base, 413, 415, 422) ends the task "
     "for good: it is never leased again, and later uploads and heartbeats for it answer 410 "
-    "task_rejected. 400 incomplete_body (the body was cut short) does not: send it again."
+    "task_rejected. 400 incomplete_body (the body was cut short) does not: send it again. "
+    "Resumable: the prefix of a body cut short is kept for the lease's owner; ask GET on "
+    "this path how much is held and send the rest with Content-Range and Content-Digest "
+    "(one chunk per request: 202 with the progress, the last one the receipt). A chunk's "
+    "own refusals (400 bad_content_range, bad_content_digest, chunk_digest_mismatch; 409 "
+    "upload_offset_mismatch, upload_in_progress) are never final and store nothing."
+)
+
+_MANIFEST_PARAMS = (
+    Param(
+        "X-Barnraise-Manifest",
+        "header",
+        "base64 of canonical_json(UpdateManifest).",
+        {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9+/]*={0,2}$",
+            "minLength": 4,
+            "maxLength": p.MAX_MANIFEST_HEADER_BYTES,
+        },
+        required=True,
+    ),
+    Param(
+        "X-Barnraise-Signature",
+        "header",
+        "base64 client signature over the exact manifest bytes.",
+        {"$ref": "#/components/schemas/Signature"},
+        required=True,
+    ),
 )
 
 _UPDATE_PARAM = Param(
@@ -148,6 +116,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
         html_errors=True,
         trailing_slash=True,
     ),
+    *PROFILE_PAGE_ROUTES,
     Route(
         "page_project",
         "GET",
@@ -268,32 +237,51 @@ ROUTE_TABLE: tuple[Route, ...] = (
         {
             201: Answer("Accepted and credited.", p.Receipt),
             200: Answer("Retry of an accepted upload: the first receipt.", p.Receipt),
+            202: Answer(
+                "A resumed chunk stored; send the next from the offset.",
+                p.UploadProgress,
+                headers=("Upload-Offset",),
+            ),
         },
         (400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 503, 507),
         bearer=True,
         body="binary",
         description=UPLOAD_DESCRIPTION,
         params=(
+            *_MANIFEST_PARAMS,
             Param(
-                "X-Barnraise-Manifest",
+                "Content-Range",
                 "header",
-                "base64 of canonical_json(UpdateManifest).",
-                {
-                    "type": "string",
-                    "pattern": r"^[A-Za-z0-9+/]*={0,2}$",
-                    "minLength": 4,
-                    "maxLength": p.MAX_MANIFEST_HEADER_BYTES,
-                },
-                required=True,
+                "A resumed chunk: bytes FIRST-LAST/TOTAL, FIRST the offset held.",
+                {"type": "string", "maxLength": p.limits.MAX_CONTENT_RANGE_CHARS},
             ),
             Param(
-                "X-Barnraise-Signature",
+                "Content-Digest",
                 "header",
-                "base64 client signature over the exact manifest bytes.",
-                {"$ref": "#/components/schemas/Signature"},
-                required=True,
+                "A resumed chunk's sha-256 (RFC 9530): sha-256=:BASE64:. Required with "
+                "Content-Range.",
+                {"type": "string", "maxLength": p.limits.MAX_CONTENT_DIGEST_CHARS},
             ),
         ),
+    ),
+    Route(
+        "upload_progress",
+        "GET",
+        f"{_T}/update",
+        tasks.upload_progress,
+        "How much of the upload signed by this manifest the coordinator holds (resume).",
+        "updates",
+        {
+            200: Answer(
+                "The offset to resume from (0: none held), or the receipt if the task "
+                "already has this update.",
+                p.UploadProgress,
+                headers=("Upload-Offset",),
+            )
+        },
+        (400, 401, 403, 404, 409, 410, 422, 429),
+        bearer=True,
+        params=_MANIFEST_PARAMS,
     ),
     Route(
         "current_model",
@@ -349,6 +337,7 @@ ROUTE_TABLE: tuple[Route, ...] = (
         {200: Answer("The leaderboard.", p.Leaderboard)},
         (400, 404, 429),
     ),
+    *EXPORT_ROUTES,
     Route(
         "stats",
         "GET",

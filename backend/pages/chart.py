@@ -75,10 +75,12 @@ def render_line_chart(
     y_range: tuple[float, float] | None = None,
     series_class: str = "series-a",
     empty_text: str = "No data yet",
+    x_name: str = "version",
 ) -> str:
     """An ``<svg>`` element (string). ``y_format`` labels the ticks, ``point_format`` (default
     ``y_format``) the hover text of each point; ``y_range`` fixes the y axis (e.g. ``(0, 1)``), ``x_range`` the x axis (so
     charts side by side line up); points outside a fixed range are clamped to its edge.
+    ``x_name`` names an x value in each point's hover text ("version 3: 91%").
     """
     point_text = point_format or y_format
     plot_left = _MARGIN_LEFT
@@ -193,7 +195,7 @@ def render_line_chart(
     for x, y in marked:
         parts.append(
             f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5">'
-            f"<title>version {_x(_num(x))}: {_x(point_text(y))}</title></circle>"
+            f"<title>{_x(x_name)} {_x(_num(x))}: {_x(point_text(y))}</title></circle>"
         )
     parts.append("</g>")
     parts.append("</svg>")

@@ -39,9 +39,10 @@ def h(text: object) -> str:
     return escape(str(text), quote=True)
 
 
-def status_badge(status: str) -> str:
+def status_badge(status: str, words: str = "") -> str:
+    """A badge coloured by ``status`` that says ``words`` (default: the status)."""
     kind = status if status in {"open", "paused", "closed", "finished"} else "other"
-    return f'<span class="badge badge-{kind}">{h(status)}</span>'
+    return f'<span class="badge badge-{kind}">{h(words or status)}</span>'
 
 
 def time_element(when: float | None, now: float) -> str:

@@ -13,6 +13,7 @@ from http import HTTPStatus
 
 from backend.pages.actions import render_actions
 from backend.pages.chart import render_line_chart
+from backend.pages.contributor_page import team_link
 from backend.pages.document import document as _document
 from backend.pages.document import h as _h
 from backend.pages.document import status_badge as _status_badge
@@ -24,6 +25,7 @@ from backend.pages.formatting import (
     format_loss,
     format_percent,
 )
+from backend.pages.links import contributor_href, export_href
 from backend.pages.privacy import render_privacy
 from backend.pages.samples import render_samples
 from backend.pages.views import (
@@ -54,7 +56,8 @@ def _project_card(project: ProjectSummaryView, now: float | None) -> str:
     )
     return (
         '<li class="card project-card">'
-        f'<h2><a href="{href}">{_h(project.name)}</a> {_status_badge(project.status)}</h2>'
+        f'<h2><a href="{href}">{_h(project.name)}</a> '
+        f"{_status_badge(project.status, project.state)}</h2>"
         f"{description}"
         "<dl>"
         f"<div><dt>Model version</dt><dd>{format_count(project.current_version)}</dd></div>"
@@ -230,8 +233,11 @@ def _charts(versions: Sequence[VersionPoint]) -> str:
     )
 
 
-def _contributor_row(rank: int, row: ContributorRow, now: float) -> str:
-    team = _h(row.team) if row.team else '<span class="muted">&ndash;</span>'
+def _contributor_row(rank: int, row: ContributorRow, now: float, project: str) -> str:
+    team = team_link(project, row.team) if row.team else '<span class="muted">&ndash;</span>'
+    name = _h(row.name)
+    if row.client_id:
+        name = f'<a href="{_h(contributor_href(project, row.client_id))}">{name}</a>'
     rejected_class = "num bad" if row.updates_rejected else "num"
     top = ' class="top"' if rank <= 3 else ""
     short_id = f' <span class="muted id">#{_h(row.short_id)}</span>' if row.short_id else ""
@@ -242,7 +248,7 @@ def _contributor_row(rank: int, row: ContributorRow, now: float) -> str:
     return (
         f"<tr{top}>"
         f'<td class="rank num">{rank}</td>'
-        f'<td class="name">{_h(row.name)}{short_id}</td>'
+        f'<td class="name">{name}{short_id}</td>'
         f'<td class="team">{team}</td>'
         f'<td class="num" title="{row.credit:,.3f} {CREDIT_UNIT}">{format_credit(row.credit)}</td>'
         f'<td class="num">{format_credit(row.recent_credit)}</td>'
@@ -272,7 +278,9 @@ def _contributors(view: ProjectPageView) -> str:
         '<th scope="col">Last seen</th>'
     )
     if shown:
-        rows = "".join(_contributor_row(i, r, view.now) for i, r in enumerate(shown, start=1))
+        rows = "".join(
+            _contributor_row(i, r, view.now, view.name) for i, r in enumerate(shown, start=1)
+        )
     elif view.status in ("closed", "finished"):
         rows = '<tr><td class="empty" colspan="8">Nobody contributed to this project.</td></tr>'
     else:
@@ -296,11 +304,11 @@ def _contributors(view: ProjectPageView) -> str:
     )
 
 
-def _team_row(rank: int, row: TeamRow) -> str:
+def _team_row(rank: int, row: TeamRow, project: str) -> str:
     return (
         "<tr>"
         f'<td class="rank num">{rank}</td>'
-        f'<td class="name">{_h(row.name)}</td>'
+        f'<td class="name">{team_link(project, row.name)}</td>'
         f'<td class="num">{format_count(row.members)}</td>'
         f'<td class="num" title="{row.credit:,.3f} {CREDIT_UNIT}">{format_credit(row.credit)}</td>'
         f'<td class="num">{format_credit(row.recent_credit)}</td>'
@@ -317,7 +325,7 @@ def _teams(view: ProjectPageView) -> str:
         '<th class="num" scope="col">Recent</th><th class="num" scope="col">Accepted</th>'
     )
     if view.teams:
-        rows = "".join(_team_row(i, t) for i, t in enumerate(view.teams, start=1))
+        rows = "".join(_team_row(i, t, view.name) for i, t in enumerate(view.teams, start=1))
     else:
         rows = (
             '<tr><td class="empty" colspan="6">No teams yet. Contributors pick a team name '
@@ -364,6 +372,27 @@ def _versions(view: ProjectPageView) -> str:
     )
 
 
+def _data(project: str) -> str:
+    """Links for stats sites and scripts: the daily exports and the JSON API."""
+    api = f"/api/v1/projects/{project}"
+    links = (
+        (export_href(project, "users"), "users.json.gz", "every contributor, daily"),
+        (export_href(project, "teams"), "teams.json.gz", "every team, daily"),
+        (f"{api}/leaderboard", "leaderboard", "JSON, live"),
+        (f"{api}/stats", "stats", "JSON: model versions and counts"),
+        ("/api/v1/openapi.json", "API description", "OpenAPI"),
+    )
+    items = "".join(
+        f'<li><a href="{_h(href)}">{_h(label)}</a> <span class="muted">{_h(what)}</span></li>'
+        for href, label, what in links
+    )
+    return (
+        '<section id="data"><h2>Data</h2><p class="note">For stats sites: the exports are '
+        "gzip JSON files made once a day (schema in the protocol document, "
+        f"&ldquo;Exports&rdquo;).</p><ul>{items}</ul></section>"
+    )
+
+
 _PRIVACY_FACT = {"dp-sgd": "record-level DP", "dp-fedavg": "user-level DP"}
 
 
@@ -398,7 +427,8 @@ def render_project_page(view: ProjectPageView) -> str:
         f"{_contributors(view)}\n"
         f"{_teams(view)}\n"
         f"{_versions(view)}\n"
-        f"{render_actions(view.actions, view.now)}"
+        f"{render_actions(view.actions, view.now)}\n"
+        f"{_data(view.name)}"
     )
     summary = view.description or f"Barnraise project {view.name}"
     return _document(f"{view.name} · Barnraise", body, description=summary[:300])

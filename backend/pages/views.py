@@ -25,6 +25,7 @@ class ProjectSummaryView:
     total_credit: float = 0.0  # GFLOP
     accuracy: float | None = None  # latest version's held-out accuracy in [0, 1]
     updated_at: float | None = None  # when the latest version was published
+    state: str = ""  # in words: "training · invite only", "waiting for 2 volunteers"...
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ContributorRow:
     last_seen: float | None  # unix seconds; None: never
     short_id: str = ""  # the first characters of the client id: names alone can look alike
     banned: bool = False  # banned by the organiser: marked, kept in its place
+    client_id: str = ""  # the public id: the name links to /p/PROJECT/c/CLIENT_ID when set
 
 
 @dataclass(frozen=True)
@@ -162,3 +164,58 @@ class ModelCardView:
     finished_reason: str = ""
     privacy: PrivacyView | None = None
     load_snippet: str = ""
+
+
+@dataclass(frozen=True)
+class RefusalRow:
+    """One refused upload or kept-out update: when, and its code (no payload detail)."""
+
+    at: float
+    code: str
+
+
+@dataclass(frozen=True)
+class ContributorPageView:
+    """Everything ``/p/NAME/c/CLIENT_ID`` shows: what the leaderboard shows of one
+    contributor, plus first seen, credit by day and the codes of its refusals.
+
+    ``credit_days`` holds (UTC day number, GFLOP granted that day), oldest first, days
+    without credit left out; the page draws the running total from ``first_seen``'s day to
+    ``now``'s. ``refusal_codes`` is (code, count), most first; ``refusals`` newest first.
+    """
+
+    project: str
+    now: float
+    client_id: str
+    name: str
+    team: str | None
+    rank: int | None
+    credit: float
+    recent_credit: float
+    updates_accepted: int
+    updates_rejected: int
+    first_seen: float
+    last_seen: float | None
+    banned: bool = False
+    credit_days: tuple[tuple[int, float], ...] = ()
+    refusal_codes: tuple[tuple[str, int], ...] = ()
+    refusals: tuple[RefusalRow, ...] = ()
+
+
+@dataclass(frozen=True)
+class TeamPageView:
+    """Everything ``/p/NAME/t/TEAM`` shows: the team's totals, its members (in rank order,
+    each with its ``client_id`` for the link) and its credit by day (as the contributor
+    page's, from ``first_seen``, its first member's joining)."""
+
+    project: str
+    now: float
+    name: str
+    rank: int | None
+    credit: float
+    recent_credit: float
+    updates_accepted: int
+    updates_rejected: int
+    first_seen: float
+    members: tuple[ContributorRow, ...] = ()
+    credit_days: tuple[tuple[int, float], ...] = ()

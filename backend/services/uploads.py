@@ -28,16 +28,15 @@ from backend.ids import check_server_id, new_id
 from backend.services import privacy
 from backend.services.context import ProjectRuntime, ServiceContext
 from backend.services.finishing import FINISHED, finished_error
-from backend.services.inputs import b64decode_field
 from backend.services.standings import receipt
 from backend.services.tasks import check_live, check_not_banned, owned_task, record_pace
+from backend.services.upload_resume import ResumableUploads, signed_manifest
 from backend.settings import ProjectSettings
 from backend.store import ClientRecord, ProjectRecord, TaskRecord, UpdateRecord
 from federated import protocol
 from federated.codec import decode_model, decode_update
-from federated.errors import SignatureError, UpdateRejected
+from federated.errors import UpdateRejected
 from federated.screening import free_ride_reason
-from federated.signing import verify_bytes
 from federated.tensors import StateDict, l2_norm
 
 log = logging.getLogger(__name__)
@@ -46,6 +45,10 @@ _PAYLOAD_CODES = frozenset(PAYLOAD_CODES)
 
 _LATE_CODES = frozenset({"wrong_base"})
 """Final refusals an honest contributor gets for being late, which do not make it suspect."""
+
+_TRANSFER_CODES = frozenset({"incomplete_body", *protocol.RESUME_CODES})
+"""Refusals of how the bytes travelled (a cut body, a resumed chunk that must be sent
+again), not of the update: counted in the metrics, not against the contributor."""
 
 _TYPICAL_NORM_UPDATES = 32
 """The typical norm a new update is compared with: the median of the project's last this
@@ -71,6 +74,8 @@ class UploadService:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
+        self.resume = ResumableUploads(ctx)
+        """Partial uploads: a cut upload's prefix kept, the rest sent in chunks."""
 
     @contextmanager
     def attempt(
@@ -86,7 +91,7 @@ class UploadService:
             yield attempt
         except HTTPError as exc:
             self.metrics_rejected(project.name, exc.code)
-            if exc.status not in (401, 404):
+            if exc.status not in (401, 404) and exc.code not in _TRANSFER_CODES:
                 self._record_rejection(attempt, exc.code)
             raise
 
@@ -120,21 +125,9 @@ class UploadService:
         ctx = self._ctx
         project, client, task_id = attempt.project, attempt.client, attempt.task_id
         settings = ctx.runtime(project).settings
-        # 1. manifest parse: strict and canonical, so one update has one signed form
-        manifest_bytes = b64decode_field(manifest_header, "X-Barnraise-Manifest")
-        try:
-            fields = protocol.parse_json(
-                manifest_bytes, what="X-Barnraise-Manifest", canonical=True
-            )
-        except protocol.ProtocolError as exc:
-            raise refusal(exc) from None
+        # 1. manifest parse: strict and canonical, so one update has one signed form;
         # 2. signature over the exact bytes
-        try:
-            verify_bytes(client.public_key, manifest_bytes, signature)
-        except SignatureError as exc:
-            raise api_error(
-                "bad_signature", f"the update signature does not verify: {exc}"
-            ) from None
+        fields = signed_manifest(client, manifest_header, signature)
         # 3. the client owns the live lease (or this is a retry of an accepted update)
         with ctx.store.read() as tx:
             task = owned_task(ctx, project, client, task_id)

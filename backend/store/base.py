@@ -265,23 +265,18 @@ class ReadTx(Protocol):
         """The project's organiser actions, newest first (at most ``limit``)."""
         ...
 
-    def clients_seen_since(self, project_id: int, since: float) -> int:
-        """The project's members not banned and seen at ``since`` or later."""
-        ...
+    def clients_seen_since(self, project_id: int, since: float) -> int: ...  # not banned
 
     def credit_by_day(
         self, project_id: int, client_id: str | None, team: str | None
     ) -> list[tuple[int, float]]:
-        """(UTC day number, credit granted) of one client's updates (or one team's), by the
-        day each was accepted, oldest first; days without credit are left out."""
+        """(UTC day, credit granted) of one client's (or team's) updates by day accepted."""
         ...
 
-    def refusals(self, project_id: int, client_id: str, limit: int) -> list[tuple[float, str]]:
-        """(when, code) of the client's refused tasks and kept-out updates, newest first."""
-        ...
-
-    def refusal_codes(self, project_id: int, client_id: str) -> dict[str, int]:
-        """How many of those refusals had each code."""
+    def refusals(
+        self, project_id: int, client_id: str, limit: int
+    ) -> tuple[dict[str, int], list[tuple[float, str]]]:
+        """Refused tasks and kept-out updates: counts by code; the newest ``limit`` (at, code)."""
         ...
 
     # --- retention (backend.services.retention) -------------------------------------------

@@ -11,6 +11,12 @@ an upload cut short by a crash. Where several hosts share the folder (a network
 filesystem under coordinators on several machines), another host's pids mean nothing
 here: its files are left to it, or removed once older than ``ORPHAN_AGE_S``.
 
+Partial uploads (``partials/TASK.DIGEST.TOTAL``, beside ``tmp/``, the received prefix of a resumable
+upload, ``backend.services.upload_resume``) live in the shared folder, not in one process,
+so a resume that reaches another coordinator process finds them; their size is the offset
+held. The orphan sweep leaves them (the upload service removes those of tasks no longer
+live), except once older than ``ORPHAN_AGE_S``.
+
 Update payloads are deleted by retention (``delete``), once the database no longer
 promises them; models and strategy states never are.
 """
@@ -27,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from federated.files import fsync_dir
-from federated.protocol import is_digest
+from federated.protocol import is_digest, is_server_id
 
 CHUNK = 1024 * 1024
 ORPHAN_AGE_S = 24 * 3600.0
@@ -41,6 +47,8 @@ class BlobStore:
         self.root = Path(root)
         self.tmp_dir = self.root / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.partials_dir = self.root / "partials"
+        self.partials_dir.mkdir(exist_ok=True)
         self.orphans_removed = self.remove_orphans()
 
     def remove_orphans(self) -> int:
@@ -53,6 +61,41 @@ class BlobStore:
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 f.unlink()
                 removed += 1
+        for f in self.partials_dir.iterdir():
+            if _older(f, now - ORPHAN_AGE_S):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    f.unlink()
+                    removed += 1
+        return removed
+
+    def partial_path(self, task_id: str, digest: str, total: int) -> Path:
+        """Where the received prefix of ``task_id``'s upload of payload ``digest`` (``total``
+        bytes) is kept. The task id is a server id (no dots), so the name splits back."""
+        if not is_digest(digest) or not is_server_id(task_id) or total < 0:
+            raise ValueError(f"not a partial upload: {task_id[:80]!r} {digest[:80]!r} {total}")
+        return self.partials_dir / f"{task_id}.{digest}.{total}"
+
+    def partials(self, task_id: str | None = None) -> list[tuple[str, str, int, Path]]:
+        """The partial uploads held (of ``task_id`` only, if given): (task id, digest,
+        total, path); a file of another name is not one of them."""
+        found = []
+        for f in self.partials_dir.iterdir():
+            task, _, rest = f.name.partition(".")
+            digest, _, total = rest.partition(".")
+            if task_id is not None and task != task_id:
+                continue
+            if is_server_id(task) and is_digest(digest) and total.isdigit():
+                found.append((task, digest, int(total), f))
+        return found
+
+    def discard_partials(self, task_id: str, keep: Path | None = None) -> int:
+        """Remove ``task_id``'s partial uploads (but ``keep``); how many were removed."""
+        removed = 0
+        for _, _, _, path in self.partials(task_id):
+            if path != keep:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
         return removed
 
     def path(self, digest: str) -> Path:

@@ -33,6 +33,9 @@ from backend.store.sqlite_rows import (
     version_from_row,
 )
 
+SECONDS_PER_DAY = 86_400
+"""A UTC day, for ``credit_by_day``."""
+
 
 class SQLiteReads:
     """The queries of ``ReadTx``, on one connection inside a transaction."""
@@ -339,3 +342,64 @@ class SQLiteReads:
         if row is None or row[1] == 0:
             return None, 0
         return (None if row[0] is None else float(row[0])), int(row[1])
+
+    # --- public stats pages and exports ----------------------------------------------------
+    def clients_seen_since(self, project_id: int, since: float) -> int:
+        """The project's members not banned and seen at ``since`` or later."""
+        row = self._one(
+            """SELECT COUNT(*) FROM clients
+               WHERE project_id = ? AND last_seen >= ? AND banned_at IS NULL""",
+            project_id,
+            since,
+        )
+        return int(row[0]) if row else 0
+
+    def credit_by_day(
+        self, project_id: int, client_id: str | None, team: str | None
+    ) -> list[tuple[int, float]]:
+        # Whole seconds, then integer division: both stores truncate the same way (a cast
+        # of a float to an integer rounds in PostgreSQL: half a second's difference at most).
+        args: tuple[Any, ...]
+        if client_id is not None:
+            who, args = "client_id = ?", (project_id, client_id)
+        else:
+            who = "client_id IN (SELECT id FROM clients WHERE project_id = ? AND team = ?)"
+            args = (project_id, project_id, team)
+        rows = self._all(
+            f"""SELECT CAST(accepted_at AS BIGINT) / {SECONDS_PER_DAY} AS day, SUM(credit)
+                FROM updates WHERE project_id = ? AND {who} AND credit_state = 'granted'
+                GROUP BY day ORDER BY day""",  # noqa: S608 - constants, no user text
+            *args,
+        )
+        return [(int(r[0]), float(r[1])) for r in rows]
+
+    _REFUSALS = """
+        SELECT COALESCE(rejected_at, 0) AS refused_at, COALESCE(rejected_code, 'unknown') AS code
+          FROM tasks WHERE project_id = ? AND client_id = ? AND status = 'rejected'
+        UNION ALL
+        SELECT u.accepted_at, COALESCE(u.verdict, 'unknown') FROM updates u
+          JOIN tasks t ON t.id = u.task_id
+         WHERE u.project_id = ? AND u.client_id = ? AND u.status = 'rejected'
+           AND t.status <> 'rejected'"""
+    """A task refused for good carries its code; an update kept out of an aggregate after
+    it was accepted keeps its task answered, and counts here by its verdict (when it was
+    accepted), unless setting it aside also ended its task (then it is counted once)."""
+
+    def refusals(
+        self, project_id: int, client_id: str, limit: int
+    ) -> tuple[dict[str, int], list[tuple[float, str]]]:
+        args = (project_id, client_id, project_id, client_id)
+        counts = self._all(
+            f"SELECT code, COUNT(*) FROM ({self._REFUSALS}) AS r GROUP BY code",  # noqa: S608
+            *args,
+        )
+        newest = self._all(
+            f"SELECT refused_at, code FROM ({self._REFUSALS}) AS r"  # noqa: S608
+            " ORDER BY refused_at DESC LIMIT ?",
+            *args,
+            limit,
+        )
+        return (
+            {str(r[0]): int(r[1]) for r in counts},
+            [(float(r[0]), str(r[1])) for r in newest],
+        )

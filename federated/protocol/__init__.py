@@ -11,10 +11,12 @@ from federated.protocol.errors import (
     ERROR_STATUS,
     FINAL_UPLOAD_CODES,
     PAYLOAD_CODES,
+    RESUME_CODES,
     SCREENING_CODES,
     VERDICT_CODES,
     ProtocolError,
 )
+from federated.protocol.exports import ExportTeam, ExportUser, TeamsExport, UsersExport
 from federated.protocol.ids import (
     DIGEST_PATTERN,
     ID_PATTERN,
@@ -57,6 +59,7 @@ from federated.protocol.messages import (
     SignedTask,
     TaskManifest,
     UpdateManifest,
+    UploadProgress,
 )
 from federated.protocol.standings import (
     Leaderboard,
@@ -94,11 +97,14 @@ __all__ = [
     "MAX_TEAM_CHARS",
     "PAYLOAD_CODES",
     "PROJECT_NAME_PATTERN",
+    "RESUME_CODES",
     "SCREENING_CODES",
     "VERDICT_CODES",
     "Challenge",
     "ErrorBody",
     "ErrorDetail",
+    "ExportTeam",
+    "ExportUser",
     "Health",
     "Heartbeat",
     "InclusionProof",
@@ -122,8 +128,11 @@ __all__ = [
     "SignedTask",
     "Stats",
     "TaskManifest",
+    "TeamsExport",
     "UpdateManifest",
     "UpdateStatus",
+    "UploadProgress",
+    "UsersExport",
     "VersionStats",
     "convert",
     "decode",

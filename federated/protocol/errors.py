@@ -43,6 +43,9 @@ ERROR_STATUS: dict[str, int] = {
     "bad_request": 400,
     "bad_challenge": 400,
     "incomplete_body": 400,
+    "bad_content_range": 400,
+    "bad_content_digest": 400,
+    "chunk_digest_mismatch": 400,
     "missing_token": 401,
     "bad_token": 401,
     "invite_required": 403,
@@ -57,6 +60,8 @@ ERROR_STATUS: dict[str, int] = {
     "wrong_base": 409,
     "task_already_answered": 409,
     "name_taken": 409,
+    "upload_offset_mismatch": 409,
+    "upload_in_progress": 409,
     "project_closed": 410,
     "project_finished": 410,
     "privacy_budget_spent": 410,
@@ -100,9 +105,28 @@ and heartbeats for it answer 410 ``task_rejected``. Everything else leaves the t
 was: server errors and 429 (try again), 401 and ``unknown_task``/``not_your_task`` (the
 caller does not own the task, so it must not be able to end it), ``incomplete_body`` (a
 connection cut mid-upload: send it again), ``lease_expired``, ``task_already_answered``
-``project_closed`` and ``project_finished`` (the task is over already), and ``banned`` (the caller may not work
+``project_closed`` and ``project_finished`` (the task is over already), the resumable
+upload's own codes (``RESUME_CODES``: ask the offset and send the chunk again), and ``banned`` (the caller may not work
 for the project at all: the ban ended its leases already, and after an unban it starts
 from new tasks)."""
+
+
+RESUME_CODES: frozenset[str] = frozenset(
+    {
+        "bad_content_range",
+        "bad_content_digest",
+        "chunk_digest_mismatch",
+        "upload_offset_mismatch",
+        "upload_in_progress",
+    }
+)
+"""Refusals of one chunk of a resumable upload (docs/protocol.md "Resumable upload"):
+never final, nothing is appended. ``bad_content_range``: ``Content-Range`` malformed,
+or not of this payload (its total is another size, its length not the body's);
+``bad_content_digest``: ``Content-Digest`` missing or malformed; ``chunk_digest_mismatch``:
+the chunk is not what its digest names (send it again); ``upload_offset_mismatch``: the
+chunk does not start where the held part ends (``Upload-Offset`` says where);
+``upload_in_progress``: another request is writing this upload now (``Retry-After``)."""
 
 
 class ProtocolError(FederatedError, ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from federated.protocol import exports as ex
 from federated.protocol import messages as m
 from federated.protocol import standings as st
 
@@ -101,6 +102,7 @@ EXAMPLES: dict[type[Any], Any] = {
         accepted_at=1764220001,
         credit=12.5,
     ),
+    m.UploadProgress: m.UploadProgress(payload_digest=_PAYLOAD, offset=25165824, length=103325096),
     st.UpdateStatus: st.UpdateStatus(
         update_id="uP3d4t3Id0000001",
         task_id=_TASK,
@@ -187,5 +189,37 @@ EXAMPLES: dict[type[Any], Any] = {
     ),
     st.OrganiserAction: _ACTION,
 }
+EXAMPLES[ex.UsersExport] = ex.UsersExport(
+    project="digits",
+    generated_at=1764220000,
+    users=[
+        ex.ExportUser(
+            id=_CLIENT,
+            name="Ada",
+            team="Analytical Engines",
+            total_credit=120.5,
+            recent_credit=30.25,
+            updates_accepted=9,
+            first_seen=1764200000,
+            last_seen=1764220001,
+            rank=1,
+        )
+    ],
+)
+EXAMPLES[ex.TeamsExport] = ex.TeamsExport(
+    project="digits",
+    generated_at=1764220000,
+    teams=[
+        ex.ExportTeam(
+            name="Analytical Engines",
+            members=1,
+            member_ids=[_CLIENT],
+            total_credit=120.5,
+            recent_credit=30.25,
+            updates_accepted=9,
+            rank=1,
+        )
+    ],
+)
 EXAMPLES[m.SignedTask] = m.SignedTask(manifest=EXAMPLES[m.TaskManifest], signature=_SIG)
 EXAMPLES[m.SignedModel] = m.SignedModel(manifest=EXAMPLES[m.ModelManifest], signature=_SIG)

@@ -20,6 +20,22 @@ MAX_RANGE_HEADER_CHARS = 200
 MAX_RANGE_DIGITS = 18
 """A byte position in ``Range`` of more digits than this is past the end of any model (416)."""
 
+RESUME_CHUNK_BYTES = 8 * 1024 * 1024
+"""A contributor resumes a cut upload in chunks of at most this many bytes (one PUT each),
+so a cut loses at most one; a payload no larger is sent whole, in one request."""
+
+MAX_CONTENT_RANGE_CHARS = 100
+"""A resumed upload's ``Content-Range`` (``bytes FIRST-LAST/TOTAL``) longer than this is
+refused (400 ``bad_content_range``); no position of a payload has more than 19 digits."""
+
+MAX_CONTENT_DIGEST_CHARS = 200
+"""A resumed upload's ``Content-Digest`` longer than this is refused (400
+``bad_content_digest``); ``sha-256=:<44 base64 characters>:`` is 54."""
+
+UPLOAD_BUSY_RETRY_S = 1
+"""``Retry-After`` of 409 ``upload_in_progress``: another request still writes the upload
+(a cut one the coordinator has not noticed yet)."""
+
 MAX_MANIFEST_HEADER_BYTES = 16 * 1024
 """The base64 ``X-Barnraise-Manifest`` header larger than this is refused (400)."""
 

@@ -352,6 +352,22 @@ class Receipt(_Answer):
     credit_unit: Literal["GFLOP"] = CREDIT_UNIT
 
 
+class UploadProgress(_Answer):
+    """How much of an update's payload the coordinator holds for a task (resumable uploads,
+    docs/protocol.md "Resumable upload"). ``receipt``: the task already has an accepted
+    update with this payload, so nothing more needs to be sent."""
+
+    payload_digest: Digest
+    offset: Annotated[
+        int, msgspec.Meta(ge=0, description="Bytes held: the next chunk starts here.")
+    ]
+    length: Annotated[
+        int | None,
+        msgspec.Meta(description="The payload's size in bytes, once a first part arrived."),
+    ] = None
+    receipt: Receipt | None = None
+
+
 class ModelManifest(_Answer, omit_defaults=True):
     """What the project key signs for each published version (``federated.provenance``).
 

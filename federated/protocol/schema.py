@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from federated.protocol.exports import TeamsExport, UsersExport
 from federated.protocol.messages import (
     Challenge,
     ErrorBody,
@@ -23,6 +24,7 @@ from federated.protocol.messages import (
     SignedTask,
     TaskManifest,
     UpdateManifest,
+    UploadProgress,
 )
 from federated.protocol.standings import Leaderboard, Me, OrganiserAction, Stats, UpdateStatus
 
@@ -40,6 +42,7 @@ MESSAGES: tuple[type[msgspec.Struct], ...] = (
     Heartbeat,
     UpdateManifest,
     Receipt,
+    UploadProgress,
     UpdateStatus,
     ModelManifest,
     SignedModel,
@@ -48,6 +51,8 @@ MESSAGES: tuple[type[msgspec.Struct], ...] = (
     Stats,
     Me,
     OrganiserAction,
+    UsersExport,
+    TeamsExport,
 )
 """Every message, for the generated OpenAPI components."""
 

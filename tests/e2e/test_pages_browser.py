@@ -15,6 +15,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -163,8 +164,9 @@ class Dom(HTMLParser):
         return self.tags("body")[0]
 
 
-def assert_nothing_injected(dom: Dom) -> None:
-    """Only the elements our pages use; no script, no image, no handler attributes."""
+def assert_nothing_injected(dom: Dom, title: str | None = None) -> None:
+    """Only the elements our pages use; no script, no image, no handler attributes; the
+    title ``title`` when given (a page titled by hostile text), else none a script set."""
     assert dom.tags("script") == []
     assert dom.tags("img") == []
     assert dom.tags("iframe") == []
@@ -172,7 +174,10 @@ def assert_nothing_injected(dom: Dom) -> None:
         handlers = [a for a in attrs if a.startswith("on")]
         assert handlers == [], f"<{tag}> has event handler attributes {handlers}"
     assert "data-pwned" not in dom.body_attrs()
-    assert "pwned" not in dom.title
+    if title is not None:
+        assert dom.title == title
+    else:
+        assert "pwned" not in dom.title
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +312,11 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pass
 
     app = create_app(tmp_path_factory.mktemp("backend-data"), rate=None)
-    app.coordinator.create_project("digits", recipe="digits-mlp")
+    app.coordinator.create_project(
+        "digits",
+        recipe="digits-mlp",
+        settings={"clients_per_round": 2, "min_updates": 2, "spot_check_rate": 0},
+    )
     app.coordinator.create_project(
         "done",
         recipe="digits-mlp",
@@ -328,11 +337,56 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             (samples.XSS_TITLE, None),
         ]:
             join(base, "digits", name, team)
+        work_a_round(app, base)
         yield base
     finally:
         server.shutdown()
         server.server_close()
         app.close()
+
+
+CONTRIBUTORS: dict[str, str] = {}
+"""Display name -> client id of the contributors of ``work_a_round``."""
+
+
+def work_a_round(app: Any, base: str) -> None:
+    """Ada and Alan of one team train version 1 (one accepted update each, credited);
+    then one of Ada's uploads is refused (a bad signature)."""
+    import requests
+
+    from backend.demo_clients import DemoContributor
+    from backend.testing import upload_request, upload_small_delta
+    from federated.signing import SigningKey
+
+    session = requests.Session()
+    workers = [
+        DemoContributor(base, "digits", name, team="Analytical Engines", session=session)
+        for name in ("Ada Lovelace", "Alan Turing")
+    ]
+    for who in workers:
+        who.join()
+        CONTRIBUTORS[who.display_name] = who.client_id
+        task = who.lease(0)
+        assert task is not None
+        assert upload_small_delta(session, app.coordinator, who, task, base_url=base).ok
+    deadline = time.monotonic() + 60
+    while app.coordinator.project("digits").current_version < 1:
+        assert time.monotonic() < deadline, "version 1 was not published in time"
+        time.sleep(0.1)
+    ada = workers[0]
+    task = ada.lease(5)
+    assert task is not None
+    refused = upload_request(
+        session,
+        base,
+        project="digits",
+        token=ada.token,
+        key=SigningKey.generate(),
+        task=task,
+        client_id=ada.client_id,
+        payload=b"\0" * 64,
+    )
+    assert refused.status_code == 403
 
 
 def _post(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -427,3 +481,44 @@ def test_the_model_card_in_a_browser(real_server: str, profile: Path) -> None:
     assert "Hyperparameters" in text and "num_shards" in text and "Held-out metrics" in text
     assert len(dom.tags("table")) == 4
     screenshot(url, "real-model-card.png", DESKTOP, profile)
+
+
+def test_a_contributor_page_from_the_real_backend(real_server: str, profile: Path) -> None:
+    """Reached from the leaderboard: the name links there; credit, the refusal and its code
+    shown; hostile names elsewhere on the server injected nothing."""
+    board = Dom(dump_dom(f"{real_server}/p/digits", profile))
+    ada = CONTRIBUTORS["Ada Lovelace"]
+    hrefs = {a.get("href") for a in board.tags("a")}
+    assert f"/p/digits/c/{ada}" in hrefs and "/p/digits/t/Analytical%20Engines" in hrefs
+    assert "/api/v1/projects/digits/export/users.json.gz" in hrefs
+    url = f"{real_server}/p/digits/c/{ada}"
+    dom = Dom(dump_dom(url, profile))
+    assert_nothing_injected(dom)
+    assert dom.title == "Ada Lovelace · digits · Barnraise"
+    text = "".join(dom.text)
+    assert "Analytical Engines" in text and "bad_signature" in text
+    assert dom.rows["refusal-codes-table"][0][0] == "bad_signature"
+    assert len(dom.tags("svg")) == 1
+    hostile = next(
+        a.get("href") for a in board.tags("a") if str(a.get("href")).startswith("/p/digits/t/%22")
+    )
+    hostile_team = Dom(dump_dom(f"{real_server}{hostile}", profile))
+    assert_nothing_injected(hostile_team, f"{samples.XSS_TEAM} · team · digits · Barnraise")
+    assert samples.XSS_TEAM in "".join(hostile_team.text)
+    screenshot(url, "real-contributor-desktop.png", DESKTOP, profile)
+    screenshot(url, "real-contributor-phone.png", PHONE, profile)
+
+
+def test_a_team_page_from_the_real_backend(real_server: str, profile: Path) -> None:
+    url = f"{real_server}/p/digits/t/Analytical%20Engines"
+    dom = Dom(dump_dom(url, profile))
+    assert_nothing_injected(dom)
+    members = dom.rows["members-table"]
+    assert [row[1].split(" #")[0] for row in members] == ["Ada Lovelace", "Alan Turing"]
+    hrefs = {a.get("href") for a in dom.tags("a")}
+    assert {f"/p/digits/c/{c}" for c in CONTRIBUTORS.values()} <= hrefs
+    assert len(dom.tags("svg")) == 1
+    missing = Dom(dump_dom(f"{real_server}/p/digits/t/Nobody", profile))
+    assert_nothing_injected(missing)
+    assert "404" in "".join(missing.text)
+    screenshot(url, "real-team-desktop.png", DESKTOP, profile)

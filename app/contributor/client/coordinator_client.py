@@ -48,10 +48,10 @@ from app.contributor.client.errors import (
 from app.contributor.client.transport import (
     DEFAULT_TIMEOUT_S,
     RetryPolicy,
-    ThrottledBody,
     _retry_after,
     check_transport,
 )
+from app.contributor.client.uploads import send_update
 from federated import protocol
 from federated.errors import SignatureError
 from federated.signing import SigningKey, verify
@@ -408,21 +408,16 @@ class CoordinatorClient:
         manifest: protocol.UpdateManifest,
         signing_key: SigningKey,
     ) -> protocol.Receipt:
-        """PUT the update and return the receipt. Retried as a whole when the answer is
-        lost: the same payload again returns the first receipt (idempotent)."""
+        """PUT the update and return the receipt. A small payload is retried as a whole
+        when the answer is lost (the same payload again returns the first receipt); a large
+        one cut short is resumed where it stopped (``client.uploads``)."""
         canonical = protocol.encode_canonical(manifest)
         headers = {
             "Content-Type": "application/octet-stream",
             "X-Barnraise-Manifest": base64.b64encode(canonical).decode("ascii"),
             "X-Barnraise-Signature": signing_key.sign_bytes(canonical),
         }
-        receipt = self.request_json(
-            "PUT",
-            f"{self.api}/tasks/{task_id}/update",
-            auth=True,
-            headers=headers,
-            body_factory=lambda: ThrottledBody(payload, self.upload_kbps_cap, cancel=self.cancel),
-        )
+        receipt = send_update(self, f"{self.api}/tasks/{task_id}/update", headers, payload)
         return self._answer(receipt, protocol.Receipt, "the upload receipt")
 
     def me(self) -> protocol.Me:

@@ -5,6 +5,7 @@ same before and after."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import re
@@ -403,6 +404,55 @@ def manifest_signed_but_not_json(w: World) -> Act:
     return lambda: w.upload(w.b, w.task_b, headers=headers)
 
 
+def _chunk_digest(body: bytes) -> str:
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+
+
+def resume_malformed_range(w: World) -> Act:
+    return lambda: w.upload(w.b, w.task_b, headers={"Content-Range": "bytes=0-"})
+
+
+def resume_without_digest(w: World) -> Act:
+    n = len(w.payload())
+    return lambda: w.upload(w.b, w.task_b, headers={"Content-Range": f"bytes 0-{n - 1}/{n}"})
+
+
+def resume_malformed_digest(w: World) -> Act:
+    n = len(w.payload())
+    headers = {"Content-Range": f"bytes 0-{n - 1}/{n}", "Content-Digest": "sha-256=:nope:"}
+    return lambda: w.upload(w.b, w.task_b, headers=headers)
+
+
+def resume_wrong_digest(w: World) -> Act:
+    payload = w.payload()
+    n = len(payload)
+    headers = {"Content-Range": f"bytes 0-{n - 1}/{n}", "Content-Digest": _chunk_digest(b"x")}
+    return lambda: w.upload(w.b, w.task_b, payload, headers=headers)
+
+
+def resume_past_what_is_held(w: World) -> Act:
+    part = w.payload()[10:]
+    n = len(part) + 10
+    headers = {"Content-Range": f"bytes 10-{n - 1}/{n}", "Content-Digest": _chunk_digest(part)}
+    return lambda: w.upload(w.b, w.task_b, part, headers=headers)
+
+
+def resume_total_over_the_cap(w: World) -> Act:
+    part = w.payload()
+    headers = {
+        "Content-Range": f"bytes 0-{len(part) - 1}/{CAP + 1}",
+        "Content-Digest": _chunk_digest(part),
+    }
+    return lambda: w.upload(w.b, w.task_b, part, headers=headers)
+
+
+def progress_unsigned(w: World) -> Act:
+    return lambda: w.http.get(
+        f"{API}/cat/tasks/{w.task_b['task_id']}/update",
+        headers={"Authorization": f"Bearer {w.b.token}"},
+    )
+
+
 CASES: list[tuple[Callable[[World], Act], int, str]] = [
     (bad_update_signature, 403, "bad_signature"),
     (replayed_task_other_payload, 409, "task_already_answered"),
@@ -449,6 +499,13 @@ CASES: list[tuple[Callable[[World], Act], int, str]] = [
     (range_past_end, 416, "range_not_satisfiable"),
     (unknown_model_digest, 404, "not_found"),
     (bad_wait, 400, "bad_request"),
+    (resume_malformed_range, 400, "bad_content_range"),
+    (resume_without_digest, 400, "bad_content_digest"),
+    (resume_malformed_digest, 400, "bad_content_digest"),
+    (resume_wrong_digest, 400, "chunk_digest_mismatch"),
+    (resume_past_what_is_held, 409, "upload_offset_mismatch"),
+    (resume_total_over_the_cap, 413, "payload_too_large"),
+    (progress_unsigned, 400, "bad_request"),
 ]
 
 

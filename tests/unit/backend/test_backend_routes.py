@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.api import models, pages, projects, stats, system, tasks
+from backend.api import exports, models, pages, profile_pages, projects, stats, system, tasks
 from backend.errors import MethodNotAllowed, NotFound
 from backend.wsgi import ROUTES, resolve
 
@@ -64,6 +64,30 @@ D = "ab" * 32
         ("GET", "/api/v1/projects/p/leaderboard", stats.leaderboard, {"project": "p"}),
         ("GET", "/api/v1/projects/p/stats", stats.project_stats, {"project": "p"}),
         ("GET", "/api/v1/projects/p/me", stats.me, {"project": "p"}),
+        (
+            "GET",
+            "/p/digits/c/cL7n2p9qR4s6t8u0v1w2",
+            profile_pages.contributor_page,
+            {"project": "digits", "client_id": "cL7n2p9qR4s6t8u0v1w2"},
+        ),
+        (
+            "GET",
+            "/p/digits/t/Analytical Engines/",
+            profile_pages.team_page,
+            {"project": "digits", "team": "Analytical Engines"},
+        ),
+        (
+            "GET",
+            "/api/v1/projects/p/export/users.json.gz",
+            exports.users_export,
+            {"project": "p"},
+        ),
+        (
+            "GET",
+            "/api/v1/projects/p/export/teams.json.gz",
+            exports.teams_export,
+            {"project": "p"},
+        ),
         # Segments are captured as they come; handlers answer bad_id for what is not an id.
         ("POST", "/api/v1/projects/../join", projects.join_project, {"project": ".."}),
         (

@@ -97,9 +97,14 @@ def test_upload_binary_headers_and_statuses() -> None:
     doc = build_openapi()
     put = doc["paths"]["/api/v1/projects/{project}/tasks/{task_id}/update"]["put"]
     headers = {p["name"] for p in put["parameters"] if p["in"] == "header"}
-    assert headers == {"X-Barnraise-Manifest", "X-Barnraise-Signature"}
+    assert headers == {
+        "X-Barnraise-Manifest",
+        "X-Barnraise-Signature",
+        "Content-Range",  # a resumed chunk (issue 13)
+        "Content-Digest",
+    }
     assert "application/octet-stream" in put["requestBody"]["content"]
-    assert {"200", "201", "409", "413", "422", "429"} <= set(put["responses"])
+    assert {"200", "201", "202", "409", "413", "422", "429"} <= set(put["responses"])
     assert put["security"] == [{"bearerAuth": []}]
     model = doc["paths"]["/api/v1/projects/{project}/models/{digest}"]["get"]
     assert {"200", "206", "304"} <= set(model["responses"])
