@@ -7,6 +7,8 @@
     barnraise pause | resume | snooze [DURATION]
     barnraise retry                      ask for work now (after "can't reach the server")
     barnraise trust PROJECT --fingerprint FP   accept a project's new key (after checking it)
+    barnraise project PROJECT [share N | suspend | resume | no-new-tasks | finish-then-stop]
+                                         a project's resource share and mode (none: show them)
     barnraise verify --server URL --project P --receipt FILE_OR_JSON [--version N]
                                          prove a receipt's update is in a signed version
     barnraise --version
@@ -42,6 +44,8 @@ from app.cli_common import (
 from app.cli_headless import run_headless
 from app.cli_join import cmd_join, cmd_leave, cmd_trust
 from app.cli_parser import build_parser
+from app.cli_project import cmd_project
+from app.cli_project import describe as describe_schedule
 from app.cli_tray import TRAY_ONLY_OPTIONS, _run_tray_launch, _start_tray, tray_arguments
 from app.cli_verify import cmd_verify
 
@@ -103,7 +107,8 @@ def _format_status(snapshot: EngineSnapshot) -> str:
         rank = f", rank {p.rank}" if p.rank else ""
         lines.append(
             f"  {p.project} ({p.server_url}): {p.tasks} tasks, {p.examples} examples, "
-            f"{p.compute_seconds:.1f} s, credit {p.credit:.2f} {p.credit_unit}{rank}"
+            f"{p.compute_seconds:.1f} s, credit {p.credit:.2f} {p.credit_unit}{rank}, "
+            + describe_schedule(p.share, p.mode)
         )
         if p.privacy:
             lines.append(f"    privacy: {p.privacy}")
@@ -122,6 +127,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     except NotRunning:
         from app.contributor.ledger import Ledger
         from app.contributor.privacy import summary as privacy_summary
+        from app.contributor.shares import ProjectSchedule, read_schedule
 
         ledger = Ledger(paths.ledger_path)
         try:
@@ -132,6 +138,12 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         projects = []
         for ref in refs:
             t = ledger.totals(ref.key)
+            folder = paths.project_dir(ref.key, ref.project)
+            try:
+                schedule = read_schedule(folder)
+            except ValueError as exc:
+                log.warning("%s", exc)
+                schedule = ProjectSchedule()
             projects.append(
                 ProjectSnapshot(
                     key=ref.key,
@@ -143,7 +155,9 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
                     credit=t.credit,
                     credit_unit=t.credit_unit,
                     rank=None,
-                    privacy=privacy_summary(paths.project_dir(ref.key, ref.project)),
+                    privacy=privacy_summary(folder),
+                    share=schedule.share,
+                    mode=schedule.mode.value,
                 )
             )
         snapshot = EngineSnapshot.not_running(tuple(projects))
@@ -223,6 +237,7 @@ def _main(argv: Sequence[str] | None, *, out: TextIO | None) -> int:
         "snooze": cmd_remote,
         "retry": cmd_remote,
         "trust": cmd_trust,
+        "project": cmd_project,
         "verify": cmd_verify,
     }
     try:

@@ -55,6 +55,10 @@ class _Printer:
                 )
             elif isinstance(event, ev.Error):
                 text = f"error: {event.message}"
+            elif isinstance(event, ev.ProjectScheduleChanged):
+                from app.cli_project import describe
+
+                text = f"[{event.project}] {describe(event.share, event.mode)}"
             else:  # pragma: no cover - future events
                 text = str(event)
             self._log(text)

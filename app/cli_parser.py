@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from app.cli_project import add_project_parser
 from app.cli_verify import add_verify_parser
 
 __all__ = ["build_parser"]
@@ -101,5 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     snooze = sub.add_parser("snooze", help="pause for a while (default 1h)")
     snooze.add_argument("duration", nargs="?", default="1h", help="e.g. 30m, 2h, 45s (default 1h)")
     _common(snooze, defaults=False)
+    add_project_parser(sub, _common)
     add_verify_parser(sub, _common)
     return parser

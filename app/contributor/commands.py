@@ -1,6 +1,6 @@
 """Every command the control channel takes, in one table.
 
-``barnraise pause|resume|snooze|retry|status|trust|leave`` (``app/cli.py``) and the tray's
+``barnraise pause|resume|snooze|retry|status|trust|leave|project`` (``app/cli.py``) and the tray's
 single-instance hand-over (``show``, ``open_join``) send these to the running engine over
 ``control.py``, which only carries them; ``COMMANDS`` says what each one does there.
 ``handler(controller)`` is the ``ControlServer`` handler of a headless engine;
@@ -88,6 +88,22 @@ def _leave(context: CommandContext, args: Mapping[str, Any]) -> Any:
     return {"left": args["key"]}
 
 
+def _project_share(context: CommandContext, args: Mapping[str, Any]) -> Any:
+    try:
+        context.engine.set_project_share(str(args.get("key", "")), args.get("share"))
+    except ValueError as exc:
+        raise ControlError(str(exc)) from None
+    return context.engine.snapshot()
+
+
+def _project_mode(context: CommandContext, args: Mapping[str, Any]) -> Any:
+    try:
+        context.engine.set_project_mode(str(args.get("key", "")), str(args.get("mode", "")))
+    except ValueError as exc:
+        raise ControlError(str(exc)) from None
+    return context.engine.snapshot()
+
+
 def _stop(context: CommandContext, args: Mapping[str, Any]) -> Any:
     context.engine.stop()
     return {"stopping": True}
@@ -115,6 +131,14 @@ COMMANDS: Mapping[str, Command] = {
         _trust, "pin a project's new key (after checking it)", "key: str, fingerprint: str"
     ),
     "leave": Command(_leave, "forget a project, its keys and its task", "key: str"),
+    "project_share": Command(
+        _project_share, "set a project's resource share (a weight)", "key: str, share: int"
+    ),
+    "project_mode": Command(
+        _project_mode,
+        "suspend or resume a project, or let it finish its task (then stop)",
+        "key: str, mode: active|suspended|no_new_tasks|finish_then_stop",
+    ),
     "stop": Command(_stop, "stop the engine (checkpoint, give the task back)"),
     "show": Command(_to_gui("show"), "bring the tray's window up", gui=True),
     "open_join": Command(

@@ -12,11 +12,11 @@ checkpoint, else forgets it (``_restore``).
 
 Commands: ``pause()``, ``resume()``, ``snooze(until | seconds)``, ``retry_now()``,
 ``apply_settings(s)``, ``join(...)``, ``leave(project_key)``, ``accept_new_key(...)``,
-``stop()``; the control channel's table of them is ``app.contributor.commands``.
+``set_project_share(key, share)``, ``set_project_mode(key, mode)``, ``stop()``; the control channel's table of them is ``app.contributor.commands``.
 Queries: ``status()`` (an ``EngineSnapshot``), ``snapshot()`` (its JSON), ``subscribe()``.
 
 Events (``app.contributor.events``): StateChanged, Progress, TaskFinished, CreditUpdated,
-PolicyChanged, Error — delivered to subscribers on engine threads.
+PolicyChanged, Error, ProjectScheduleChanged — delivered to subscribers on engine threads.
 
 This class is a façade over the parts that do the work, sharing one ``EngineCore``:
 ``PolicyDriver`` (whether and how hard to compute), ``ProjectBook`` (the projects, their
@@ -30,6 +30,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from app.contributor.client import Cancelled
@@ -51,6 +52,7 @@ from app.contributor.restore import restore_saved_tasks
 from app.contributor.schedule import ScheduleWatcher
 from app.contributor.sensors import Sensors, SystemSensors
 from app.contributor.settings import Settings, default_settings
+from app.contributor.shares import Mode, ProjectSchedule
 from app.contributor.snapshot import EngineSnapshot
 from app.contributor.task_flow import TaskFlow
 from app.contributor.trainer import TrainerError, TrainerHandle
@@ -237,6 +239,8 @@ class Controller:
         if picked is None:
             return
         project, ready = picked
+        scheduler = self._projects.scheduler
+        before = scheduler.start_turn(project.ref.key)
         try:
             self._flow.work_on(project, wait=self.options.lease_wait_s if ready == 1 else 0.0)
             self._projects.worked(project)
@@ -244,6 +248,10 @@ class Controller:
             pass
         except PROJECT_FAILURES as exc:
             self._projects.failed(project, exc)
+        finally:
+            scheduler.end_turn(
+                project.ref.key, project.ref.project, before, in_hand=project.in_hand
+            )
 
     # ======================================================================= commands
     def pause(self) -> None:
@@ -300,3 +308,35 @@ class Controller:
     def leave(self, key: str) -> None:
         """Forget a project: give back its task, delete its credentials and local state."""
         self._projects.leave(key)
+
+    def set_project_share(self, key: str, share: object) -> ProjectSchedule:
+        """Give project ``key`` this resource share (a relative weight, ``shares``); it
+        counts from the next pick. ValueError for a share out of range or an unknown key."""
+        name, folder = self._project_folder(key)
+        return self._projects.scheduler.set_share(key, folder, name, share)
+
+    def set_project_mode(self, key: str, mode: Mode | str) -> ProjectSchedule:
+        """Suspend (the task in hand is checkpointed, stopped and given back), resume
+        (``Mode.ACTIVE``), no new tasks (the task in hand is finished), or finish then stop
+        (then suspended) project ``key``. Persisted; ValueError for an unknown key."""
+        mode = Mode(mode)
+        name, folder = self._project_folder(key)
+        core, scheduler = self._core, self._projects.scheduler
+        project = self._projects.get(key)
+        with core.lock:
+            training = core.current is not None and core.current.key == key
+            in_hand = training or scheduler.turn == key
+        in_hand = in_hand or (project is not None and project.in_hand)
+        schedule = scheduler.set_mode(key, folder, name, mode, in_hand=in_hand)
+        if project is not None:
+            project.held = schedule.mode is Mode.SUSPENDED
+            if project.held and training:
+                project.give_back = True
+                self.trainer.stop_task()
+        return schedule
+
+    def _project_folder(self, key: str) -> tuple[str, Path]:
+        for ref in self.credentials.list_projects():
+            if ref.key == key:
+                return ref.project, self.paths.project_dir(ref.key, ref.project)
+        raise ValueError(f"you have not joined a project {key!r}")

@@ -26,6 +26,7 @@ __all__ = [
     "EventBus",
     "PolicyChanged",
     "Progress",
+    "ProjectScheduleChanged",
     "StateChanged",
     "TaskFinished",
 ]
@@ -131,7 +132,25 @@ class Error(_EventBase):
     fatal: bool = False  # the engine stopped working on this project
 
 
-Event = StateChanged | Progress | TaskFinished | CreditUpdated | PolicyChanged | Error
+@dataclass(frozen=True)
+class ProjectScheduleChanged(_EventBase):
+    """The volunteer changed a project's share or mode, or it finished its task and
+    stopped (``app.contributor.shares.Mode``)."""
+
+    project: str
+    share: int
+    mode: str  # a Mode value: active, suspended, no_new_tasks, finish_then_stop
+
+
+Event = (
+    StateChanged
+    | Progress
+    | TaskFinished
+    | CreditUpdated
+    | PolicyChanged
+    | Error
+    | ProjectScheduleChanged
+)
 Subscriber = Callable[[Event], None]
 
 

@@ -4,7 +4,9 @@ One thread per task, from the start of training until it ends. It heartbeats abo
 times per lease, and more often after a failed beat while the lease may still live; it
 judges the task's deadline at least every ``DEADLINE_CHECK_S`` (also while the trainer is
 paused, when no progress reports come); and it gives the task back after the engine sat
-suspended longer than ``max_hold_suspended_s``. A lost lease stops the trainer.
+suspended longer than ``max_hold_suspended_s``, or at once when the volunteer suspended
+the project (``Project.held``: a suspension that came while the task was still being
+leased or downloaded). A lost lease stops the trainer.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ class Heartbeat:
                 current = core.current.copy() if core.current else None
             if current is not None and current.task_id == task.task_id:
                 self._check_late(current)  # progress reports stop while paused
+            if project.held and not project.give_back:
+                log.info("%s is suspended; giving task %s back", project.ref.project, task.task_id)
+                project.give_back = True
+                core.trainer.stop_task()
+                return
             if time.monotonic() < next_beat:
                 continue
             if (

@@ -31,9 +31,10 @@ from federated.files import fsync_dir
 
 __all__ = ["SCHEMA_VERSION", "Contribution", "Ledger", "LedgerError", "ProjectTotals"]
 
-SCHEMA_VERSION = 2
-"""``PRAGMA user_version`` of the current schema. 0: the first one (no ``accepted`` and
-``reason`` columns, no version), upgraded in place when opened."""
+SCHEMA_VERSION = 3
+"""``PRAGMA user_version`` of the current schema, older ones upgraded in place when opened.
+0: the first one (no ``accepted`` and ``reason`` columns, no version); 2: no energy
+columns (``energy_joules``, ``energy_method``: NULL and '' for the tasks before)."""
 
 BUSY_TIMEOUT_S = 10.0
 """Seconds a call waits for another writer (the engine, ``barnraise status``) to finish."""
@@ -53,6 +54,8 @@ CREATE TABLE contributions (
     update_id TEXT NOT NULL DEFAULT '',
     accepted INTEGER NOT NULL DEFAULT 1,
     reason TEXT NOT NULL DEFAULT '',
+    energy_joules REAL,
+    energy_method TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (project, task_id)
 )
 """
@@ -88,6 +91,10 @@ class Contribution:
     finished_at: float = 0.0
     accepted: bool = True
     reason: str = ""
+    # What training it took on this computer (app.contributor.energy; None: unknown) and
+    # how it was known: rapl, nvml, rapl+nvml or estimated.
+    energy_joules: float | None = None
+    energy_method: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,8 @@ class ProjectTotals:
     credit_unit: str
     last_at: float | None
     rejected: int = 0
+    energy_joules: float = 0.0  # of the accepted tasks that reported it
+    energy_measured_joules: float = 0.0  # the part of it measured, not estimated
 
 
 class Ledger:
@@ -183,6 +192,11 @@ class Ledger:
                 )
             if columns and "reason" not in columns:
                 db.execute("ALTER TABLE contributions ADD COLUMN reason TEXT NOT NULL DEFAULT ''")
+            if columns and "energy_joules" not in columns:
+                db.execute("ALTER TABLE contributions ADD COLUMN energy_joules REAL")
+                db.execute(
+                    "ALTER TABLE contributions ADD COLUMN energy_method TEXT NOT NULL DEFAULT ''"
+                )
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
@@ -236,13 +250,14 @@ class Ledger:
         with self._write() as db:
             cursor = db.execute(
                 "INSERT INTO contributions (project, task_id, examples, compute_seconds, credit,"
-                " credit_unit, update_id, finished_at, accepted, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " credit_unit, update_id, finished_at, accepted, reason, energy_joules,"
+                " energy_method) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (project, task_id) DO UPDATE SET"
                 " examples = excluded.examples, compute_seconds = excluded.compute_seconds,"
                 " credit = excluded.credit, credit_unit = excluded.credit_unit,"
                 " update_id = excluded.update_id, finished_at = excluded.finished_at,"
-                " accepted = 1, reason = ''"
+                " accepted = 1, reason = '', energy_joules = excluded.energy_joules,"
+                " energy_method = excluded.energy_method"
                 " WHERE contributions.accepted = 0 AND excluded.accepted = 1",
                 (
                     c.project,
@@ -255,6 +270,8 @@ class Ledger:
                     c.finished_at or time.time(),
                     1 if c.accepted else 0,
                     c.reason,
+                    c.energy_joules,
+                    c.energy_method,
                 ),
             )
             return cursor.rowcount == 1
@@ -269,7 +286,10 @@ class Ledger:
                 " COALESCE(SUM(CASE WHEN accepted THEN credit END), 0),"
                 " COALESCE(MAX(CASE WHEN accepted THEN credit_unit END), ''),"
                 " MAX(CASE WHEN accepted THEN finished_at END),"
-                " COALESCE(SUM(1 - accepted), 0)"
+                " COALESCE(SUM(1 - accepted), 0),"
+                " COALESCE(SUM(CASE WHEN accepted THEN energy_joules END), 0),"
+                " COALESCE(SUM(CASE WHEN accepted AND energy_method NOT IN ('', 'estimated')"
+                " THEN energy_joules END), 0)"
                 " FROM contributions WHERE project = ?",
                 (project,),
             ).fetchone()
@@ -282,6 +302,8 @@ class Ledger:
             row[4],
             row[5],
             rejected=int(row[6]),
+            energy_joules=float(row[7]),
+            energy_measured_joules=float(row[8]),
         )
 
     def rejections(self, project: str) -> int:
@@ -302,7 +324,8 @@ class Ledger:
         with self._connect() as db:
             rows = db.execute(
                 "SELECT project, task_id, examples, compute_seconds, credit, credit_unit,"
-                " update_id, finished_at, accepted, reason FROM contributions"
+                " update_id, finished_at, accepted, reason, energy_joules, energy_method"
+                " FROM contributions"
                 " WHERE project = ? AND (? IS NULL OR accepted = ?)"
                 " ORDER BY finished_at DESC LIMIT ?",
                 (project, wanted, wanted, limit),
@@ -319,6 +342,8 @@ class Ledger:
                 finished_at=float(row[7]),
                 accepted=bool(row[8]),
                 reason=row[9],
+                energy_joules=None if row[10] is None else float(row[10]),
+                energy_method=row[11],
             )
             for row in rows
         ]

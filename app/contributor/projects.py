@@ -2,7 +2,8 @@
 one asks for work next, and how long each waits after a failure.
 
 ``ProjectBook`` loads projects from the credential store (again after a join, a leave or a
-key change), picks the next ready one in turn, and books failures: an unreachable or
+key change), picks the next ready one by its resource share and mode
+(``app.contributor.scheduling``), and books failures: an unreachable or
 failing coordinator backs off (doubling, capped) while the other projects go on; a closed
 project is asked again only rarely; an untrusted key or a refused identity stops the
 project until the volunteer acts. It also gives leases back and draws the projects'
@@ -41,6 +42,8 @@ from app.contributor.joining import (
 )
 from app.contributor.key_change import accept_key_change, key_change_of
 from app.contributor.privacy import summary as privacy_summary
+from app.contributor.scheduling import Scheduler
+from app.contributor.shares import Mode
 from app.contributor.snapshot import KeyChangeSnapshot, ProjectSnapshot
 from app.contributor.task_files import TaskFiles
 from app.contributor.trainer import TrainerError
@@ -92,6 +95,12 @@ class Project:
     pending_upload: tuple[LeasedTask, protocol.UpdateManifest] | None = None
     give_back: bool = False  # the task in hand was stopped to be given back
     late: str | None = None  # ... because it could not be finished in time (the numbers)
+    held: bool = False  # the volunteer suspended it: a task it trains is stopped, given back
+
+    @property
+    def in_hand(self) -> bool:
+        """Between steps: it holds work to finish (an update to send, a task to go on with)."""
+        return self.pending_upload is not None or self.resume_task is not None
 
 
 class ProjectBook:
@@ -99,7 +108,7 @@ class ProjectBook:
         self._core = core
         self._projects: dict[str, Project] = {}
         self._dirty = True
-        self._round_robin = 0
+        self.scheduler = Scheduler(core)
 
     # --- which projects ------------------------------------------------------------------
     def get(self, key: str) -> Project | None:
@@ -158,6 +167,9 @@ class ProjectBook:
             core.trainer.stop_task()
         if project is not None:
             self.drop_task_files(project, release=True)
+        for ref in core.credentials.list_projects():
+            if ref.key == key:  # its share and mode go with it (joining again starts afresh)
+                self.scheduler.forget(key, core.paths.project_dir(key, ref.project))
         core.credentials.delete(key)
         self.reload(forget=key)
 
@@ -245,10 +257,21 @@ class ProjectBook:
             project.client.close()
 
     def next_ready(self) -> tuple[Project, int] | None:
-        """The next project to work on, in turn, and how many are ready; None after the
-        engine's state says why there is none (no project; all waiting or offline)."""
+        """The next project to work on, by share (``Scheduler.choose``), and how many are
+        ready; None after the engine's state says why there is none (no project; all
+        suspended, waiting or offline). A suspended project's carried-over task goes back."""
         core = self._core
-        projects = [p for p in self.load() if p.disabled_reason is None]
+        projects = []
+        for p in self.load():
+            mode = self.scheduler.of(p.ref.key, p.dir).mode
+            p.held = mode is Mode.SUSPENDED
+            if p.held and p.resume_task is not None:
+                p.resume_task = None
+                self.drop_task_files(p, release=True)
+            if p.disabled_reason is None and self.scheduler.admits(
+                p.ref.key, p.dir, p.ref.project, in_hand=p.in_hand
+            ):
+                projects.append(p)
         if not projects:
             core.set_state(EngineState.IDLE)
             core.wait(core.options.sensor_interval_s)
@@ -261,8 +284,8 @@ class ProjectBook:
             core.set_state(EngineState.OFFLINE if offline else EngineState.BACKOFF)
             core.wait(min(p.not_before for p in projects) - now)
             return None
-        self._round_robin = (self._round_robin + 1) % len(ready)
-        return ready[self._round_robin], len(ready)
+        chosen = self.scheduler.choose([(p.ref.key, p.dir) for p in ready])
+        return next(p for p in ready if p.ref.key == chosen), len(ready)
 
     # --- leases --------------------------------------------------------------------------
     def _quiet_client(self, project: Project) -> CoordinatorClient:
@@ -406,6 +429,7 @@ class ProjectBook:
             totals = core.ledger.totals(ref.key)
             project = refs.get(ref.key)
             change = project.key_change if project else None
+            schedule = self.scheduler.of(ref.key, core.paths.project_dir(ref.key, ref.project))
             listed.append(
                 ProjectSnapshot(
                     key=ref.key,
@@ -424,6 +448,10 @@ class ProjectBook:
                     finished=project.finished if project else False,
                     offline=project.offline if project else False,
                     rejected=totals.rejected,
+                    energy_joules=totals.energy_joules,
+                    energy_measured_joules=totals.energy_measured_joules,
+                    share=schedule.share,
+                    mode=schedule.mode.value,
                     key_change=KeyChangeSnapshot(
                         project=change.project,
                         pinned_fingerprint=change.pinned_fingerprint,

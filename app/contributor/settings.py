@@ -120,6 +120,7 @@ class Settings:
     other_cpu_resume_percent: int
     cpu_temp_limit_c: float | None
     gpu_temp_limit_c: float | None
+    cpu_tdp_watts: float
     upload_kbps_cap: int
     cache_size_mb: int
     checkpoint_interval_s: int

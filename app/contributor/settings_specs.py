@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.contributor.energy import DEFAULT_CPU_TDP_WATTS
 from app.contributor.schedule import WeeklySchedule, schedule_problem
 
 __all__ = [
@@ -225,6 +226,15 @@ SETTINGS: tuple[SettingSpec, ...] = (
         f"Suspend when the GPU reaches this temperature (°C), resume {TEMP_HYSTERESIS_C:g} °C "
         "below it; null = no limit.",
         _float_range(40.0, 110.0, optional=True),
+    ),
+    SettingSpec(
+        "cpu_tdp_watts",
+        "float",
+        DEFAULT_CPU_TDP_WATTS,
+        "This CPU's TDP in watts (65 is a common desktop's, 15–28 a laptop's): where the "
+        "energy counters cannot be read, the energy given is estimated as training's CPU "
+        "seconds × this ÷ the core count, and labelled estimated. 1–1000.",
+        _float_range(1.0, 1000.0),
     ),
     SettingSpec(
         "upload_kbps_cap",

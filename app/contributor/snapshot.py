@@ -138,9 +138,17 @@ class ProjectSnapshot:
     key_change: KeyChangeSnapshot | None = None
     # Its privacy terms in words and, for dp-sgd, the epsilon spent on this machine's data.
     privacy: str | None = None
+    # The volunteer's say (``app.contributor.shares``): its resource share and its mode.
+    share: int = 100
+    mode: str = "active"  # active, suspended, no_new_tasks, finish_then_stop
+    # Energy given (issue 16): the ledger's sum over accepted tasks, joules, and the part
+    # measured (RAPL/NVML) rather than estimated (app.contributor.energy).
+    energy_joules: float = 0.0
+    energy_measured_joules: float = 0.0
 
     def ledger_json(self) -> Json:
-        """The fields the ledger alone can tell (``barnraise status`` with no engine)."""
+        """The fields the ledger and the project's files tell (``barnraise status`` with
+        no engine)."""
         return {
             "key": self.key,
             "project": self.project,
@@ -152,6 +160,8 @@ class ProjectSnapshot:
             "credit_unit": self.credit_unit,
             "rank": self.rank,
             "privacy": self.privacy,
+            "share": self.share,
+            "mode": self.mode,
         }
 
     def to_json(self) -> Json:
@@ -164,6 +174,8 @@ class ProjectSnapshot:
             "offline": self.offline,
             "rejected": self.rejected,
             "key_change": self.key_change.to_json() if self.key_change else None,
+            "energy_joules": self.energy_joules,
+            "energy_measured_joules": self.energy_measured_joules,
         }
 
     @classmethod
@@ -187,6 +199,10 @@ class ProjectSnapshot:
             rejected=data.get("rejected", 0),
             key_change=KeyChangeSnapshot.from_json(change) if isinstance(change, dict) else None,
             privacy=data.get("privacy"),
+            share=data.get("share", 100),
+            mode=str(data.get("mode") or "active"),
+            energy_joules=float(data.get("energy_joules") or 0.0),
+            energy_measured_joules=float(data.get("energy_measured_joules") or 0.0),
         )
 
 

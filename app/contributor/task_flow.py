@@ -79,6 +79,14 @@ class _TaskLost(Exception):
     pass
 
 
+def _energy_fields(outcome: TrainOutcome) -> dict[str, Any]:
+    """The manifest's energy fields: what training took here, within what is reportable."""
+    energy = outcome.energy
+    if energy is None or not 0 <= energy.joules <= protocol.limits.MAX_ENERGY_JOULES:
+        return {}
+    return {"energy_joules": round(energy.joules, 3), "energy_method": energy.method}
+
+
 class TaskFlow:
     def __init__(self, core: EngineCore, projects: ProjectBook, policy: PolicyDriver) -> None:
         self._core = core
@@ -247,6 +255,7 @@ class TaskFlow:
             privacy=privacy.terms,
             update_clip_norm=float(clip) if isinstance(clip, int | float) else None,
             privacy_spends=list(privacy.spends),
+            cpu_tdp_watts=float(core.settings.cpu_tdp_watts),
         )
 
     def _train(
@@ -356,6 +365,8 @@ class TaskFlow:
             codec=outcome.codec,
             num_examples=outcome.num_examples,
             metrics=metrics,
+            # Only where the coordinator said it takes them: an older one refuses them.
+            **(_energy_fields(outcome) if task.manifest.get("report_energy") is True else {}),
         )
 
     def _send_update(
@@ -405,6 +416,8 @@ class TaskFlow:
                 credit=credit,
                 credit_unit=receipt.credit_unit,
                 update_id=receipt.update_id,
+                energy_joules=manifest.energy_joules,
+                energy_method=manifest.energy_method or "",
             )
         )
         core.publish(

@@ -279,6 +279,12 @@ class ControllerEngine:
     def accept_new_key(self, project: str, fingerprint: str) -> None:
         self.controller.accept_new_key(self._key_of(project), fingerprint)
 
+    def set_project_share(self, project: str, share: int) -> None:
+        self.controller.set_project_share(self._key_of(project), share)
+
+    def set_project_mode(self, project: str, mode: str) -> None:
+        self.controller.set_project_mode(self._key_of(project), mode)
+
     def _key_of(self, project: str) -> str:
         for ref in self._store.list_projects():
             if ref.project == project:
@@ -305,6 +311,10 @@ def _joined_project(p: ProjectSnapshot) -> JoinedProject:
         closed=p.closed,
         finished=p.finished,
         privacy=p.privacy,
+        energy_joules=float(p.energy_joules or 0.0),
+        energy_measured_joules=float(p.energy_measured_joules or 0.0),
+        share=int(p.share),
+        mode=p.mode,
         key_change=KeyChangeNotice(
             project=p.project,
             pinned_fingerprint=change.pinned_fingerprint,

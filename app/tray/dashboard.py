@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QFont, QGuiApplication, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QPlainTextEdit,
     QProgressBar,
@@ -28,8 +29,9 @@ from PySide6.QtWidgets import (
 
 from app.contributor.events import Event
 from app.tray.chart import LineChart
+from app.tray.dashboard_projects import COLUMNS, SHARE_COLUMN, ProjectActions, project_row
 from app.tray.elided_label import ElidedLabel
-from app.tray.event_text import ago, describe_event
+from app.tray.event_text import describe_event
 from app.tray.icons import app_icon, tray_icon
 from app.tray.status import StatusModel, TrayLook
 
@@ -40,7 +42,6 @@ LOG_LINES = 500  # the activity log keeps this many lines
 # (status, log, table, progress bar, charts) kept the GUI thread a fifth to all of a core
 # busy. Four times a second reads as live.
 REFRESH_MS = 250
-COLUMNS = ("Project", "Server", "State", "Your credit", "Rank", "Last update")
 
 
 class Dashboard(QMainWindow):
@@ -54,6 +55,8 @@ class Dashboard(QMainWindow):
     leave_requested = Signal(str)  # project name, after the volunteer confirmed
     key_review_requested = Signal(str)  # project name whose key changed: show the decision
     open_page_requested = Signal(str)  # project page URL
+    project_mode_requested = Signal(str, str)  # project name, a shares.Mode value
+    project_share_requested = Signal(str, int)  # project name, its new resource share
     quit_requested = Signal()
 
     def __init__(self, model: StatusModel, parent: QWidget | None = None) -> None:
@@ -144,6 +147,13 @@ class Dashboard(QMainWindow):
         header_view.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.projects_table.setMinimumHeight(110)
         self.projects_table.itemSelectionChanged.connect(self._selection_changed)
+        # Suspend/resume, no new tasks, finish then stop, the share: a row's context menu,
+        # and the same menu on the "Project" button (keyboard, discoverable).
+        self.project_actions = ProjectActions(self)
+        self.project_actions.mode_requested.connect(self.project_mode_requested)
+        self.project_actions.share_requested.connect(self.project_share_requested)
+        self.projects_table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.projects_table.customContextMenuRequested.connect(self._project_context_menu)
         projects_layout.addWidget(self.projects_table)
         self.empty_projects = QLabel(
             "You have not joined a project yet. Paste a project's address or invite link with "
@@ -162,12 +172,21 @@ class Dashboard(QMainWindow):
         )
         self.review_key_button.clicked.connect(self._review_selected_key)
         self.review_key_button.hide()
+        self.project_button = QPushButton("Project")
+        self.project_button.setObjectName("projectButton")
+        self.project_button.setAccessibleName("Project actions")
+        self.project_button.setToolTip(
+            "Suspend or resume the selected project, let it finish its task, or set its share"
+        )
+        self.project_button.setMenu(QMenu(self.project_button))
+        self.project_button.menu().aboutToShow.connect(self._fill_project_button_menu)
         self.open_page_button = QPushButton("Open project page")
         self.open_page_button.clicked.connect(self._open_selected_page)
         self.leave_button = QPushButton("Leave project…")
         self.leave_button.setObjectName("leaveButton")
         self.leave_button.clicked.connect(self._confirm_leave)
         row_buttons.addWidget(self.review_key_button)
+        row_buttons.addWidget(self.project_button)
         row_buttons.addWidget(self.open_page_button)
         row_buttons.addWidget(self.leave_button)
         projects_layout.addLayout(row_buttons)
@@ -274,17 +293,7 @@ class Dashboard(QMainWindow):
         table = self.projects_table
         projects = sorted(self.model.projects.values(), key=lambda p: p.name)
         privacy_of = {p.name: p.privacy for p in projects}
-        rows: list[tuple[str, ...]] = [
-            (
-                p.name,
-                p.server_url,
-                p.shown_state,
-                f"{p.credit:g} {p.credit_unit}".strip(),
-                str(p.rank) if p.rank else "—",
-                ago(p.last_update),
-            )
-            for p in projects
-        ]
+        rows = [project_row(p) for p in projects]
         shown = [(*row, privacy_of.get(row[0]) or "") for row in rows]
         if shown == self._shown_rows:
             return  # unchanged: rebuilding the cells on every engine event cost real CPU
@@ -297,7 +306,7 @@ class Dashboard(QMainWindow):
                 item = QTableWidgetItem(text)
                 if privacy:  # the terms agreed to, and the epsilon spent on this machine's data
                     item.setToolTip(f"Privacy: {privacy}")
-                if column in (3, 4):
+                if column in (3, 4, SHARE_COLUMN):
                     item.setTextAlignment(
                         Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
                     )
@@ -388,8 +397,30 @@ class Dashboard(QMainWindow):
         has = name is not None and bool(self.model.projects)
         self.leave_button.setEnabled(has)
         self.open_page_button.setEnabled(has)
+        self.project_button.setEnabled(has)
         status = self.model.projects.get(name) if name else None
         self.review_key_button.setVisible(status is not None and status.key_changed)
+
+    def project_menu(self, name: str) -> QMenu | None:
+        """The actions for project ``name`` (None: not joined)."""
+        status = self.model.projects.get(name)
+        return self.project_actions.menu_for(status) if status is not None else None
+
+    def _project_context_menu(self, at: QPoint) -> None:
+        item = self.projects_table.itemAt(at)
+        if item is None:
+            return
+        self.projects_table.selectRow(item.row())
+        name = self.selected_project()
+        menu = self.project_menu(name) if name else None
+        if menu is not None:
+            menu.popup(self.projects_table.viewport().mapToGlobal(at))
+
+    def _fill_project_button_menu(self) -> None:
+        name = self.selected_project()
+        status = self.model.projects.get(name) if name else None
+        if status is not None:
+            self.project_actions.fill(self.project_button.menu(), status)
 
     def _review_selected_key(self) -> None:
         name = self.selected_project()

@@ -134,6 +134,10 @@ class JoinedProject:
     finished: bool = False  # it finished training (closed too): its model is final
     key_change: KeyChangeNotice | None = None  # stopped until the volunteer decides
     privacy: str | None = None  # its privacy terms, and the epsilon spent on this machine's data
+    energy_joules: float = 0.0  # training's energy on this computer, its accepted tasks
+    energy_measured_joules: float = 0.0  # of which measured (RAPL/NVML), not estimated
+    share: int = 100  # its resource share: a relative weight (``app.contributor.shares``)
+    mode: str = "active"  # active, suspended, no_new_tasks, finish_then_stop
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,18 @@ class EnginePort(Protocol):
 
     def leave(self, project: str) -> None:
         """Stop working for ``project`` and remove its keys from the keychain."""
+        ...
+
+    def set_project_share(self, project: str, share: int) -> None:
+        """Give ``project`` this resource share (1–10000; 200 gets twice the compute of
+        100). Persisted; raises ValueError for a share out of range."""
+        ...
+
+    def set_project_mode(self, project: str, mode: str) -> None:
+        """Suspend (``"suspended"``), resume (``"active"``), stop taking new tasks
+        (``"no_new_tasks"``) or finish the task in hand and then suspend
+        (``"finish_then_stop"``) ``project``. Persisted; the engine announces the change
+        (``ProjectScheduleChanged``)."""
         ...
 
     def accept_new_key(self, project: str, fingerprint: str) -> None:

@@ -10,9 +10,11 @@ from app.contributor.events import (
     Event,
     PolicyChanged,
     Progress,
+    ProjectScheduleChanged,
     StateChanged,
     TaskFinished,
 )
+from app.contributor.shares import MODE_WORDS, Mode
 from app.tray.status import STATE_WORDS, plain_reasons
 
 __all__ = ["ago", "describe_event"]
@@ -53,6 +55,10 @@ def describe_event(event: Event) -> str | None:
         return f"Policy: {event.action}{why}"
     if isinstance(event, Error):
         return f"Problem{f' in {event.project}' if event.project else ''}: {event.message}"
+    if isinstance(event, ProjectScheduleChanged):
+        known = event.mode in {m.value for m in Mode}
+        words = MODE_WORDS[Mode(event.mode)] if known else event.mode
+        return f"{event.project}: share {event.share}, {words}"
     if isinstance(event, Progress):
         return None
     return None

@@ -18,9 +18,11 @@ from app.contributor.events import (
     Event,
     PolicyChanged,
     Progress,
+    ProjectScheduleChanged,
     StateChanged,
     TaskFinished,
 )
+from app.contributor.shares import DEFAULT_SHARE, MODE_WORDS, Mode
 from app.tray.engine_port import DashboardView, KeyChangeNotice
 
 __all__ = [
@@ -94,6 +96,7 @@ PLAIN_REASONS = {
 KEY_CHANGED_WORDS = "Key changed — check with the organiser"
 CLOSED_WORDS = "Closed by its organiser"
 FINISHED_WORDS = "Finished — thank you"
+SUSPENDED_WORDS = "Suspended by you"
 # Error codes that describe a project's state rather than a problem to report as one.
 _KEY_CHANGED_CODE = "key_changed"
 _CLOSED_CODE = "project_closed"
@@ -162,17 +165,27 @@ class ProjectStatus:
     key_changed: bool = False
     key_change: KeyChangeNotice | None = None
     privacy: str | None = None  # terms agreed to; dp-sgd: epsilon spent on this machine's data
+    energy_joules: float = 0.0
+    energy_measured_joules: float = 0.0
+    share: int = DEFAULT_SHARE  # its resource share (a relative weight)
+    mode: str = Mode.ACTIVE.value  # the volunteer's say: ``app.contributor.shares.Mode``
 
     @property
     def shown_state(self) -> str:
-        """What its row and menu entry say: a changed key or a closure before any state."""
+        """What its row and menu entry say: a changed key or a closure before any state,
+        then a suspension; no new tasks (and finishing, then stopping) after the state."""
         if self.key_changed:
             return KEY_CHANGED_WORDS
         if self.finished:
             return FINISHED_WORDS
         if self.closed:
             return CLOSED_WORDS
-        return self.state[:1].upper() + self.state[1:]
+        if self.mode == Mode.SUSPENDED:
+            return SUSPENDED_WORDS
+        state = self.state[:1].upper() + self.state[1:]
+        if self.mode in (Mode.NO_NEW_TASKS, Mode.FINISH_THEN_STOP):
+            return f"{state} · {MODE_WORDS[Mode(self.mode)]}"
+        return state
 
 
 @dataclass
@@ -219,6 +232,10 @@ class StatusModel:
                 key_changed=p.key_change is not None,
                 key_change=p.key_change,
                 privacy=p.privacy,
+                energy_joules=p.energy_joules,
+                energy_measured_joules=p.energy_measured_joules,
+                share=p.share,
+                mode=p.mode,
             )
             for p in snapshot.projects
         }
@@ -285,6 +302,9 @@ class StatusModel:
             self.policy_reasons = event.reasons
             if event.action != "run":
                 self.reasons = event.reasons
+        elif isinstance(event, ProjectScheduleChanged):
+            status = self._project(event.project)
+            status.share, status.mode = event.share, event.mode
         elif isinstance(event, Error):
             if event.code in (_CLOSED_CODE, _FINISHED_CODE) and event.project:
                 status = self._project(event.project)  # a state, not a problem

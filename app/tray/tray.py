@@ -85,6 +85,8 @@ class TrayApp(QObject):
         self.dashboard.join_requested.connect(lambda: self.open_join())
         self.dashboard.preferences_requested.connect(self.open_preferences)
         self.dashboard.leave_requested.connect(self.leave)
+        self.dashboard.project_mode_requested.connect(self.set_project_mode)
+        self.dashboard.project_share_requested.connect(self.set_project_share)
         self.dashboard.key_review_requested.connect(self.review_key_change)
         self.dashboard.open_page_requested.connect(self.open_url)
         self.dashboard.quit_requested.connect(self.quit)
@@ -269,6 +271,15 @@ class TrayApp(QObject):
         self.runner.run(
             lambda: self.engine.leave(project), left, self._command_failed, ordered=True
         )
+
+    def set_project_mode(self, project: str, mode: str) -> None:
+        """Suspend/resume one project, or let it finish (the engine's event shows it)."""
+        run = self.engine.set_project_mode
+        self.runner.run(lambda: run(project, mode), None, self._command_failed, ordered=True)
+
+    def set_project_share(self, project: str, share: int) -> None:
+        run = self.engine.set_project_share
+        self.runner.run(lambda: run(project, share), None, self._command_failed, ordered=True)
 
     def apply_settings(self, settings: Settings) -> None:
         """Persist, apply to the engine, and act on the settings the tray owns."""

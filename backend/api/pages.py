@@ -87,6 +87,8 @@ def project_page(app: App, req: Request, project: str) -> Response:
             last_seen=r.last_seen,
             banned=r.banned,
             client_id=r.client_id,
+            energy_joules=r.energy_joules,
+            energy_measured_joules=r.energy_measured_joules,
         )
         for r in board.contributors[:PAGE_ROWS]
     )

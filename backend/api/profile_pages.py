@@ -47,6 +47,8 @@ def contributor_page(app: App, req: Request, project: str, client_id: str) -> Re
         credit_days=tuple(profile.credit_by_day),
         refusal_codes=tuple(sorted(profile.refusal_codes.items(), key=lambda kv: (-kv[1], kv[0]))),
         refusals=tuple(RefusalRow(at=at, code=code) for at, code in profile.refusals),
+        energy_joules=row.energy_joules,
+        energy_measured_joules=row.energy_measured_joules,
     )
     return html_response(render_contributor_page(view))
 
@@ -81,6 +83,8 @@ def team_page(app: App, req: Request, project: str, team: str) -> Response:
             last_seen=m.last_seen,
             banned=m.banned,
             client_id=m.client_id,
+            energy_joules=m.energy_joules,
+            energy_measured_joules=m.energy_measured_joules,
         )
         for m in profile.members
     )

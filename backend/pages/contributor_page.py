@@ -1,7 +1,7 @@
 """A contributor's page, ``/p/NAME/c/CLIENT_ID``: what a BOINC volunteer looks up.
 
 Their name, team, rank and credit as on the leaderboard; credit over time; recent average
-credit; updates accepted and refused, with the code of each refusal and when (never its
+credit; the energy their computer reported (labelled so, never credited); updates accepted and refused, with the code of each refusal and when (never its
 payload, task or anything private); first and last seen; banned if banned.
 """
 
@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from backend.pages.credit_chart import render_credit_chart
 from backend.pages.document import document, h, time_element
-from backend.pages.formatting import format_count, format_credit
+from backend.pages.formatting import (
+    ENERGY_NOTE,
+    energy_measured_share,
+    format_count,
+    format_credit,
+    format_energy,
+)
 from backend.pages.links import project_href, team_href
 from backend.pages.views import CREDIT_UNIT, ContributorPageView
 
@@ -42,6 +48,21 @@ def team_link(project: str, team: str | None) -> str:
         return '<span class="muted">no team</span>'
     href = team_href(project, team)
     return f'<a href="{h(href)}">{h(team)}</a>' if href else h(team)
+
+
+def energy_cell(joules: float, measured_joules: float) -> str:
+    """A table cell: the energy reported and how much of it was measured."""
+    how = energy_measured_share(joules, measured_joules)
+    title = f' title="{h(f"{how}, {ENERGY_NOTE}")}"' if how else ""
+    return f'<td class="num energy"{title}>{h(format_energy(joules))}</td>'
+
+
+def energy_value(joules: float, measured_joules: float) -> str:
+    """The contributor page's energy figure, with how it was known and by whom."""
+    how = energy_measured_share(joules, measured_joules)
+    if not how:
+        return '<span class="muted">none reported</span>'
+    return f"{h(format_energy(joules))} <small>{h(how)}, {h(ENERGY_NOTE)}</small>"
 
 
 def stat_item(label: str, value: str, element_id: str = "") -> str:
@@ -120,6 +141,11 @@ def render_contributor_page(view: ContributorPageView) -> str:
             "Recent average",
             f"{format_credit(view.recent_credit)} <small>{CREDIT_UNIT}</small>",
             "recent-credit",
+        )
+        + stat_item(
+            "Energy given",
+            energy_value(view.energy_joules, view.energy_measured_joules),
+            "energy",
         )
         + stat_item("Updates accepted", format_count(view.updates_accepted), "updates-accepted")
         + stat_item("Updates refused", format_count(view.updates_rejected), "updates-rejected")

@@ -27,6 +27,35 @@ def format_credit_with_unit(gflop: float) -> str:
     return f"{format_credit(gflop)} {CREDIT_UNIT}"
 
 
+_JOULES_PER_WH = 3600.0
+
+ENERGY_NOTE = "reported by the contributor's computer"
+"""What the energy figures are: a client's claim, shown as reported, never credited."""
+
+
+def format_energy(joules: float) -> str:
+    """``7200`` -> ``"2.0 Wh"``; ``3.6e7`` -> ``"10.0 kWh"``; 0 (nothing reported) -> ``"–"``."""
+    if not math.isfinite(joules) or joules <= 0:
+        return "–"
+    wh = joules / _JOULES_PER_WH
+    if wh >= 1000:
+        return f"{wh / 1000:,.1f} kWh"
+    return f"{wh:,.1f} Wh" if wh >= 0.1 else f"{wh:.2f} Wh"
+
+
+def energy_measured_share(joules: float, measured_joules: float) -> str:
+    """How much of the reported energy was measured: ``"measured"``, ``"estimated"``, or
+    ``"62% measured"``; empty when nothing was reported."""
+    if not math.isfinite(joules) or joules <= 0 or not math.isfinite(measured_joules):
+        return ""
+    share = min(1.0, max(0.0, measured_joules / joules))
+    if share >= 0.995:
+        return "measured"
+    if share <= 0.005:
+        return "estimated"
+    return f"{share * 100:.0f}% measured"
+
+
 def format_count(n: int) -> str:
     return f"{n:,}"
 

@@ -13,12 +13,13 @@ from http import HTTPStatus
 
 from backend.pages.actions import render_actions
 from backend.pages.chart import render_line_chart
-from backend.pages.contributor_page import team_link
+from backend.pages.contributor_page import energy_cell, team_link
 from backend.pages.document import document as _document
 from backend.pages.document import h as _h
 from backend.pages.document import status_badge as _status_badge
 from backend.pages.document import time_element as _time
 from backend.pages.formatting import (
+    ENERGY_NOTE,
     format_count,
     format_credit,
     format_credit_with_unit,
@@ -252,6 +253,7 @@ def _contributor_row(rank: int, row: ContributorRow, now: float, project: str) -
         f'<td class="team">{team}</td>'
         f'<td class="num" title="{row.credit:,.3f} {CREDIT_UNIT}">{format_credit(row.credit)}</td>'
         f'<td class="num">{format_credit(row.recent_credit)}</td>'
+        f"{energy_cell(row.energy_joules, row.energy_measured_joules)}"
         f'<td class="num">{format_count(row.updates_accepted)}</td>'
         f'<td class="{rejected_class}">{format_count(row.updates_rejected)}</td>'
         f"<td>{_time(row.last_seen, now)}</td>"
@@ -274,6 +276,7 @@ def _contributors(view: ProjectPageView) -> str:
         '<th scope="col">Team</th>'
         f'<th class="num" scope="col">Credit ({CREDIT_UNIT})</th>'
         '<th class="num" scope="col">Recent</th>'
+        f'<th class="num" scope="col" title="{_h(ENERGY_NOTE)}">Energy*</th>'
         '<th class="num" scope="col">Accepted</th><th class="num" scope="col">Rejected</th>'
         '<th scope="col">Last seen</th>'
     )
@@ -282,10 +285,10 @@ def _contributors(view: ProjectPageView) -> str:
             _contributor_row(i, r, view.now, view.name) for i, r in enumerate(shown, start=1)
         )
     elif view.status in ("closed", "finished"):
-        rows = '<tr><td class="empty" colspan="8">Nobody contributed to this project.</td></tr>'
+        rows = '<tr><td class="empty" colspan="9">Nobody contributed to this project.</td></tr>'
     else:
         rows = (
-            '<tr><td class="empty" colspan="8">No contributions yet. '
+            '<tr><td class="empty" colspan="9">No contributions yet. '
             'Be the first: <a href="#join">join this project</a>.</td></tr>'
         )
     total = (
@@ -295,7 +298,7 @@ def _contributors(view: ProjectPageView) -> str:
         f'<p class="table-note">Showing the top {len(shown):,} of {total:,} contributors.</p>'
         if total > len(shown)
         else ""
-    )
+    ) + f'<p class="table-note" id="energy-note">* Energy: {_h(ENERGY_NOTE)}, not credited.</p>'
     return (
         '<section id="contributors"><h2>Contributors</h2>'
         + _scroll_table("Contributors ranked by credit", "contributors-table", head, rows)

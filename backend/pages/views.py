@@ -42,6 +42,9 @@ class ContributorRow:
     short_id: str = ""  # the first characters of the client id: names alone can look alike
     banned: bool = False  # banned by the organiser: marked, kept in its place
     client_id: str = ""  # the public id: the name links to /p/PROJECT/c/CLIENT_ID when set
+    # Energy its computer reported (joules; not credited), and the part of it measured.
+    energy_joules: float = 0.0
+    energy_measured_joules: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,8 @@ class ContributorPageView:
     credit_days: tuple[tuple[int, float], ...] = ()
     refusal_codes: tuple[tuple[str, int], ...] = ()
     refusals: tuple[RefusalRow, ...] = ()
+    energy_joules: float = 0.0  # reported by its computer, not credited
+    energy_measured_joules: float = 0.0
 
 
 @dataclass(frozen=True)

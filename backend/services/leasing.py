@@ -389,6 +389,7 @@ def _lease_in_tx(
         useful_until=round(useful_until),  # nearest second: windows can be seconds long
         privacy=privacy.terms(settings),
         update_clip_norm=privacy.update_clip_norm(settings, base),
+        report_energy=True,
     )
     signature = sign_task_manifest(ctx, project.name, manifest)
     tx.insert_task(

@@ -22,6 +22,8 @@ def receipt(update: UpdateRecord) -> protocol.Receipt:
         payload_digest=update.payload_digest,
         accepted_at=int(update.accepted_at),
         credit=update.credit,
+        energy_joules=update.energy_joules,
+        energy_method=update.energy_method,  # type: ignore[arg-type]
     )
 
 
@@ -47,6 +49,8 @@ class StandingsService:
                 updates_rejected=c.rejected,
                 last_seen=int(c.last_seen),
                 banned=c.banned_at is not None,
+                energy_joules=max(0.0, c.energy_joules),
+                energy_measured_joules=max(0.0, c.energy_measured_joules),
             )
             for c in clients
         ]
@@ -148,6 +152,8 @@ class StandingsService:
             last_seen=row.last_seen,
             rank=row.rank,
             credit_pending=max(0.0, client.credit_pending),
+            energy_joules=row.energy_joules,
+            energy_measured_joules=row.energy_measured_joules,
         )
 
     def update_status(

@@ -284,6 +284,9 @@ class UploadService:
             metrics=dict(manifest.metrics),
             norm=norm,
             source_net=attempt.source_net,
+            # As reported (signed with the update, bounded by the protocol), never credited.
+            energy_joules=manifest.energy_joules,
+            energy_method=manifest.energy_method,
         )
         with ctx.store.write() as tx:
             # Re-checked under the writer lock: another request may have answered meanwhile.

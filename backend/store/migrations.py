@@ -263,6 +263,19 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "CREATE INDEX privacy_spend_project ON privacy_spend (project_id, client_id)",
         ),
     ),
+    (
+        10,
+        (
+            # Energy given (issue 16): what the contributor's computer reported it spent on
+            # each update (joules; how: rapl, nvml, rapl+nvml or estimated; NULL: it did
+            # not say), and each client's running sums, all of it and the measured part,
+            # added in the transaction that accepts the update. Reported, never credited.
+            "ALTER TABLE updates ADD COLUMN energy_joules REAL",
+            "ALTER TABLE updates ADD COLUMN energy_method TEXT",
+            "ALTER TABLE clients ADD COLUMN energy_joules REAL NOT NULL DEFAULT 0",
+            "ALTER TABLE clients ADD COLUMN energy_measured_joules REAL NOT NULL DEFAULT 0",
+        ),
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -255,6 +255,17 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "CREATE INDEX privacy_spend_project ON privacy_spend (project_id, client_id)",
         ),
     ),
+    (
+        10,
+        (
+            # Energy given (issue 16): reported per update, summed per client.
+            "ALTER TABLE updates ADD COLUMN energy_joules DOUBLE PRECISION",
+            "ALTER TABLE updates ADD COLUMN energy_method TEXT",
+            "ALTER TABLE clients ADD COLUMN energy_joules DOUBLE PRECISION NOT NULL DEFAULT 0",
+            "ALTER TABLE clients ADD COLUMN energy_measured_joules DOUBLE PRECISION NOT NULL"
+            " DEFAULT 0",
+        ),
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -1,8 +1,8 @@
 """The SQL of writes on PostgreSQL: ``WriteTx``, ``sqlite_writes``' statements but a few.
 
 ``PostgresTx`` is what ``PostgresStore.read()`` and ``write()`` yield: ``SQLiteTx``'s reads
-and writes (with those of ``sqlite_admin``, ``sqlite_clients``, ``sqlite_privacy`` and
-``sqlite_retention``), every statement run through ``PostgresReads``' helpers (``?`` to
+and writes (with those of ``sqlite_admin``, ``sqlite_clients``, ``sqlite_privacy``,
+``sqlite_retention`` and ``sqlite_updates``), every statement run through ``PostgresReads``' helpers (``?`` to
 ``%s``, rows read as ``sqlite3.Row``, ids by ``RETURNING id``). Written here are only the
 statements that differ on PostgreSQL: the order of expired leases, a refused claim in a
 savepoint, and digests asked a list at a time (``= ANY``). It runs inside the transaction

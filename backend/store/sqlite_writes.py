@@ -17,7 +17,6 @@ from backend.store.base import (
     ClaimConflict,
     ProjectRecord,
     TaskRecord,
-    UpdateRecord,
     VersionRecord,
 )
 from backend.store.sqlite_admin import SQLiteAdminWrites
@@ -25,6 +24,7 @@ from backend.store.sqlite_clients import SQLiteClientWrites
 from backend.store.sqlite_privacy import SQLitePrivacyWrites
 from backend.store.sqlite_retention import SQLiteRetention
 from backend.store.sqlite_rows import dump, task_from_row, update_from_row
+from backend.store.sqlite_updates import SQLiteUpdateWrites
 
 INFINITE_CHECK_ERROR = 1e300
 """What a spot check's infinite difference is stored as (a float column holds no inf)."""
@@ -34,7 +34,13 @@ def claim_conflict(project_id: int) -> ClaimConflict:
     return ClaimConflict(f"an aggregation of project {project_id} is already running")
 
 
-class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePrivacyWrites):
+class SQLiteTx(
+    SQLiteAdminWrites,
+    SQLiteRetention,
+    SQLiteClientWrites,
+    SQLitePrivacyWrites,
+    SQLiteUpdateWrites,
+):
     """Reads and (on the writer connection) writes; implements ``ReadTx`` and ``WriteTx``."""
 
     _GREATEST = "MAX"
@@ -254,32 +260,6 @@ class SQLiteTx(SQLiteAdminWrites, SQLiteRetention, SQLiteClientWrites, SQLitePri
             at,
             examples,
             client_id,
-        )
-
-    def insert_update(self, update: UpdateRecord) -> None:
-        self._run(
-            """INSERT INTO updates (id, project_id, task_id, client_id, base_version, payload_digest,
-                 num_examples, max_examples, credit, accepted_at, manifest_b64, signature, metrics,
-                 status, aggregation_id, norm, source_net, credit_state)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            update.id,
-            update.project_id,
-            update.task_id,
-            update.client_id,
-            update.base_version,
-            update.payload_digest,
-            update.num_examples,
-            update.max_examples,
-            update.credit,
-            update.accepted_at,
-            update.manifest_b64,
-            update.signature,
-            dump(update.metrics),
-            update.status,
-            update.aggregation_id,
-            update.norm,
-            update.source_net,
-            update.credit_state,
         )
 
     def drop_updates(self, update_ids: list[str]) -> None:

@@ -40,6 +40,7 @@ from federated.protocol.limits import (
 )
 from federated.protocol.messages import (
     Challenge,
+    EnergyMethod,
     ErrorBody,
     ErrorDetail,
     Health,
@@ -101,6 +102,7 @@ __all__ = [
     "SCREENING_CODES",
     "VERDICT_CODES",
     "Challenge",
+    "EnergyMethod",
     "ErrorBody",
     "ErrorDetail",
     "ExportTeam",

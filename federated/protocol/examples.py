@@ -94,6 +94,8 @@ EXAMPLES: dict[type[Any], Any] = {
         codec="int8",
         num_examples=180,
         metrics={"loss_before": 2.3, "loss_after": 0.4, "seconds": 1.2},
+        energy_joules=41.5,
+        energy_method="rapl",
     ),
     m.Receipt: m.Receipt(
         update_id="uP3d4t3Id0000001",

@@ -70,6 +70,10 @@ less than 116 days. Other names only keep within ``MAX_METRIC_ABS``."""
 
 MAX_METRIC_ABS = 1e9
 
+MAX_ENERGY_JOULES = 1e9
+"""An update's reported energy is within [0, this] joules (about 278 kWh: a 10 kW machine
+for 28 hours, far more than one task takes); more is not a measurement."""
+
 MAX_DP_EPSILON = 100.0
 """The largest privacy budget a project may promise: past it the guarantee means nothing."""
 MAX_DP_DELTA = 1e-3

@@ -38,6 +38,11 @@ CREDIT_UNIT: Literal["GFLOP"] = "GFLOP"
 Mode = Literal["sync", "async"]
 Status = Literal["open", "paused", "closed", "finished"]
 DataMode = Literal["builtin", "local"]
+EnergyMethod = Literal["rapl", "nvml", "rapl+nvml", "estimated"]
+"""How a contributor's computer knew the energy it reports (``app.contributor.energy``):
+rapl: the CPU packages' RAPL counters (Intel, AMD), the training process's share of them;
+nvml: the NVIDIA GPU's energy counter, with the CPU's part estimated; rapl+nvml: both
+measured; estimated: the training process's CPU seconds times a declared wattage."""
 PrivacyMechanism = Literal["dp-sgd", "dp-fedavg"]
 """dp-sgd: record-level, each contributor clips per-example gradients and adds noise
 locally (Opacus), so no record of its own data can be inferred from its updates whatever
@@ -95,8 +100,11 @@ class JoinStatement(_Request):
     purpose: Literal["join"] = "join"
 
 
-class UpdateManifest(_Request):
+class UpdateManifest(_Request, omit_defaults=True):
     """What a contributor signs for one update: the body's digest and what it claims.
+
+    Fields at their default are left out of the canonical bytes (so a manifest without
+    energy reads exactly as before it existed).
 
     Sent as base64 of its canonical JSON in ``X-Barnraise-Manifest``, signed (those exact
     bytes) in ``X-Barnraise-Signature``."""
@@ -116,8 +124,32 @@ class UpdateManifest(_Request):
             "[0, 1e4], seconds within [0, 1e7], examples_per_second and steps within [0, 1e9].",
         ),
     ] = msgspec.field(default_factory=dict)
+    energy_joules: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                ge=0,
+                le=limits.MAX_ENERGY_JOULES,
+                description="Energy the contributor's computer reports it spent training "
+                "this update, in joules (at most 1e9); absent: unknown. Shown as reported, "
+                "never credited.",
+            ),
+        ]
+        | None
+    ) = None
+    energy_method: (
+        Annotated[
+            EnergyMethod,
+            msgspec.Meta(description="How energy_joules was known; with it, or neither."),
+        ]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
+        if (self.energy_joules is None) != (self.energy_method is None):
+            raise ValueError(
+                "energy_joules and energy_method come together or not at all - at `$.energy_joules`"
+            )
         for name, (low, high) in limits.METRIC_RANGES.items():
             value = self.metrics.get(name)
             if value is not None and not low <= value <= high:
@@ -325,6 +357,14 @@ class TaskManifest(_Answer):
         ]
         | None
     ) = None
+    report_energy: Annotated[
+        bool,
+        msgspec.Meta(
+            description="The coordinator takes energy_joules and energy_method in this task's "
+            "update manifest. Absent (a coordinator from before them, which would refuse "
+            "the unknown fields): the contributor leaves them out."
+        ),
+    ] = False
 
 
 class SignedTask(_Answer):
@@ -350,6 +390,11 @@ class Receipt(_Answer):
         ),
     ]
     credit_unit: Literal["GFLOP"] = CREDIT_UNIT
+    energy_joules: Annotated[
+        float | None,
+        msgspec.Meta(description="The energy the update's manifest reported, as reported."),
+    ] = None
+    energy_method: EnergyMethod | None = None
 
 
 class UploadProgress(_Answer):

@@ -24,6 +24,22 @@ from federated.protocol.types import (
 
 CreditState = Literal["pending", "granted", "withheld", "revoked"]
 
+EnergyJoules = Annotated[
+    float,
+    msgspec.Meta(
+        ge=0,
+        description="Energy the contributor's computer reported with its accepted updates, "
+        "in joules, as reported (not credited: credit is GFLOP).",
+    ),
+]
+MeasuredJoules = Annotated[
+    float,
+    msgspec.Meta(
+        ge=0,
+        description="The part of energy_joules that was measured (RAPL, NVML), not estimated.",
+    ),
+]
+
 
 class UpdateStatus(_Answer, kw_only=True):
     """What became of one accepted update, for the contributor who sent it."""
@@ -62,6 +78,8 @@ class LeaderboardContributor(_Answer, kw_only=True):
         bool,
         msgspec.Meta(description="Banned by the organiser: takes no more work (see ``actions``)."),
     ] = False
+    energy_joules: EnergyJoules = 0.0
+    energy_measured_joules: MeasuredJoules = 0.0
 
 
 class LeaderboardTeam(_Answer, kw_only=True):
@@ -157,6 +175,8 @@ class Me(_Answer, kw_only=True):
         msgspec.Meta(ge=0, description="Credit of accepted updates not aggregated yet."),
     ] = 0.0
     credit_unit: Literal["GFLOP"] = CREDIT_UNIT
+    energy_joules: EnergyJoules = 0.0
+    energy_measured_joules: MeasuredJoules = 0.0
 
 
 class OrganiserAction(_Answer, kw_only=True):

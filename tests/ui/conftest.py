@@ -16,7 +16,14 @@ import pytest
 import requests
 
 from app.contributor.credential_choice import STORAGE_KEYCHAIN, CredentialStorage
-from app.contributor.events import EngineState, Error, Event, EventBus, StateChanged
+from app.contributor.events import (
+    EngineState,
+    Error,
+    Event,
+    EventBus,
+    ProjectScheduleChanged,
+    StateChanged,
+)
 from app.contributor.invites import JoinTarget
 from app.contributor.settings import Settings, default_settings
 from app.tray.adapter import check_local_csv
@@ -170,6 +177,22 @@ class FakeEngine:
         if fingerprint != change.new_fingerprint:
             raise ValueError(f"the project now signs with {change.new_fingerprint}")
         self.projects[project] = dataclasses.replace(joined, key_change=None, state="joined")
+
+    def set_project_share(self, project: str, share: int) -> None:
+        self._record("set_project_share", (project, share))
+        self._schedule(project, share=share)
+
+    def set_project_mode(self, project: str, mode: str) -> None:
+        self._record("set_project_mode", (project, mode))
+        self._schedule(project, mode=mode)
+
+    def _schedule(self, project: str, **change: Any) -> None:
+        """As the real engine does: persist (here: the snapshot) and announce the change."""
+        joined = dataclasses.replace(self.projects[project], **change)
+        self.projects[project] = joined
+        self.bus.publish(
+            ProjectScheduleChanged(project=project, share=joined.share, mode=joined.mode)
+        )
 
     def change_key(self, project: str) -> KeyChangeNotice:
         """As the real engine does when the coordinator signs with another key: the project

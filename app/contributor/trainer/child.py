@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from app.contributor.energy import Energy, EnergyMeter, combine
 from app.contributor.limits import Limits, thread_env
 from app.contributor.trainer.messages import (
     Message,
@@ -196,6 +197,8 @@ class _ChildWorker:
             except ValueError as exc:
                 log.warning("ignoring unreadable checkpoint %s: %s", checkpoint_path, exc)
         hooks = _Hooks(self.state, job, self.device)
+        if resume is not None:  # the energy of the part trained before the restart
+            hooks.prior_energy = Energy.from_json(resume.extra.get("energy"))
         try:
             outcome = private.train_task(
                 job,
@@ -255,6 +258,7 @@ class _ChildWorker:
                 "steps": result.steps,
                 "metrics": outcome.metrics,
                 "privacy_spend": outcome.spend,
+                "energy": hooks.energy_so_far().to_json(),
             }
         )
 
@@ -291,6 +295,13 @@ class _Hooks:
         self._last_progress = 0.0
         self._last_memory_check = now
         self._pause_after_checkpoint = False
+        self.energy = EnergyMeter(cpu_tdp_watts=job.cpu_tdp_watts, gpu=self._cuda)
+        self.energy.start()
+        self.prior_energy: Energy | None = None
+
+    def energy_so_far(self) -> Energy:
+        """The task's energy on this computer, with what was trained before a restart."""
+        return combine(self.prior_energy, self.energy.total())
 
     def _busy_clock(self) -> Callable[[], float]:
         if self._cuda:
@@ -325,6 +336,7 @@ class _Hooks:
 
             torch.cuda.synchronize()
         self.duty.after_step()
+        self.energy.sample()
         state = self.state
         now = time.perf_counter()
         if (
@@ -382,7 +394,11 @@ class _Hooks:
 
     def save_checkpoint(self, checkpoint: Any) -> None:
         checkpoint.tag = self.job.task_id
-        checkpoint.extra = {**checkpoint.extra, "base_digest": self.job.base_digest}
+        checkpoint.extra = {
+            **checkpoint.extra,
+            "base_digest": self.job.base_digest,
+            "energy": self.energy_so_far().to_json(),
+        }
         # No fsync: a checkpoint torn by a power cut is unreadable and ignored on resume.
         write_atomic(Path(self.job.checkpoint_path), checkpoint.to_bytes(), durable=False)
         self._last_checkpoint = time.perf_counter()

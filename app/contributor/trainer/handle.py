@@ -19,6 +19,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from app.contributor.energy import Energy
 from app.contributor.limits import Limits
 from app.contributor.trainer.child import child_main
 from app.contributor.trainer.messages import (
@@ -235,6 +236,7 @@ class TrainerHandle:
                         metrics={k: float(v) for k, v in message["metrics"].items()},
                         checkpoint_path=job.checkpoint_path,
                         privacy_spend=_spend(message.get("privacy_spend")),
+                        energy=Energy.from_json(message.get("energy")),
                     )
                 if kind == "stopped":
                     return TrainOutcome(

@@ -19,7 +19,7 @@ Child → parent::
     {"type": "checkpoint", "task_id", "path", "step"}
     {"type": "paused", "task_id"} / {"type": "resumed", "task_id"}
     {"type": "done", "task_id", "payload_path", "payload_digest", "codec", "num_examples",
-     "steps", "metrics", "privacy_spend"}
+     "steps", "metrics", "privacy_spend", "energy": {"joules", "method"}}
     {"type": "stopped", "task_id", "checkpoint_path", "step"}
     {"type": "error", "task_id", "message", "code"}
 """
@@ -30,6 +30,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from app.contributor.energy import DEFAULT_CPU_TDP_WATTS, Energy
 
 __all__ = [
     "Message",
@@ -86,6 +88,9 @@ class TrainJob:
     privacy: dict[str, Any] | None = None
     update_clip_norm: float | None = None
     privacy_spends: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # The CPU's declared TDP (setting cpu_tdp_watts): what the energy estimate is made of
+    # where the counters cannot be read (app.contributor.energy).
+    cpu_tdp_watts: float = DEFAULT_CPU_TDP_WATTS
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class TrainOutcome:
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     checkpoint_path: str | None = None
     privacy_spend: dict[str, Any] | None = None  # dp-sgd: what this task spent
+    energy: Energy | None = None  # what training it took on this computer, and how known
 
 
 Message = dict[str, Any]

@@ -176,6 +176,8 @@ def test_every_control_command_is_in_one_table() -> None:
         "retry",
         "trust",
         "leave",
+        "project_share",
+        "project_mode",
         "stop",
         "show",
         "open_join",
@@ -294,6 +296,8 @@ def test_the_snapshot_round_trips_through_json() -> None:
                 "credit_unit": "",
                 "rank": None,
                 "privacy": None,
+                "share": 100,
+                "mode": "active",
             }
         ],
     }
