@@ -33,6 +33,9 @@ __all__ = ["RESUME_CHUNK_BYTES", "send_update"]
 
 log = logging.getLogger(__name__)
 
+_CANNOT_RESUME = frozenset({"method_not_allowed", "not_found"})
+"""What a coordinator from before resumable uploads answers the offset question."""
+
 
 def send_update(
     client: CoordinatorClient,
@@ -56,13 +59,20 @@ def send_update(
     total = len(payload)
     fails = 0
     first = True
+    resumable = True  # until a coordinator from before resumable uploads says otherwise
     last: Exception | None = None
     while fails < client.retry.attempts:
         try:
-            if first:
+            if first or not resumable:
                 first = False
                 return _put(client, url, headers, body(payload))[1]
-            held = _progress(client, url, headers)
+            try:
+                held = _progress(client, url, headers)
+            except ServerError as exc:
+                if exc.code not in _CANNOT_RESUME:
+                    raise
+                resumable = False  # it keeps nothing of a cut upload: send it whole again
+                continue
             if held.receipt is not None:
                 return protocol.to_wire(held.receipt)
             offset = held.offset if held.length == total else 0

@@ -29,6 +29,7 @@ from app.contributor.client import (
     ServerError,
     UnavailableError,
 )
+from app.contributor.client.uploads import send_update
 from backend.coordinator import Coordinator
 from backend.metrics import BackendMetrics, Registry
 from backend.testing import IN_PROCESS_URL, WSGIAdapter, small_delta
@@ -345,3 +346,33 @@ def test_other_4xx_codes_are_still_not_retried(script_server: ScriptServer) -> N
         script_client(script_server).get_project()
     assert getattr(info.value, "code", None) == "bad_challenge"
     assert len(script_server.requests) == 1
+
+
+def test_a_coordinator_that_cannot_resume_gets_the_cut_upload_whole_again(
+    script_server: ScriptServer,
+) -> None:
+    """A coordinator from before resumable uploads answers the offset question 405: the
+    client sends the whole payload again, as it did before, instead of giving up."""
+    cut = json.dumps({"error": {"code": "incomplete_body", "message": "cut"}}).encode()
+    old = json.dumps({"error": {"code": "method_not_allowed", "message": "PUT only"}}).encode()
+    receipt = protocol.to_wire(EXAMPLES[protocol.Receipt]) | {"update_id": "u1", "credit": 1.0}
+    replies = iter(
+        [
+            Reply(400, cut, {"Content-Type": "application/json"}),
+            Reply(405, old, {"Content-Type": "application/json"}),
+        ]
+    )
+    script_server.handler = lambda r: next(replies, ok(receipt))
+    client = script_client(script_server)
+    payload = b"\x02" * 4096
+    answer = send_update(
+        client,
+        f"{script_server.url}/update",
+        {"X-Barnraise-Manifest": "m"},
+        payload,
+        chunk_bytes=1024,
+    )
+    assert answer["update_id"] == "u1"
+    assert [r.method for r in script_server.requests] == ["PUT", "GET", "PUT"]
+    assert script_server.requests[-1].body == payload
+    assert "Content-Range" not in script_server.requests[-1].headers
