@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-# The demo project, re-exported: tests and benches import it from here.
 from backend.cli_admin import ADMIN_COMMANDS, add_admin_parsers, run_admin
 from backend.cli_database import add_database_parsers, run_database
 from backend.cli_sample import add_sample_parser, run_sample
@@ -38,6 +37,9 @@ from backend.cli_verify import add_verify_parser, run_verify
 from backend.demo_headless import DEMO_HPARAMS as DEMO_HPARAMS
 from backend.demo_headless import DEMO_PROJECT as DEMO_PROJECT
 from backend.settings import SETTING_HELP, ProjectSettings
+
+# The demo project, re-exported: tests and benches import it from here.
+from backend.store.base import StoreOpenError
 
 
 def _key_values(items: Sequence[str], what: str) -> dict[str, str]:
@@ -279,7 +281,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return run_database(args, data_dir, sys.stdout)
     except BrokenPipeError:
         raise
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, StoreOpenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:

@@ -36,6 +36,7 @@ __all__ = [
     "ReadTx",
     "RoundCounts",
     "Store",
+    "StoreOpenError",
     "TaskRecord",
     "UpdateRecord",
     "VersionRecord",
@@ -47,6 +48,23 @@ T = TypeVar("T")
 
 class ClaimConflict(Exception):
     """Another aggregation of the project is already running."""
+
+
+class StoreOpenError(RuntimeError):
+    """The store cannot be opened for a reason its operator can fix (the server cannot be
+    reached, a privilege is missing, a newer Barnraise migrated it): the message says which
+    and what to do, and the CLI prints it as one line."""
+
+
+def refuse_newer_schema(found: int, latest: int, where: str) -> None:
+    """A schema newer than this code's was migrated by a newer version, whose data this
+    one would misread or damage: refuse to open it (never downgrade a coordinator in
+    place; docs/deploy.md "Upgrades")."""
+    if found > latest:
+        raise StoreOpenError(
+            f"{where} has schema version {found}, newer than this Barnraise's {latest}: a "
+            "newer version migrated it; run that version (or upgrade this one)"
+        )
 
 
 class ReadTx(Protocol):

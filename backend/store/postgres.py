@@ -67,6 +67,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.numeric import FloatBinaryDumper, FloatDumper
 from psycopg_pool import ConnectionPool
 
+from backend.store.base import StoreOpenError
 from backend.store.batching import BatchedWrite, WriteBatcher
 from backend.store.postgres_migrations import LOCK_WRITER, apply_migrations, schema_version
 from backend.store.postgres_notify import PeerLink, live_owners
@@ -190,7 +191,7 @@ class PostgresStore(WriteBatcher):
         try:
             conn = psycopg.connect(url, **kwargs)
         except psycopg.OperationalError as exc:
-            raise RuntimeError(
+            raise StoreOpenError(
                 f"cannot connect to PostgreSQL at {redacted(url)}: {str(exc).strip()}; "
                 "check the database URL and that the server is running"
             ) from exc
@@ -200,9 +201,11 @@ class PostgresStore(WriteBatcher):
             try:
                 conn.execute(_FLUSH)
             except psycopg.errors.InsufficientPrivilege as exc:
-                raise RuntimeError(
+                raise StoreOpenError(
                     "durable writes need pg_logical_emit_message: GRANT EXECUTE ON FUNCTION "
-                    "pg_logical_emit_message(boolean, text, text) TO the coordinator's role"
+                    "pg_logical_emit_message(boolean, text, text) (PostgreSQL 17: "
+                    "pg_logical_emit_message(boolean, text, text, boolean)) TO the "
+                    "coordinator's role"
                 ) from exc
 
     def schema_version(self) -> int:

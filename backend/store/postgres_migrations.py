@@ -28,6 +28,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from backend.store import migrations as sqlite_migrations
+from backend.store.base import refuse_newer_schema
 
 WRITER_LOCK_KEY = int.from_bytes(b"barnrais", "big")
 """The advisory lock every write transaction and migration of a database holds
@@ -285,6 +286,7 @@ def apply_migrations(conn: psycopg.Connection[Any]) -> None:
     transaction under the writer lock. ``conn`` is in autocommit mode, outside a
     transaction; a migration that fails is rolled back whole and raised."""
     _in_transaction(conn, lambda: conn.execute(_BOOKKEEPING))
+    refuse_newer_schema(schema_version(conn), LATEST_VERSION, "the PostgreSQL database")
     for number, statements in MIGRATIONS:
 
         def apply(number: int = number, statements: tuple[str, ...] = statements) -> None:

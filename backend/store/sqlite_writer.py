@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from backend.store.base import refuse_newer_schema
 from backend.store.batching import BatchedWrite, WriteBatcher
 from backend.store.migrations import MIGRATIONS
 from backend.store.sqlite_writes import SQLiteTx
@@ -158,6 +159,8 @@ class SQLiteStore(WriteBatcher):
 
     def _migrate(self) -> None:
         with self._write_lock:
+            found = int(self._writer.execute("PRAGMA user_version").fetchone()[0])
+            refuse_newer_schema(found, MIGRATIONS[-1][0], str(self.path))
             for number, statements in MIGRATIONS:
                 self._writer.execute("BEGIN IMMEDIATE")
                 try:
