@@ -44,6 +44,24 @@ def html_response(text: str) -> Response:
     return Response(200, text.encode("utf-8"), headers, content_type)
 
 
+def contributor_row(r: protocol.LeaderboardContributor) -> ContributorRow:
+    """A leaderboard row as a page shows it (the project page, a team's members)."""
+    return ContributorRow(
+        name=r.display_name,
+        short_id=r.client_id[:SHORT_ID_CHARS],
+        team=r.team,
+        credit=r.credit,
+        recent_credit=r.recent_credit,
+        updates_accepted=r.updates_accepted,
+        updates_rejected=r.updates_rejected,
+        last_seen=r.last_seen,
+        banned=r.banned,
+        client_id=r.client_id,
+        energy_joules=r.energy_joules,
+        energy_measured_joules=r.energy_measured_joules,
+    )
+
+
 def index_page(app: App, req: Request) -> Response:
     coordinator = app.coordinator
     standings = coordinator.services.standings
@@ -75,23 +93,7 @@ def project_page(app: App, req: Request, project: str) -> Response:
     view = coordinator.services.projects.project_view(record)
     board = coordinator.services.standings.leaderboard(record)
     stats = coordinator.services.standings.stats(record)
-    contributors = tuple(
-        ContributorRow(
-            name=r.display_name,
-            short_id=r.client_id[:SHORT_ID_CHARS],
-            team=r.team,
-            credit=r.credit,
-            recent_credit=r.recent_credit,
-            updates_accepted=r.updates_accepted,
-            updates_rejected=r.updates_rejected,
-            last_seen=r.last_seen,
-            banned=r.banned,
-            client_id=r.client_id,
-            energy_joules=r.energy_joules,
-            energy_measured_joules=r.energy_measured_joules,
-        )
-        for r in board.contributors[:PAGE_ROWS]
-    )
+    contributors = tuple(contributor_row(r) for r in board.contributors[:PAGE_ROWS])
     teams = tuple(
         TeamRow(
             name=t.team,

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from backend.api.pages import SHORT_ID_CHARS, html_response
+from backend.api.pages import contributor_row, html_response
 from backend.errors import NotFound
 from backend.http import Request, Response
 from backend.ids import check_server_id
 from backend.pages.contributor_page import render_contributor_page
 from backend.pages.team_page import render_team_page
-from backend.pages.views import ContributorPageView, ContributorRow, RefusalRow, TeamPageView
+from backend.pages.views import ContributorPageView, RefusalRow, TeamPageView
 from federated.protocol import MAX_TEAM_CHARS
 from federated.protocol.names import clean_text
 
@@ -71,23 +71,7 @@ def team_page(app: App, req: Request, project: str, team: str) -> Response:
     record = coordinator.project(project)
     name = team_name_from_path(team)
     profile = coordinator.services.profiles.team(record, name)
-    members = tuple(
-        ContributorRow(
-            name=m.display_name,
-            short_id=m.client_id[:SHORT_ID_CHARS],
-            team=m.team,
-            credit=m.credit,
-            recent_credit=m.recent_credit,
-            updates_accepted=m.updates_accepted,
-            updates_rejected=m.updates_rejected,
-            last_seen=m.last_seen,
-            banned=m.banned,
-            client_id=m.client_id,
-            energy_joules=m.energy_joules,
-            energy_measured_joules=m.energy_measured_joules,
-        )
-        for m in profile.members
-    )
+    members = tuple(contributor_row(m) for m in profile.members)
     view = TeamPageView(
         project=record.name,
         now=coordinator.clock(),
