@@ -64,25 +64,26 @@ class Notifier:
         )
 
     def project_finished(self, project: str) -> bool:
-        if project in self._closed_seen:
-            return False
-        self._closed_seen.add(project)
-        return self._notify(
+        return self._ended_once(
+            project,
             f"{project} has finished",
             f"{project} reached its goal and its model is final: it needs no more work "
             "from you. Thank you for helping to train it!",
-            "info",
         )
 
     def project_closed(self, project: str) -> bool:
+        return self._ended_once(
+            project,
+            f"{project} is closed",
+            f"Its organiser closed {project}: it needs no more work from you. Thank you!",
+        )
+
+    def _ended_once(self, project: str, title: str, text: str) -> bool:
+        """A project that needs no more work is said once, however often the engine asks."""
         if project in self._closed_seen:
             return False
         self._closed_seen.add(project)
-        return self._notify(
-            f"{project} is closed",
-            f"Its organiser closed {project}: it needs no more work from you. Thank you!",
-            "info",
-        )
+        return self._notify(title, text, "info")
 
     def error(self, message: str, code: str = "") -> bool:
         key = code or message
